@@ -1,0 +1,231 @@
+//! Types shared by the lockd eBPF programs and userspace.
+//!
+//! Everything that crosses the kernel/user boundary is `#[repr(C)]`, `Copy`, made of fixed-width
+//! integers and arrays, with padding spelled out as named fields. The policy reference model and
+//! the list parsers live behind the `user` feature, which adds `std`.
+#![cfg_attr(not(feature = "user"), no_std)]
+
+#[cfg(feature = "user")]
+pub mod model;
+#[cfg(feature = "user")]
+pub mod policy;
+
+/// Name of the from-VM XDP program in the object file.
+pub const PROG_VIF_INGRESS: &str = "vif_ingress";
+/// Map: ifindex (u32) → [`VifConfig`].
+pub const MAP_VIF_CONFIG: &str = "VIF_CONFIG";
+/// Map: [`Addr4Key`] → u8, exact IPv4 addresses allowed per VIF and generation.
+pub const MAP_ALLOW4: &str = "ALLOW4";
+/// Map: [`Addr6Key`] → u8, exact IPv6 addresses allowed per VIF and generation.
+pub const MAP_ALLOW6: &str = "ALLOW6";
+/// LPM trie: [`Lpm4Data`] → u8, IPv4 prefixes shorter than /32.
+pub const MAP_PREFIX4: &str = "PREFIX4";
+/// LPM trie: [`Lpm6Data`] → u8, IPv6 prefixes shorter than /128.
+pub const MAP_PREFIX6: &str = "PREFIX6";
+/// Per-CPU array of [`Counter`], indexed by [`counter_index`].
+pub const MAP_COUNTERS: &str = "COUNTERS";
+
+/// Most VIFs one host enforces at once (counter slots are allocated per VIF).
+pub const MAX_VIFS: u32 = 4096;
+/// Most allowed entries (both families together) on one VIF.
+pub const MAX_ALLOWED_PER_VIF: usize = 65_536;
+/// Capacity of the address maps: every entry of every VIF, twice (old and new generation
+/// coexist during an update).
+pub const MAX_ADDR_ENTRIES: u32 = 262_144;
+/// Capacity of the prefix tries.
+pub const MAX_PREFIX_ENTRIES: u32 = 65_536;
+/// Counter slots reserved per reason and direction (a power of two, ≥ [`Reason::COUNT`]).
+pub const REASON_SLOTS: u32 = 16;
+/// Directions.
+pub const DIRECTIONS: u32 = 2;
+
+/// Most IPv6 extension headers walked before a frame is `malformed`.
+pub const MAX_EXT_HEADERS: usize = 8;
+/// Most NDP options walked before a frame is `malformed`.
+pub const MAX_ND_OPTIONS: usize = 8;
+
+/// Effective locking modes as stored in [`VifConfig::mode`] (`network_default` is resolved in
+/// userspace before it reaches the kernel).
+pub const MODE_UNLOCKED: u32 = 0;
+pub const MODE_DISABLED: u32 = 1;
+pub const MODE_LOCKED: u32 = 2;
+
+/// [`VifConfig::flags`]: ipv4-allowed is non-empty.
+pub const FLAG_HAS_A4: u32 = 1;
+/// [`VifConfig::flags`]: S6 is non-empty (ipv6-allowed non-empty; S6 then also holds LL).
+pub const FLAG_HAS_S6: u32 = 2;
+/// [`VifConfig::flags`]: some IPv4 entry is a prefix shorter than /32 (the trie must be asked).
+pub const FLAG_PREFIX4: u32 = 4;
+/// [`VifConfig::flags`]: some IPv6 entry is a prefix shorter than /128.
+pub const FLAG_PREFIX6: u32 = 8;
+
+/// Why a frame was passed or dropped. The discriminant indexes the kernel counters and the
+/// names returned by [`Reason::name`] are stable API; add new reasons at the end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "user", derive(serde::Serialize))]
+#[cfg_attr(feature = "user", serde(rename_all = "snake_case"))]
+#[repr(u32)]
+pub enum Reason {
+    Pass = 0,
+    Disabled = 1,
+    MacSpoof = 2,
+    BadEthertype = 3,
+    Malformed = 4,
+    ArpSpoof = 5,
+    Ipv4Spoof = 6,
+    DhcpServer = 7,
+    Ipv6Spoof = 8,
+    NdSpoof = 9,
+    NdRouter = 10,
+    NdFragment = 11,
+    RxForeignMac = 12,
+    RxForeignIp = 13,
+    Ratelimit = 14,
+}
+
+impl Reason {
+    pub const COUNT: usize = 15;
+    pub const ALL: [Reason; Reason::COUNT] = [
+        Reason::Pass,
+        Reason::Disabled,
+        Reason::MacSpoof,
+        Reason::BadEthertype,
+        Reason::Malformed,
+        Reason::ArpSpoof,
+        Reason::Ipv4Spoof,
+        Reason::DhcpServer,
+        Reason::Ipv6Spoof,
+        Reason::NdSpoof,
+        Reason::NdRouter,
+        Reason::NdFragment,
+        Reason::RxForeignMac,
+        Reason::RxForeignIp,
+        Reason::Ratelimit,
+    ];
+
+    /// The stable name printed by the CLI and used in JSON.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::Pass => "pass",
+            Reason::Disabled => "disabled",
+            Reason::MacSpoof => "mac_spoof",
+            Reason::BadEthertype => "bad_ethertype",
+            Reason::Malformed => "malformed",
+            Reason::ArpSpoof => "arp_spoof",
+            Reason::Ipv4Spoof => "ipv4_spoof",
+            Reason::DhcpServer => "dhcp_server",
+            Reason::Ipv6Spoof => "ipv6_spoof",
+            Reason::NdSpoof => "nd_spoof",
+            Reason::NdRouter => "nd_router",
+            Reason::NdFragment => "nd_fragment",
+            Reason::RxForeignMac => "rx_foreign_mac",
+            Reason::RxForeignIp => "rx_foreign_ip",
+            Reason::Ratelimit => "ratelimit",
+        }
+    }
+}
+
+/// Traffic direction, as seen from the VM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Direction {
+    /// Frames the VM transmits (received on the VIF netdev, XDP).
+    FromVm = 0,
+    /// Frames the host transmits to the VM (TC egress on the VIF netdev).
+    ToVm = 1,
+}
+
+impl Direction {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Direction::FromVm => "from_vm",
+            Direction::ToVm => "to_vm",
+        }
+    }
+}
+
+/// Index into [`MAP_COUNTERS`] for a VIF's counter slot, a direction and a reason.
+#[inline(always)]
+pub const fn counter_index(slot: u32, dir: u32, reason: u32) -> u32 {
+    (slot * DIRECTIONS + dir) * REASON_SLOTS + reason
+}
+
+/// Per-VIF policy header. Replaced as one hash element (the map is `BPF_F_NO_PREALLOC`, so an
+/// update swaps in a new element under RCU and a reader sees the old or the new one whole).
+/// `generation` names which entries of the address maps belong to this policy.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VifConfig {
+    /// One of `MODE_*`.
+    pub mode: u32,
+    /// Generation of the address entries this policy uses.
+    pub generation: u32,
+    /// Counter slot of this VIF (`0..MAX_VIFS`).
+    pub slot: u32,
+    /// `FLAG_*` bits.
+    pub flags: u32,
+    /// The guest MAC.
+    pub mac: [u8; 6],
+    /// Explicit padding to an 8-byte boundary; always zero.
+    pub _pad: [u8; 2],
+}
+
+/// Key of the exact IPv4 address map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Addr4Key {
+    pub ifindex: u32,
+    pub generation: u32,
+    pub addr: [u8; 4],
+}
+
+/// Key of the exact IPv6 address map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Addr6Key {
+    pub ifindex: u32,
+    pub generation: u32,
+    pub addr: [u8; 16],
+}
+
+/// Data part of an IPv4 LPM key. The trie matches bytes most significant bit first, so
+/// ifindex and generation are stored big-endian and always covered by the prefix length
+/// (`64 + prefix`), which makes them exact.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Lpm4Data {
+    pub ifindex_be: [u8; 4],
+    pub generation_be: [u8; 4],
+    pub addr: [u8; 4],
+}
+
+/// Data part of an IPv6 LPM key (see [`Lpm4Data`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Lpm6Data {
+    pub ifindex_be: [u8; 4],
+    pub generation_be: [u8; 4],
+    pub addr: [u8; 16],
+}
+
+/// Bits of an LPM key taken by ifindex and generation.
+pub const LPM_HEADER_BITS: u32 = 64;
+
+/// One packet/byte counter (per CPU in the kernel).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all are #[repr(C)], Copy, integer/array fields with no implicit padding.
+    unsafe impl aya::Pod for super::VifConfig {}
+    unsafe impl aya::Pod for super::Addr4Key {}
+    unsafe impl aya::Pod for super::Addr6Key {}
+    unsafe impl aya::Pod for super::Lpm4Data {}
+    unsafe impl aya::Pod for super::Lpm6Data {}
+    unsafe impl aya::Pod for super::Counter {}
+}

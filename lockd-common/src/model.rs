@@ -1,0 +1,344 @@
+//! The reference model: POLICY.md as a pure function over raw frame bytes.
+//!
+//! The kernel program follows the same order of checks; the differential tests run both on the
+//! same frames and policies and demand the same verdict. Where POLICY.md leaves a choice, the
+//! choice is made here and written in `docs/policy-choices.md`.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use crate::{
+    MAX_EXT_HEADERS, MAX_ND_OPTIONS, Reason,
+    policy::{EffectiveMode, VifPolicy, solicited_node},
+};
+
+pub const ETH_HLEN: usize = 14;
+pub const ETH_P_ARP: u16 = 0x0806;
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMPV6: u8 = 58;
+pub const IPPROTO_HOPOPTS: u8 = 0;
+pub const IPPROTO_ROUTING: u8 = 43;
+pub const IPPROTO_FRAGMENT: u8 = 44;
+pub const IPPROTO_DSTOPTS: u8 = 60;
+
+/// ICMPv6 types a VM may never send: RA 134, redirect 137, and the router-side messages of
+/// mobile IPv6 / multicast router discovery (146, 147, 151, 152, 153).
+pub const ND_ROUTER_TYPES: [u8; 7] = [134, 137, 146, 147, 151, 152, 153];
+
+/// The verdict on a frame from the VM.
+pub fn verdict_from_vm(policy: &VifPolicy, frame: &[u8]) -> Reason {
+    match policy.mode {
+        EffectiveMode::Unlocked => Reason::Pass,
+        EffectiveMode::Disabled => Reason::Disabled,
+        EffectiveMode::Locked => locked_from_vm(policy, frame),
+    }
+}
+
+fn be16(b: &[u8], off: usize) -> Option<u16> {
+    Some(u16::from_be_bytes([*b.get(off)?, *b.get(off + 1)?]))
+}
+
+fn arr<const N: usize>(b: &[u8], off: usize) -> Option<[u8; N]> {
+    b.get(off..off + N)?.try_into().ok()
+}
+
+fn locked_from_vm(p: &VifPolicy, f: &[u8]) -> Reason {
+    // The Ethernet header itself must be there before rule 1 can be asked.
+    let Some(src) = arr::<6>(f, 6) else {
+        return Reason::Malformed;
+    };
+    let Some(ethertype) = be16(f, 12) else {
+        return Reason::Malformed;
+    };
+    if src != p.mac {
+        return Reason::MacSpoof;
+    }
+    match ethertype {
+        ETH_P_ARP => arp(p, f),
+        ETH_P_IP => ipv4(p, f),
+        ETH_P_IPV6 => ipv6(p, f),
+        _ => Reason::BadEthertype,
+    }
+}
+
+fn arp(p: &VifPolicy, f: &[u8]) -> Reason {
+    let a = ETH_HLEN;
+    let (Some(htype), Some(ptype), Some(hlen), Some(plen), Some(op)) = (
+        be16(f, a),
+        be16(f, a + 2),
+        f.get(a + 4),
+        f.get(a + 5),
+        be16(f, a + 6),
+    ) else {
+        return Reason::Malformed;
+    };
+    if htype != 1 || ptype != ETH_P_IP || *hlen != 6 || *plen != 4 || !(op == 1 || op == 2) {
+        return Reason::ArpSpoof;
+    }
+    // Fixed part (8) + sender MAC (6) + sender IP (4) + target MAC (6) + target IP (4).
+    let (Some(sha), Some(spa)) = (arr::<6>(f, a + 8), arr::<4>(f, a + 14)) else {
+        return Reason::Malformed;
+    };
+    if f.len() < a + 28 {
+        return Reason::Malformed;
+    }
+    if sha != p.mac {
+        return Reason::ArpSpoof;
+    }
+    let spa = Ipv4Addr::from(spa);
+    // RFC 5227 probe: sender IP 0.0.0.0 in a request. A VIF locked with no IPv4 at all passes
+    // no IPv4 traffic, probes included.
+    let probe = spa.is_unspecified() && op == 1 && !p.ipv4.is_empty();
+    if p.allows4(spa) || probe {
+        Reason::Pass
+    } else {
+        Reason::ArpSpoof
+    }
+}
+
+fn ipv4(p: &VifPolicy, f: &[u8]) -> Reason {
+    let l3 = ETH_HLEN;
+    let Some(vihl) = f.get(l3).copied() else {
+        return Reason::Malformed;
+    };
+    if f.len() < l3 + 20 || vihl >> 4 != 4 {
+        return Reason::Malformed;
+    }
+    let ihl = usize::from(vihl & 0x0f) * 4;
+    let tot = usize::from(be16(f, l3 + 2).unwrap_or(0));
+    if ihl < 20 || tot < ihl || l3 + ihl > f.len() || l3 + tot > f.len() {
+        return Reason::Malformed;
+    }
+    let frag = be16(f, l3 + 6).unwrap_or(0);
+    let more_frags = frag & 0x2000 != 0;
+    let offset = frag & 0x1fff;
+    let proto = f[l3 + 9];
+    let src = Ipv4Addr::from(arr::<4>(f, l3 + 12).unwrap_or_default());
+    let mut ports = None;
+    if proto == IPPROTO_UDP && offset == 0 {
+        let l4 = l3 + ihl;
+        // The UDP header must lie inside the IP packet.
+        if l4 + 8 > l3 + tot {
+            return Reason::Malformed;
+        }
+        let (Some(sport), Some(dport)) = (be16(f, l4), be16(f, l4 + 2)) else {
+            return Reason::Malformed;
+        };
+        if sport == 67 {
+            return Reason::DhcpServer;
+        }
+        ports = Some((sport, dport));
+    }
+    if p.allows4(src) {
+        return Reason::Pass;
+    }
+    let dhcp_client = src.is_unspecified()
+        && !more_frags
+        && offset == 0
+        && ports == Some((68, 67))
+        && !p.ipv4.is_empty();
+    if dhcp_client {
+        Reason::Pass
+    } else {
+        Reason::Ipv4Spoof
+    }
+}
+
+/// Where the upper-layer header starts after the extension-header walk.
+struct Upper {
+    proto: u8,
+    off: usize,
+    /// A fragment header was seen.
+    fragmented: bool,
+    /// ... and it was not the first fragment, so no upper header is in this frame.
+    later_fragment: bool,
+}
+
+fn walk_ext(f: &[u8], end: usize, first: u8) -> Result<Upper, Reason> {
+    let mut proto = first;
+    let mut off = ETH_HLEN + 40;
+    let mut fragmented = false;
+    let mut later_fragment = false;
+    let mut seen = 0;
+    while matches!(
+        proto,
+        IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_FRAGMENT | IPPROTO_DSTOPTS
+    ) {
+        if seen == MAX_EXT_HEADERS {
+            return Err(Reason::Malformed);
+        }
+        seen += 1;
+        if off + 8 > end {
+            return Err(Reason::Malformed);
+        }
+        let next = f[off];
+        let len = if proto == IPPROTO_FRAGMENT {
+            fragmented = true;
+            let fo = be16(f, off + 2).unwrap_or(0);
+            if fo & 0xfff8 != 0 {
+                later_fragment = true;
+            }
+            8
+        } else {
+            (usize::from(f[off + 1]) + 1) * 8
+        };
+        if off + len > end {
+            return Err(Reason::Malformed);
+        }
+        off += len;
+        proto = next;
+        if later_fragment {
+            break;
+        }
+    }
+    Ok(Upper {
+        proto,
+        off,
+        fragmented,
+        later_fragment,
+    })
+}
+
+fn ipv6(p: &VifPolicy, f: &[u8]) -> Reason {
+    let l3 = ETH_HLEN;
+    if f.len() < l3 + 40 || f[l3] >> 4 != 6 {
+        return Reason::Malformed;
+    }
+    let plen = usize::from(be16(f, l3 + 4).unwrap_or(0));
+    let end = l3 + 40 + plen;
+    if end > f.len() {
+        return Reason::Malformed;
+    }
+    let src = Ipv6Addr::from(arr::<16>(f, l3 + 8).unwrap_or_default());
+    let dst = Ipv6Addr::from(arr::<16>(f, l3 + 24).unwrap_or_default());
+    let up = match walk_ext(f, end, f[l3 + 6]) {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    if !up.later_fragment {
+        if up.proto == IPPROTO_ICMPV6 {
+            if up.off + 4 > end {
+                return Reason::Malformed;
+            }
+            let ty = f[up.off];
+            if ND_ROUTER_TYPES.contains(&ty) {
+                return Reason::NdRouter;
+            }
+            if (133..=137).contains(&ty) && up.fragmented {
+                return Reason::NdFragment;
+            }
+            match ty {
+                135 | 136 => return ns_na(p, f, end, up.off, ty, src, dst),
+                133 | 131 | 132 | 143 => return rs_mld(p, f, end, up.off, ty, src),
+                _ => {}
+            }
+        } else if up.proto == IPPROTO_UDP {
+            if up.off + 8 > end {
+                return Reason::Malformed;
+            }
+            if be16(f, up.off) == Some(547) {
+                return Reason::DhcpServer;
+            }
+        }
+    }
+    if p.allows6(src) {
+        Reason::Pass
+    } else {
+        Reason::Ipv6Spoof
+    }
+}
+
+/// Link-layer address options found in an NDP message.
+#[derive(Default)]
+struct LlOpts {
+    /// A source link-layer address option (type 1) was present.
+    source: bool,
+    /// A target link-layer address option (type 2) was present.
+    target: bool,
+    /// Every link-layer option present carried the guest MAC.
+    all_guest: bool,
+}
+
+/// Walks NDP options (RFC 4861 4.6) from `off` to `end`.
+fn nd_options(p: &VifPolicy, f: &[u8], mut off: usize, end: usize) -> Result<LlOpts, Reason> {
+    let mut o = LlOpts {
+        all_guest: true,
+        ..LlOpts::default()
+    };
+    let mut n = 0;
+    while off < end {
+        if n == MAX_ND_OPTIONS || off + 8 > end {
+            return Err(Reason::Malformed);
+        }
+        n += 1;
+        let ty = f[off];
+        let len = usize::from(f[off + 1]) * 8;
+        // RFC 4861 4.6: a zero length option makes the whole message invalid.
+        if len == 0 || off + len > end {
+            return Err(Reason::Malformed);
+        }
+        if ty == 1 || ty == 2 {
+            if ty == 1 {
+                o.source = true;
+            } else {
+                o.target = true;
+            }
+            if arr::<6>(f, off + 2) != Some(p.mac) {
+                o.all_guest = false;
+            }
+        }
+        off += len;
+    }
+    Ok(o)
+}
+
+fn ns_na(
+    p: &VifPolicy,
+    f: &[u8],
+    end: usize,
+    off: usize,
+    ty: u8,
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+) -> Reason {
+    // type, code, checksum, flags/reserved, target address.
+    if off + 24 > end {
+        return Reason::Malformed;
+    }
+    let target = Ipv6Addr::from(arr::<16>(f, off + 8).unwrap_or_default());
+    let opts = match nd_options(p, f, off + 24, end) {
+        Ok(o) => o,
+        Err(r) => return r,
+    };
+    let ok = if ty == 135 && src.is_unspecified() {
+        // RFC 4862 5.4.2: a DAD probe goes to the solicited-node group of its target and must
+        // not carry a source link-layer option.
+        dst == solicited_node(target) && !opts.source && p.allows6(target)
+    } else if ty == 135 {
+        p.allows6(src) && opts.all_guest
+    } else {
+        p.allows6(src) && p.allows6(target) && opts.all_guest
+    };
+    if ok { Reason::Pass } else { Reason::NdSpoof }
+}
+
+fn rs_mld(p: &VifPolicy, f: &[u8], end: usize, off: usize, ty: u8, src: Ipv6Addr) -> Reason {
+    let src_ok = p.allows6(src) || (src.is_unspecified() && p.has_s6());
+    if !src_ok {
+        return Reason::NdSpoof;
+    }
+    if ty == 133 {
+        // An RS may carry a source link-layer option (RFC 4861 4.1); it must be the guest's,
+        // or the VM could poison the router's neighbour cache.
+        if off + 8 > end {
+            return Reason::Malformed;
+        }
+        match nd_options(p, f, off + 8, end) {
+            Ok(o) if o.all_guest => {}
+            Ok(_) => return Reason::NdSpoof,
+            Err(r) => return r,
+        }
+    }
+    Reason::Pass
+}

@@ -1,0 +1,559 @@
+//! The loader: one copy of the eBPF object, attached to any number of VIFs, with per-VIF policy
+//! that is replaced atomically.
+//!
+//! ## How a policy update stays atomic
+//! A packet reads the VIF's [`VifConfig`] (mode, MAC, flags, generation) as one hash element and
+//! then looks up only address entries tagged with that generation. An update
+//! 1. inserts the new entries under generation `g + 1` (invisible: nothing points at it yet),
+//! 2. replaces the config element (the map is `BPF_F_NO_PREALLOC`: readers see old or new whole),
+//! 3. waits one RCU grace period ([`RcuBarrier`]), after which no packet can hold generation `g`,
+//! 4. deletes the generation-`g` entries.
+//!
+//! A failure in step 1 or 2 removes what step 1 added and leaves the old policy in force.
+
+use std::collections::BTreeMap;
+
+use aya::{
+    Ebpf,
+    maps::{HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuValues, lpm_trie::Key},
+    programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
+};
+use lockd_common::{
+    Addr4Key, Addr6Key, Counter, Direction, FLAG_HAS_A4, FLAG_HAS_S6, FLAG_PREFIX4, FLAG_PREFIX6,
+    LPM_HEADER_BITS, Lpm4Data, Lpm6Data, MAP_ALLOW4, MAP_ALLOW6, MAP_COUNTERS, MAP_PREFIX4,
+    MAP_PREFIX6, MAP_VIF_CONFIG, MAX_VIFS, PROG_VIF_INGRESS, Reason, VifConfig, counter_index,
+    policy::{EffectiveMode, VifPolicy, link_local},
+};
+use serde::Serialize;
+
+use crate::rcu::RcuBarrier;
+
+/// The eBPF object built from `lockd-ebpf`.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lockd"));
+
+/// Name of the do-nothing XDP program used as the benchmark floor.
+pub const PROG_EMPTY: &str = "xdp_empty";
+
+/// Errors of the dataplane loader.
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    /// The object did not load (verifier rejection, missing privileges, no BTF ...).
+    #[error("loading the eBPF object failed: {0}")]
+    Load(#[from] aya::EbpfError),
+    /// A program could not be loaded, attached, detached or run.
+    #[error("program {name}: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    /// A map is missing from the object or has the wrong type.
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+    /// Every counter slot is taken.
+    #[error("no free VIF slot: lockd enforces at most {MAX_VIFS} VIFs")]
+    NoSlot,
+    /// The VIF has no policy in the dataplane.
+    #[error("ifindex {0} has no policy")]
+    UnknownIfindex(u32),
+    /// The VIF already has the program attached.
+    #[error("ifindex {0} is already attached")]
+    AlreadyAttached(u32),
+    /// The RCU barrier syscall failed.
+    #[error("waiting for an RCU grace period failed: {0}")]
+    Barrier(#[source] std::io::Error),
+    /// Reading the number of CPUs failed.
+    #[error("reading the possible CPUs failed: {0}")]
+    Cpus(#[source] std::io::Error),
+}
+
+type Result<T, E = DataplaneError> = std::result::Result<T, E>;
+
+/// How XDP ended up attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttachMode {
+    /// Driver (native) XDP.
+    Native,
+    /// Generic (skb) XDP.
+    Generic,
+}
+
+/// What the operator asked for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum XdpModeRequest {
+    /// Native, falling back to generic with a log line.
+    #[default]
+    Auto,
+    Native,
+    Generic,
+}
+
+/// Packets and bytes per direction and reason for one VIF.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VifCounters(pub [[Counter; Reason::COUNT]; 2]);
+
+impl VifCounters {
+    pub fn get(&self, dir: Direction, reason: Reason) -> Counter {
+        self.0[dir as usize][reason as usize]
+    }
+
+    /// `self - earlier`, per cell.
+    pub fn delta(&self, earlier: &VifCounters) -> VifCounters {
+        let mut out = VifCounters::default();
+        for d in 0..2 {
+            for r in 0..Reason::COUNT {
+                out.0[d][r] = Counter {
+                    packets: self.0[d][r].packets - earlier.0[d][r].packets,
+                    bytes: self.0[d][r].bytes - earlier.0[d][r].bytes,
+                };
+            }
+        }
+        out
+    }
+
+    /// The non-zero cells as (direction, reason, counter).
+    pub fn nonzero(&self) -> Vec<(Direction, Reason, Counter)> {
+        let mut out = Vec::new();
+        for (d, dir) in [Direction::FromVm, Direction::ToVm].into_iter().enumerate() {
+            for r in Reason::ALL {
+                let c = self.0[d][r as usize];
+                if c.packets != 0 {
+                    out.push((dir, r, c));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The address entries of one generation of a VIF's policy.
+#[derive(Debug, Default, Clone)]
+struct Entries {
+    v4: Vec<[u8; 4]>,
+    p4: Vec<(u32, [u8; 4])>,
+    v6: Vec<[u8; 16]>,
+    p6: Vec<(u32, [u8; 16])>,
+}
+
+impl Entries {
+    /// The kernel's view of a policy: exact addresses in hashes, shorter prefixes in tries, and
+    /// the derived link-local address as one more exact IPv6 entry when S6 is non-empty.
+    fn of(policy: &VifPolicy) -> Self {
+        let mut e = Entries::default();
+        if policy.mode != EffectiveMode::Locked {
+            return e;
+        }
+        for n in &policy.ipv4 {
+            if n.prefix() == 32 {
+                e.v4.push(n.ip().octets());
+            } else {
+                e.p4.push((u32::from(n.prefix()), n.network().octets()));
+            }
+        }
+        for n in &policy.ipv6 {
+            if n.prefix() == 128 {
+                e.v6.push(n.ip().octets());
+            } else {
+                e.p6.push((u32::from(n.prefix()), n.network().octets()));
+            }
+        }
+        if policy.has_s6() {
+            let ll = link_local(policy.mac).octets();
+            if !e.v6.contains(&ll) {
+                e.v6.push(ll);
+            }
+        }
+        e
+    }
+}
+
+#[derive(Debug)]
+struct VifState {
+    slot: u32,
+    generation: u32,
+    entries: Entries,
+    link: Option<(XdpLinkId, AttachMode)>,
+}
+
+/// Result of one `BPF_PROG_TEST_RUN`.
+#[derive(Clone, Copy, Debug)]
+pub struct RunResult {
+    /// The XDP action returned.
+    pub action: u32,
+    /// Kernel-reported mean duration per repetition, in nanoseconds.
+    pub ns_per_run: u64,
+}
+
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+
+/// The loaded object and every VIF lockd manages.
+pub struct Dataplane {
+    ebpf: Ebpf,
+    config: HashMap<MapData, u32, VifConfig>,
+    allow4: HashMap<MapData, Addr4Key, u8>,
+    allow6: HashMap<MapData, Addr6Key, u8>,
+    prefix4: LpmTrie<MapData, Lpm4Data, u8>,
+    prefix6: LpmTrie<MapData, Lpm6Data, u8>,
+    counters: PerCpuArray<MapData, Counter>,
+    barrier: RcuBarrier,
+    vifs: BTreeMap<u32, VifState>,
+    free_slots: Vec<u32>,
+    ncpus: usize,
+}
+
+fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
+    move |source| DataplaneError::Map { name, source }
+}
+
+fn prog_err(name: &'static str) -> impl FnOnce(ProgramError) -> DataplaneError {
+    move |source| DataplaneError::Program { name, source }
+}
+
+fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<T> {
+    let map = ebpf.take_map(name).ok_or(DataplaneError::Map {
+        name,
+        source: MapError::InvalidName {
+            name: name.to_string(),
+        },
+    })?;
+    T::try_from(map).map_err(map_err(name))
+}
+
+impl Dataplane {
+    /// Loads the object and both programs into the kernel (nothing is attached yet).
+    pub fn load() -> Result<Self> {
+        let mut ebpf = Ebpf::load(EBPF_OBJECT)?;
+        for name in [PROG_VIF_INGRESS, PROG_EMPTY] {
+            let prog: &mut Xdp = ebpf
+                .program_mut(name)
+                .ok_or(DataplaneError::Program {
+                    name,
+                    source: ProgramError::NotLoaded,
+                })?
+                .try_into()
+                .map_err(prog_err(name))?;
+            prog.load().map_err(prog_err(name))?;
+        }
+        let ncpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Cpus(e))?;
+        Ok(Self {
+            config: take(&mut ebpf, MAP_VIF_CONFIG)?,
+            allow4: take(&mut ebpf, MAP_ALLOW4)?,
+            allow6: take(&mut ebpf, MAP_ALLOW6)?,
+            prefix4: take(&mut ebpf, MAP_PREFIX4)?,
+            prefix6: take(&mut ebpf, MAP_PREFIX6)?,
+            counters: take(&mut ebpf, MAP_COUNTERS)?,
+            barrier: RcuBarrier::new().map_err(DataplaneError::Barrier)?,
+            ebpf,
+            vifs: BTreeMap::new(),
+            free_slots: (0..MAX_VIFS).rev().collect(),
+            ncpus,
+        })
+    }
+
+    fn xdp(&mut self, name: &'static str) -> Result<&mut Xdp> {
+        self.ebpf
+            .program_mut(name)
+            .ok_or(DataplaneError::Program {
+                name,
+                source: ProgramError::NotLoaded,
+            })?
+            .try_into()
+            .map_err(prog_err(name))
+    }
+
+    fn xdp_ref(&self, name: &'static str) -> Result<&Xdp> {
+        self.ebpf
+            .program(name)
+            .ok_or(DataplaneError::Program {
+                name,
+                source: ProgramError::NotLoaded,
+            })?
+            .try_into()
+            .map_err(prog_err(name))
+    }
+
+    /// Sets or replaces the policy of `ifindex`, atomically (see the module docs). A VIF gets
+    /// its counter slot (zeroed) on its first policy.
+    pub fn set_policy(&mut self, ifindex: u32, policy: &VifPolicy) -> Result<()> {
+        if !self.vifs.contains_key(&ifindex) {
+            let slot = self.free_slots.pop().ok_or(DataplaneError::NoSlot)?;
+            if let Err(e) = self.zero_counters(slot) {
+                self.free_slots.push(slot);
+                return Err(e);
+            }
+            self.vifs.insert(
+                ifindex,
+                VifState {
+                    slot,
+                    // The first update writes generation 1; generation 0 never has entries.
+                    generation: 0,
+                    entries: Entries::default(),
+                    link: None,
+                },
+            );
+        }
+        let state = &self.vifs[&ifindex];
+        let (slot, old_gen) = (state.slot, state.generation);
+        let new_gen = old_gen.wrapping_add(1);
+        let entries = Entries::of(policy);
+        if let Err(e) = self.insert_entries(ifindex, new_gen, &entries) {
+            self.remove_entries(ifindex, new_gen, &entries);
+            return Err(e);
+        }
+        let mut flags = 0;
+        if !policy.ipv4.is_empty() {
+            flags |= FLAG_HAS_A4;
+        }
+        if policy.has_s6() {
+            flags |= FLAG_HAS_S6;
+        }
+        if !entries.p4.is_empty() {
+            flags |= FLAG_PREFIX4;
+        }
+        if !entries.p6.is_empty() {
+            flags |= FLAG_PREFIX6;
+        }
+        let cfg = VifConfig {
+            mode: policy.mode.kernel(),
+            generation: new_gen,
+            slot,
+            flags,
+            mac: policy.mac,
+            _pad: [0; 2],
+        };
+        if let Err(e) = self.config.insert(ifindex, cfg, 0) {
+            self.remove_entries(ifindex, new_gen, &entries);
+            return Err(map_err(MAP_VIF_CONFIG)(e));
+        }
+        self.barrier.wait().map_err(DataplaneError::Barrier)?;
+        let state = self.vifs.get_mut(&ifindex).expect("inserted above");
+        let old = std::mem::replace(&mut state.entries, entries);
+        state.generation = new_gen;
+        self.remove_entries(ifindex, old_gen, &old);
+        Ok(())
+    }
+
+    fn insert_entries(&mut self, ifindex: u32, generation: u32, e: &Entries) -> Result<()> {
+        for &addr in &e.v4 {
+            let key = Addr4Key {
+                ifindex,
+                generation,
+                addr,
+            };
+            self.allow4.insert(key, 1, 0).map_err(map_err(MAP_ALLOW4))?;
+        }
+        for &addr in &e.v6 {
+            let key = Addr6Key {
+                ifindex,
+                generation,
+                addr,
+            };
+            self.allow6.insert(key, 1, 0).map_err(map_err(MAP_ALLOW6))?;
+        }
+        for &(plen, addr) in &e.p4 {
+            let key = lpm4(ifindex, generation, plen, addr);
+            self.prefix4
+                .insert(&key, 1, 0)
+                .map_err(map_err(MAP_PREFIX4))?;
+        }
+        for &(plen, addr) in &e.p6 {
+            let key = lpm6(ifindex, generation, plen, addr);
+            self.prefix6
+                .insert(&key, 1, 0)
+                .map_err(map_err(MAP_PREFIX6))?;
+        }
+        Ok(())
+    }
+
+    /// Best-effort removal: an entry that is already gone is fine.
+    fn remove_entries(&mut self, ifindex: u32, generation: u32, e: &Entries) {
+        for &addr in &e.v4 {
+            let _gone = self.allow4.remove(&Addr4Key {
+                ifindex,
+                generation,
+                addr,
+            });
+        }
+        for &addr in &e.v6 {
+            let _gone = self.allow6.remove(&Addr6Key {
+                ifindex,
+                generation,
+                addr,
+            });
+        }
+        for &(plen, addr) in &e.p4 {
+            let _gone = self.prefix4.remove(&lpm4(ifindex, generation, plen, addr));
+        }
+        for &(plen, addr) in &e.p6 {
+            let _gone = self.prefix6.remove(&lpm6(ifindex, generation, plen, addr));
+        }
+    }
+
+    fn zero_counters(&mut self, slot: u32) -> Result<()> {
+        for dir in 0..2 {
+            for r in 0..Reason::COUNT as u32 {
+                let zeros = PerCpuValues::try_from(vec![Counter::default(); self.ncpus])
+                    .map_err(|e| DataplaneError::Cpus(std::io::Error::other(e)))?;
+                self.counters
+                    .set(counter_index(slot, dir, r), zeros, 0)
+                    .map_err(map_err(MAP_COUNTERS))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the policy of `ifindex` (detaching first if attached) and frees its slot.
+    pub fn remove_policy(&mut self, ifindex: u32) -> Result<()> {
+        if !self.vifs.contains_key(&ifindex) {
+            return Err(DataplaneError::UnknownIfindex(ifindex));
+        }
+        self.detach(ifindex)?;
+        let _gone = self.config.remove(&ifindex);
+        self.barrier.wait().map_err(DataplaneError::Barrier)?;
+        let state = self.vifs.remove(&ifindex).expect("checked above");
+        self.remove_entries(ifindex, state.generation, &state.entries);
+        self.free_slots.push(state.slot);
+        Ok(())
+    }
+
+    /// Attaches the from-VM program to `ifindex`, which must already have a policy so the first
+    /// frame is judged by it. `Auto` tries native XDP and falls back to generic with a log line.
+    pub fn attach(&mut self, ifindex: u32, req: XdpModeRequest) -> Result<AttachMode> {
+        match self.vifs.get(&ifindex) {
+            None => return Err(DataplaneError::UnknownIfindex(ifindex)),
+            Some(s) if s.link.is_some() => return Err(DataplaneError::AlreadyAttached(ifindex)),
+            Some(_) => {}
+        }
+        let prog = self.xdp(PROG_VIF_INGRESS)?;
+        let (id, mode) = match req {
+            XdpModeRequest::Native => (
+                prog.attach_to_if_index(ifindex, XdpMode::Driver)
+                    .map_err(prog_err(PROG_VIF_INGRESS))?,
+                AttachMode::Native,
+            ),
+            XdpModeRequest::Generic => (
+                prog.attach_to_if_index(ifindex, XdpMode::Skb)
+                    .map_err(prog_err(PROG_VIF_INGRESS))?,
+                AttachMode::Generic,
+            ),
+            XdpModeRequest::Auto => match prog.attach_to_if_index(ifindex, XdpMode::Driver) {
+                Ok(id) => (id, AttachMode::Native),
+                Err(e) => {
+                    tracing::warn!(ifindex, error = %e, "native XDP refused, using generic XDP");
+                    let id = prog
+                        .attach_to_if_index(ifindex, XdpMode::Skb)
+                        .map_err(prog_err(PROG_VIF_INGRESS))?;
+                    (id, AttachMode::Generic)
+                }
+            },
+        };
+        self.vifs.get_mut(&ifindex).expect("checked above").link = Some((id, mode));
+        Ok(mode)
+    }
+
+    /// Detaches the program from `ifindex` if attached; the policy stays.
+    pub fn detach(&mut self, ifindex: u32) -> Result<()> {
+        let link = self.vifs.get_mut(&ifindex).and_then(|s| s.link.take());
+        if let Some((id, _)) = link {
+            self.xdp(PROG_VIF_INGRESS)?
+                .detach(id)
+                .map_err(prog_err(PROG_VIF_INGRESS))?;
+        }
+        Ok(())
+    }
+
+    /// How `ifindex` is attached, if it is.
+    pub fn attach_mode(&self, ifindex: u32) -> Option<AttachMode> {
+        self.vifs.get(&ifindex)?.link.as_ref().map(|(_, m)| *m)
+    }
+
+    /// The VIF's counters summed over CPUs.
+    pub fn counters(&self, ifindex: u32) -> Result<VifCounters> {
+        let slot = self
+            .vifs
+            .get(&ifindex)
+            .ok_or(DataplaneError::UnknownIfindex(ifindex))?
+            .slot;
+        let mut out = VifCounters::default();
+        for (d, row) in out.0.iter_mut().enumerate() {
+            for (r, cell) in row.iter_mut().enumerate() {
+                let values = self
+                    .counters
+                    .get(&counter_index(slot, d as u32, r as u32), 0)
+                    .map_err(map_err(MAP_COUNTERS))?;
+                for v in values.iter() {
+                    cell.packets += v.packets;
+                    cell.bytes += v.bytes;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs `prog` once per repetition on `frame` with `BPF_PROG_TEST_RUN`, as if received on
+    /// `ifindex` (which must be a device in the calling thread's network namespace, or 0).
+    pub fn test_run(
+        &self,
+        prog: &'static str,
+        ifindex: u32,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<RunResult> {
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+        // egress_ifindex. The kernel wants data = 0 and data_end = the frame length.
+        let md: [u32; 6] = [0, frame.len() as u32, 0, ifindex, 0, 0];
+        let ctx: Vec<u8> = md.iter().flat_map(|v| v.to_ne_bytes()).collect();
+        let mut out = vec![0u8; frame.len() + 256];
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            repeat,
+            ..TestRunOptions::default()
+        };
+        let r = self
+            .xdp_ref(prog)?
+            .test_run(opts)
+            .map_err(prog_err("test_run"))?;
+        Ok(RunResult {
+            action: r.return_value,
+            ns_per_run: r.duration.as_nanos() as u64,
+        })
+    }
+
+    /// The verdict the kernel gives `frame` arriving on `ifindex`: pass or drop.
+    pub fn judge(&self, ifindex: u32, frame: &[u8]) -> Result<u32> {
+        Ok(self.test_run(PROG_VIF_INGRESS, ifindex, frame, 1)?.action)
+    }
+}
+
+fn lpm4(ifindex: u32, generation: u32, plen: u32, addr: [u8; 4]) -> Key<Lpm4Data> {
+    Key::new(
+        LPM_HEADER_BITS + plen,
+        Lpm4Data {
+            ifindex_be: ifindex.to_be_bytes(),
+            generation_be: generation.to_be_bytes(),
+            addr,
+        },
+    )
+}
+
+fn lpm6(ifindex: u32, generation: u32, plen: u32, addr: [u8; 16]) -> Key<Lpm6Data> {
+    Key::new(
+        LPM_HEADER_BITS + plen,
+        Lpm6Data {
+            ifindex_be: ifindex.to_be_bytes(),
+            generation_be: generation.to_be_bytes(),
+            addr,
+        },
+    )
+}

@@ -1,0 +1,6 @@
+//! lockd: switch-port locking for hypervisor VIFs in XDP/TC.
+
+pub mod dataplane;
+pub mod frames;
+pub mod netlab;
+pub mod rcu;
