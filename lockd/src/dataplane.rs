@@ -478,25 +478,32 @@ impl Dataplane {
 
     /// The VIF's counters summed over CPUs.
     pub fn counters(&self, ifindex: u32) -> Result<VifCounters> {
+        let mut out = VifCounters::default();
+        for (d, dir) in [Direction::FromVm, Direction::ToVm].into_iter().enumerate() {
+            for r in Reason::ALL {
+                out.0[d][r as usize] = self.counter(ifindex, dir, r)?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// One counter of a VIF, summed over CPUs.
+    pub fn counter(&self, ifindex: u32, dir: Direction, reason: Reason) -> Result<Counter> {
         let slot = self
             .vifs
             .get(&ifindex)
             .ok_or(DataplaneError::UnknownIfindex(ifindex))?
             .slot;
-        let mut out = VifCounters::default();
-        for (d, row) in out.0.iter_mut().enumerate() {
-            for (r, cell) in row.iter_mut().enumerate() {
-                let values = self
-                    .counters
-                    .get(&counter_index(slot, d as u32, r as u32), 0)
-                    .map_err(map_err(MAP_COUNTERS))?;
-                for v in values.iter() {
-                    cell.packets += v.packets;
-                    cell.bytes += v.bytes;
-                }
-            }
+        let values = self
+            .counters
+            .get(&counter_index(slot, dir as u32, reason as u32), 0)
+            .map_err(map_err(MAP_COUNTERS))?;
+        let mut sum = Counter::default();
+        for v in values.iter() {
+            sum.packets += v.packets;
+            sum.bytes += v.bytes;
         }
-        Ok(out)
+        Ok(sum)
     }
 
     /// Runs `prog` once per repetition on `frame` with `BPF_PROG_TEST_RUN`, as if received on
