@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use aya::{
     Ebpf,
     maps::{HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuValues, lpm_trie::Key},
-    programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
+    programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use lockd_common::{
     Addr4Key, Addr6Key, Counter, Direction, FLAG_HAS_A4, FLAG_HAS_S6, FLAG_PREFIX4, FLAG_PREFIX6,
@@ -26,7 +26,9 @@ use lockd_common::{
 };
 use serde::Serialize;
 
-use crate::rcu::RcuBarrier;
+use std::os::fd::AsFd as _;
+
+use crate::{rcu::RcuBarrier, testrun::Runner};
 
 /// The eBPF object built from `lockd-ebpf`.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lockd"));
@@ -66,6 +68,9 @@ pub enum DataplaneError {
     /// The RCU barrier syscall failed.
     #[error("waiting for an RCU grace period failed: {0}")]
     Barrier(#[source] std::io::Error),
+    /// `BPF_PROG_TEST_RUN` failed.
+    #[error("BPF_PROG_TEST_RUN failed: {0}")]
+    TestRun(#[source] std::io::Error),
     /// Reading the number of CPUs failed.
     #[error("reading the possible CPUs failed: {0}")]
     Cpus(#[source] std::io::Error),
@@ -178,15 +183,6 @@ struct VifState {
     generation: u32,
     entries: Entries,
     link: Option<(XdpLinkId, AttachMode)>,
-}
-
-/// Result of one `BPF_PROG_TEST_RUN`.
-#[derive(Clone, Copy, Debug)]
-pub struct RunResult {
-    /// The XDP action returned.
-    pub action: u32,
-    /// Kernel-reported mean duration per repetition, in nanoseconds.
-    pub ns_per_run: u64,
 }
 
 pub const XDP_DROP: u32 = 1;
@@ -506,40 +502,25 @@ impl Dataplane {
         Ok(sum)
     }
 
-    /// Runs `prog` once per repetition on `frame` with `BPF_PROG_TEST_RUN`, as if received on
-    /// `ifindex` (which must be a device in the calling thread's network namespace, or 0).
-    pub fn test_run(
-        &self,
-        prog: &'static str,
-        ifindex: u32,
-        frame: &[u8],
-        repeat: u32,
-    ) -> Result<RunResult> {
-        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
-        // egress_ifindex. The kernel wants data = 0 and data_end = the frame length.
-        let md: [u32; 6] = [0, frame.len() as u32, 0, ifindex, 0, 0];
-        let ctx: Vec<u8> = md.iter().flat_map(|v| v.to_ne_bytes()).collect();
-        let mut out = vec![0u8; frame.len() + 256];
-        let opts = TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx),
-            repeat,
-            ..TestRunOptions::default()
-        };
-        let r = self
+    /// A descriptor of `prog` for `BPF_PROG_TEST_RUN` from any thread.
+    pub fn runner(&self, prog: &'static str) -> Result<Runner> {
+        let fd = self
             .xdp_ref(prog)?
-            .test_run(opts)
-            .map_err(prog_err("test_run"))?;
-        Ok(RunResult {
-            action: r.return_value,
-            ns_per_run: r.duration.as_nanos() as u64,
-        })
+            .fd()
+            .map_err(prog_err(prog))?
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(DataplaneError::TestRun)?;
+        Ok(Runner::new(fd))
     }
 
-    /// The verdict the kernel gives `frame` arriving on `ifindex`: pass or drop.
+    /// The verdict the kernel gives `frame` arriving on `ifindex` (XDP_PASS or XDP_DROP).
     pub fn judge(&self, ifindex: u32, frame: &[u8]) -> Result<u32> {
-        Ok(self.test_run(PROG_VIF_INGRESS, ifindex, frame, 1)?.action)
+        let r = self
+            .runner(PROG_VIF_INGRESS)?
+            .run(ifindex, frame, 1, 0, 0)
+            .map_err(DataplaneError::TestRun)?;
+        Ok(r.action)
     }
 }
 

@@ -4,3 +4,4 @@ pub mod dataplane;
 pub mod frames;
 pub mod netlab;
 pub mod rcu;
+pub mod testrun;

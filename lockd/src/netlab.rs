@@ -122,6 +122,30 @@ impl NetNs {
         })
     }
 
+    /// Runs `f` on a background thread inside this namespace.
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<std::thread::JoinHandle<Result<T>>> {
+        let file = File::open(format!("/run/netns/{}", self.name)).map_err(|source| {
+            NetlabError::Enter {
+                name: self.name.clone(),
+                source,
+            }
+        })?;
+        let name = self.name.clone();
+        Ok(std::thread::spawn(move || {
+            // SAFETY: setns on this (new, private) thread only; the fd is valid.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(NetlabError::Enter {
+                    name,
+                    source: io::Error::last_os_error(),
+                });
+            }
+            Ok(f())
+        }))
+    }
+
     /// The ifindex of `dev` inside this namespace.
     pub fn ifindex(&self, dev: &str) -> Result<u32> {
         let out = self.exec(&["cat", &format!("/sys/class/net/{dev}/ifindex")])?;

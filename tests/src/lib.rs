@@ -13,6 +13,7 @@ use rand::{Rng, RngCore, SeedableRng, rngs::SmallRng};
 
 pub mod corpus;
 pub mod random;
+pub mod wire;
 
 pub const GUEST: Mac = [0x02, 0, 0, 0, 0, 0x0b];
 pub const FOREIGN: Mac = [0x02, 0, 0, 0, 0, 0x0c];
