@@ -190,3 +190,31 @@ pub fn bridge(ns: &NetNs, name: &str) -> Result<()> {
     ns.exec(&["ip", "link", "set", name, "up"])?;
     Ok(())
 }
+
+/// Sends every frame once, in order, on `dev` inside `ns` (AF_PACKET via pnet).
+pub fn send_frames(ns: &NetNs, dev: &str, frames: &[Vec<u8>]) -> Result<()> {
+    let fail = |stderr: String| NetlabError::Failed {
+        cmd: format!("AF_PACKET send on {dev}"),
+        stderr,
+    };
+    ns.run(|| {
+        use pnet::datalink::{self, Channel};
+        let iface = datalink::interfaces()
+            .into_iter()
+            .find(|i| i.name == dev)
+            .ok_or_else(|| fail("no such interface".into()))?;
+        let mut tx = match datalink::channel(&iface, datalink::Config::default()) {
+            Ok(Channel::Ethernet(tx, _rx)) => tx,
+            Ok(_) => return Err(fail("unexpected channel type".into())),
+            Err(e) => return Err(fail(e.to_string())),
+        };
+        for f in frames {
+            match tx.send_to(f, None) {
+                Some(Ok(())) => {}
+                Some(Err(e)) => return Err(fail(e.to_string())),
+                None => return Err(fail("nothing sent".into())),
+            }
+        }
+        Ok(())
+    })?
+}

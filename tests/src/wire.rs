@@ -27,17 +27,7 @@ fn channel(dev: &str) -> (Box<dyn datalink::DataLinkSender>, Box<dyn datalink::D
 
 /// Sends every frame once, in order, from `dev` inside `ns`.
 pub fn send(ns: &NetNs, dev: &str, frames: &[Vec<u8>]) {
-    let dev = dev.to_string();
-    let frames = frames.to_vec();
-    ns.run(move || {
-        let (mut tx, _rx) = channel(&dev);
-        for f in &frames {
-            tx.send_to(f, None)
-                .expect("send_to returned nothing")
-                .expect("send_to");
-        }
-    })
-    .expect("enter namespace");
+    lockd::netlab::send_frames(ns, dev, frames).expect("send frames");
 }
 
 /// A capture running on `dev` inside a namespace; [`Capture::finish`] returns what arrived.

@@ -1,1 +1,276 @@
-fn main(){}
+//! `cargo xtask`: bootstrap the toolchain on a fresh machine, then build, run, test or fuzz.
+//!
+//! Every command bootstraps first. The bootstrap is idempotent and takes well under a second
+//! when everything is already in place:
+//! - Debian packages the tests and the demo use (apt-get, only if a tool is missing);
+//! - the nightly toolchain with rust-src (for `-Z build-std=core` on the BPF target);
+//! - bpf-linker 0.13 built against the nightly toolchain's own LLVM (no prebuilt binary
+//!   matches it), installed under `target/toolchain`.
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "lockd developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what building and testing lockd needs (idempotent).
+    Bootstrap,
+    /// Bootstrap, build lockd (release) and run it with the given arguments.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Bootstrap and run every test tier (needs root: BPF and network namespaces).
+    Test {
+        /// Extra arguments for `cargo test`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run the kernel-vs-model differential test on many random frames.
+    Fuzz {
+        /// Number of random frames.
+        #[arg(long, default_value_t = 1_000_000)]
+        frames: u64,
+        /// Seed (random when omitted; printed either way).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+}
+
+/// Packages and one binary each that proves the package is there.
+const APT: &[(&str, &str)] = &[
+    ("iproute2", "ip"),
+    ("nftables", "nft"),
+    ("ebtables", "ebtables"),
+    ("bridge-utils", "brctl"),
+    ("iperf3", "iperf3"),
+    ("tcpdump", "tcpdump"),
+    ("bpftool", "bpftool"),
+    ("iputils-ping", "ping"),
+    ("procps", "sysctl"),
+];
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn toolchain_dir() -> PathBuf {
+    env::var_os("LOCKD_TOOLCHAIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target/toolchain"))
+}
+
+fn run(cli: Cli) -> Result<()> {
+    bootstrap()?;
+    match cli.cmd {
+        Cmd::Bootstrap => Ok(()),
+        Cmd::Run { args } => {
+            cargo(&["build", "--release", "-p", "lockd"], &[])?;
+            let bin = workspace().join("target/release/lockd");
+            status(Command::new(bin).args(args))
+        }
+        Cmd::Test { args } => {
+            require_root()?;
+            let mut a = vec!["test", "--workspace", "--exclude", "lockd-ebpf"];
+            a.extend(args.iter().map(String::as_str));
+            cargo(&a, &[])
+        }
+        Cmd::Fuzz { frames, seed } => {
+            require_root()?;
+            let mut envs = vec![("LOCKD_DIFF_FRAMES", frames.to_string())];
+            if let Some(s) = seed {
+                envs.push(("LOCKD_SEED", s.to_string()));
+            }
+            cargo(
+                &[
+                    "test",
+                    "--release",
+                    "-p",
+                    "lockd-tests",
+                    "--test",
+                    "differential",
+                    "random_frames_match_model",
+                    "--",
+                    "--nocapture",
+                ],
+                &envs,
+            )
+        }
+    }
+}
+
+fn require_root() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { geteuid() } != 0 {
+        bail!(
+            "the tests load BPF programs and create network namespaces: run them as root \
+             (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN)"
+        );
+    }
+    Ok(())
+}
+
+unsafe extern "C" {
+    fn geteuid() -> u32;
+}
+
+fn status(cmd: &mut Command) -> Result<()> {
+    let s = cmd
+        .status()
+        .with_context(|| format!("starting {cmd:?}"))?;
+    if !s.success() {
+        bail!("{cmd:?} failed: {s}");
+    }
+    Ok(())
+}
+
+fn cargo(args: &[&str], envs: &[(&str, String)]) -> Result<()> {
+    let mut c = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(workspace())
+        .args(args)
+        .env("LOCKD_TOOLCHAIN_DIR", toolchain_dir());
+    for (k, v) in envs {
+        c.env(k, v);
+    }
+    status(&mut c)
+}
+
+fn on_path(bin: &str) -> bool {
+    env::split_paths(&env::var_os("PATH").unwrap_or_default())
+        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
+        .any(|d| d.join(bin).is_file())
+}
+
+fn bootstrap() -> Result<()> {
+    apt_packages()?;
+    nightly()?;
+    bpf_linker()
+}
+
+fn apt_packages() -> Result<()> {
+    let missing: Vec<&str> = APT
+        .iter()
+        .filter(|(_, bin)| !on_path(bin))
+        .map(|(pkg, _)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing {}", missing.join(" "));
+    require_root().context("installing packages")?;
+    status(Command::new("apt-get").args(["update", "-qq"]))?;
+    status(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+fn rustup(args: &[&str]) -> Result<String> {
+    let out = Command::new("rustup")
+        .args(args)
+        .output()
+        .context("running rustup (is rustup installed?)")?;
+    if !out.status.success() {
+        bail!(
+            "rustup {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn nightly() -> Result<()> {
+    if !rustup(&["toolchain", "list"])?
+        .lines()
+        .any(|l| l.starts_with("nightly"))
+    {
+        eprintln!("xtask: installing the nightly toolchain");
+        rustup(&["toolchain", "install", "nightly", "--profile", "minimal"])?;
+    }
+    if !rustup(&["component", "list", "--toolchain", "nightly", "--installed"])?
+        .lines()
+        .any(|l| l.starts_with("rust-src"))
+    {
+        eprintln!("xtask: adding rust-src to nightly");
+        rustup(&["component", "add", "rust-src", "--toolchain", "nightly"])?;
+    }
+    Ok(())
+}
+
+fn bpf_linker() -> Result<()> {
+    let prefix = toolchain_dir();
+    let linker = prefix.join("bin/bpf-linker");
+    let works = Command::new(&linker)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if works {
+        return Ok(());
+    }
+    eprintln!("xtask: building bpf-linker {BPF_LINKER_VERSION} against nightly's LLVM (about a minute)");
+    let sysroot = Command::new("rustc")
+        .args(["+nightly", "--print", "sysroot"])
+        .output()
+        .context("rustc +nightly --print sysroot")?;
+    let lib = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim()).join("lib");
+    let so = std::fs::read_dir(&lib)
+        .with_context(|| format!("reading {}", lib.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("libLLVM.so."))
+        .with_context(|| format!("no libLLVM.so.* in {}", lib.display()))?;
+    let llvm_lib = prefix.join("llvm/lib");
+    std::fs::create_dir_all(&llvm_lib)?;
+    for name in ["libLLVM.so", so.as_str()] {
+        let link = llvm_lib.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(lib.join(&so), &link)
+            .with_context(|| format!("linking {}", link.display()))?;
+    }
+    status(
+        Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args([
+                "install",
+                "bpf-linker",
+                "--locked",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+                "--root",
+            ])
+            .arg(&prefix)
+            .env("LLVM_PREFIX", prefix.join("llvm")),
+    )
+}
