@@ -11,7 +11,7 @@ use ipnetwork::{Ipv4Network, Ipv6Network};
 use crate::{MAX_ALLOWED_PER_VIF, MODE_DISABLED, MODE_LOCKED, MODE_UNLOCKED};
 
 /// A VIF's `locking-mode` setting as the operator wrote it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LockingMode {
     #[default]
@@ -22,7 +22,7 @@ pub enum LockingMode {
 }
 
 /// The mode in force after `network_default` is resolved.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EffectiveMode {
     #[default]
@@ -32,7 +32,7 @@ pub enum EffectiveMode {
 }
 
 /// A network's `default-locking-mode`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DefaultLockingMode {
     #[default]

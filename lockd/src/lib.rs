@@ -1,8 +1,13 @@
 //! lockd: switch-port locking for hypervisor VIFs in XDP/TC.
 
+pub mod daemon;
 pub mod dataplane;
 pub mod demo;
 pub mod frames;
+pub mod hook;
 pub mod netlab;
+pub mod netlink;
 pub mod rcu;
+pub mod state;
+pub mod xe;
 pub mod testrun;

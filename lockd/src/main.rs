@@ -1,19 +1,51 @@
-//! The `lockd` command.
+//! The `lockd` command: the daemon, its `xe`-style client, the toolstack hook, the demo.
 
-use std::process::ExitCode;
+use std::{path::PathBuf, process::ExitCode};
 
+use anyhow::Result;
 use clap::{Parser, Subcommand};
-use lockd::{dataplane::XdpModeRequest, demo};
+use lockd::{
+    daemon::{self, Config},
+    dataplane::{XdpModeRequest, cleanup},
+    demo, hook, xe,
+};
 
 #[derive(Parser)]
-#[command(name = "lockd", version, about = "Switch-port locking for hypervisor VIFs in XDP")]
+#[command(
+    name = "lockd",
+    version,
+    about = "Switch-port locking for hypervisor VIFs in XDP",
+    after_help = "xe-style commands (sent to the daemon):\n  network-create name-label=NAME [uuid=UUID] [default-locking-mode=unlocked|disabled]\n  network-destroy uuid=UUID\n  network-param-set uuid=UUID default-locking-mode=unlocked|disabled\n  network-param-get uuid=UUID param-name=default-locking-mode\n  network-list [--json]\n  vif-create network-uuid=UUID device=IFNAME mac=MAC [uuid=UUID] [vm-uuid=UUID]\n  vif-destroy uuid=UUID\n  vif-param-set uuid=UUID [locking-mode=network_default|locked|unlocked|disabled]\n        [ipv4-allowed=LIST] [ipv6-allowed=LIST] [qos_algorithm_type=ratelimit|]\n        [qos_algorithm_params:kbps=N] [qos_algorithm_params:timeslice_us=N]\n  vif-param-add uuid=UUID ipv4-allowed=LIST | ipv6-allowed=LIST\n  vif-param-remove uuid=UUID ipv4-allowed=LIST | ipv6-allowed=LIST\n  vif-param-get uuid=UUID param-name=NAME\n  vif-list [--json]\n  vif-stats [uuid=UUID] [--json]"
+)]
 struct Cli {
+    /// The daemon's control socket.
+    #[arg(long, global = true, env = "LOCKD_SOCKET", default_value = "/run/lockd/lockd.sock")]
+    socket: PathBuf,
     #[command(subcommand)]
     cmd: Cmd,
 }
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Run the controller daemon (a dom0 system service).
+    Daemon {
+        #[arg(long, env = "LOCKD_STATE_DIR", default_value = "/var/lib/lockd")]
+        state_dir: PathBuf,
+        #[arg(long, env = "LOCKD_BPFFS", default_value = "/sys/fs/bpf/lockd")]
+        bpffs: PathBuf,
+        #[arg(long, value_enum, default_value_t = XdpModeRequest::Auto)]
+        xdp_mode: XdpModeRequest,
+    },
+    /// Remove every pinned program, link and map (stops enforcement). The daemon must be stopped.
+    Cleanup {
+        #[arg(long, env = "LOCKD_BPFFS", default_value = "/sys/fs/bpf/lockd")]
+        bpffs: PathBuf,
+    },
+    /// Toolstack entry point, called by the vif scripts.
+    Hook {
+        #[command(subcommand)]
+        hook: HookCmd,
+    },
     /// Build a namespace topology, lock its VIFs, send genuine and spoofed traffic, show counters.
     Demo {
         /// Print the counters as JSON.
@@ -22,6 +54,81 @@ enum Cmd {
         #[arg(long, value_enum, default_value_t = XdpModeRequest::Auto)]
         xdp_mode: XdpModeRequest,
     },
+    #[command(external_subcommand)]
+    Xe(Vec<String>),
+}
+
+#[derive(Subcommand)]
+enum HookCmd {
+    /// setup-vif-rules <backend> <vif-name> <vm-uuid> <devid> filter|clear
+    SetupVifRules {
+        backend: String,
+        vif_name: String,
+        vm_uuid: String,
+        devid: String,
+        action: String,
+        /// Base directory of xenopsd's per-VIF files.
+        #[arg(long, env = "LOCKD_XENOPSD_DIR", default_value = hook::DEFAULT_XENOPSD_DIR)]
+        xenopsd_dir: PathBuf,
+    },
+}
+
+/// Sends a command to the daemon and relays its output; returns the exit code.
+fn relay(socket: &PathBuf, argv: &[String]) -> Result<u8> {
+    let r = daemon::call(socket, argv)?;
+    print!("{}", r.stdout);
+    eprint!("{}", r.stderr);
+    Ok(r.code.clamp(0, 255) as u8)
+}
+
+fn run(cli: Cli) -> Result<u8> {
+    match cli.cmd {
+        Cmd::Daemon {
+            state_dir,
+            bpffs,
+            xdp_mode,
+        } => {
+            daemon::run(Config {
+                state_dir,
+                socket: cli.socket,
+                bpffs,
+                xdp_mode,
+            })?;
+            Ok(0)
+        }
+        Cmd::Cleanup { bpffs } => {
+            if daemon::call(&cli.socket, &["network-list".into()]).is_ok() {
+                anyhow::bail!("the daemon is running on {}: stop it first", cli.socket.display());
+            }
+            let n = cleanup(&bpffs)?;
+            println!("removed {n} pins under {}", bpffs.display());
+            Ok(0)
+        }
+        Cmd::Hook {
+            hook:
+                HookCmd::SetupVifRules {
+                    backend,
+                    vif_name,
+                    vm_uuid,
+                    devid,
+                    action,
+                    xenopsd_dir,
+                },
+        } => {
+            let argv = hook::command(&xenopsd_dir, &backend, &vif_name, &vm_uuid, &devid, &action)?;
+            relay(&cli.socket, &argv)
+        }
+        Cmd::Demo { json, xdp_mode } => {
+            demo::run(json, xdp_mode)?;
+            Ok(0)
+        }
+        Cmd::Xe(argv) => {
+            if !xe::VERBS.contains(&argv[0].as_str()) {
+                anyhow::bail!("unknown command '{}'; see `lockd --help`", argv[0]);
+            }
+            relay(&cli.socket, &argv)
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -32,12 +139,8 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
-    let r = match cli.cmd {
-        Cmd::Demo { json, xdp_mode } => demo::run(json, xdp_mode),
-    };
-    match r {
-        Ok(()) => ExitCode::SUCCESS,
+    match run(Cli::parse()) {
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("lockd: {e:#}");
             ExitCode::FAILURE

@@ -11,12 +11,19 @@
 //!
 //! A failure in step 1 or 2 removes what step 1 added and leaves the old policy in force.
 
-use std::collections::BTreeMap;
+mod pinning;
+
+pub use pinning::{cleanup, ensure_bpffs};
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
 
 use aya::{
-    Ebpf,
+    Ebpf, EbpfLoader,
     maps::{HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuValues, lpm_trie::Key},
-    programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId},
+    programs::{ProgramError, Xdp, XdpMode, links::FdLink, xdp::XdpLinkId},
 };
 use lockd_common::{
     Addr4Key, Addr6Key, Counter, Direction, FLAG_HAS_A4, FLAG_HAS_S6, FLAG_PREFIX4, FLAG_PREFIX6,
@@ -71,6 +78,13 @@ pub enum DataplaneError {
     /// `BPF_PROG_TEST_RUN` failed.
     #[error("BPF_PROG_TEST_RUN failed: {0}")]
     TestRun(#[source] std::io::Error),
+    /// A pin on bpffs could not be made, read or removed.
+    #[error("bpffs pin {path}: {source}")]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// Reading the number of CPUs failed.
     #[error("reading the possible CPUs failed: {0}")]
     Cpus(#[source] std::io::Error),
@@ -175,6 +189,19 @@ impl Entries {
         }
         e
     }
+
+    /// Same entries, in any order.
+    fn same_as(&self, other: &Entries) -> bool {
+        fn sorted<T: Ord + Clone>(v: &[T]) -> Vec<T> {
+            let mut v = v.to_vec();
+            v.sort();
+            v
+        }
+        sorted(&self.v4) == sorted(&other.v4)
+            && sorted(&self.v6) == sorted(&other.v6)
+            && sorted(&self.p4) == sorted(&other.p4)
+            && sorted(&self.p6) == sorted(&other.p6)
+    }
 }
 
 #[derive(Debug)]
@@ -182,7 +209,24 @@ struct VifState {
     slot: u32,
     generation: u32,
     entries: Entries,
-    link: Option<(XdpLinkId, AttachMode)>,
+    /// The config last written, generation aside (to skip no-op updates).
+    config: VifConfig,
+    link: Option<Attached>,
+}
+
+/// A VIF's attachment.
+#[derive(Debug)]
+struct Attached {
+    mode: AttachMode,
+    handle: LinkHandle,
+}
+
+#[derive(Debug)]
+enum LinkHandle {
+    /// Owned by the program object; detached when the dataplane is dropped (tests, demo).
+    Owned(XdpLinkId),
+    /// Pinned on bpffs; stays attached when the daemon exits, until the pin is removed.
+    Pinned { link: FdLink, path: PathBuf },
 }
 
 pub const XDP_DROP: u32 = 1;
@@ -201,6 +245,7 @@ pub struct Dataplane {
     vifs: BTreeMap<u32, VifState>,
     free_slots: Vec<u32>,
     ncpus: usize,
+    pins: Option<pinning::PinDirs>,
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
@@ -225,9 +270,23 @@ fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
 }
 
 impl Dataplane {
-    /// Loads the object and both programs into the kernel (nothing is attached yet).
+    /// Loads the object and both programs into the kernel (nothing is attached yet), with
+    /// private maps and unpinned links (tests, the demo).
     pub fn load() -> Result<Self> {
-        let mut ebpf = Ebpf::load(EBPF_OBJECT)?;
+        Self::load_with(None)
+    }
+
+    /// Loads the object; with `pin_dir`, maps are pinned there (an existing pin is reused, so
+    /// a restarted daemon shares the running policy) and attachments are pinned links.
+    pub fn load_with(pin_dir: Option<&Path>) -> Result<Self> {
+        let pins = pin_dir.map(pinning::PinDirs::create).transpose()?;
+        let mut loader = EbpfLoader::new();
+        if let Some(p) = &pins {
+            for name in pinning::MAPS {
+                loader.map_pin_path(name, p.maps.join(name));
+            }
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT)?;
         for name in [PROG_VIF_INGRESS, PROG_EMPTY] {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
@@ -252,6 +311,7 @@ impl Dataplane {
             vifs: BTreeMap::new(),
             free_slots: (0..MAX_VIFS).rev().collect(),
             ncpus,
+            pins,
         })
     }
 
@@ -293,6 +353,7 @@ impl Dataplane {
                     // The first update writes generation 1; generation 0 never has entries.
                     generation: 0,
                     entries: Entries::default(),
+                    config: VifConfig::default(),
                     link: None,
                 },
             );
@@ -301,31 +362,15 @@ impl Dataplane {
         let (slot, old_gen) = (state.slot, state.generation);
         let new_gen = old_gen.wrapping_add(1);
         let entries = Entries::of(policy);
+        let mut cfg = config_of(policy, &entries, slot);
+        if old_gen != 0 && cfg == state.config && entries.same_as(&state.entries) {
+            return Ok(()); // Nothing changes; keep the running generation.
+        }
+        cfg.generation = new_gen;
         if let Err(e) = self.insert_entries(ifindex, new_gen, &entries) {
             self.remove_entries(ifindex, new_gen, &entries);
             return Err(e);
         }
-        let mut flags = 0;
-        if !policy.ipv4.is_empty() {
-            flags |= FLAG_HAS_A4;
-        }
-        if policy.has_s6() {
-            flags |= FLAG_HAS_S6;
-        }
-        if !entries.p4.is_empty() {
-            flags |= FLAG_PREFIX4;
-        }
-        if !entries.p6.is_empty() {
-            flags |= FLAG_PREFIX6;
-        }
-        let cfg = VifConfig {
-            mode: policy.mode.kernel(),
-            generation: new_gen,
-            slot,
-            flags,
-            mac: policy.mac,
-            _pad: [0; 2],
-        };
         if let Err(e) = self.config.insert(ifindex, cfg, 0) {
             self.remove_entries(ifindex, new_gen, &entries);
             return Err(map_err(MAP_VIF_CONFIG)(e));
@@ -334,6 +379,10 @@ impl Dataplane {
         let state = self.vifs.get_mut(&ifindex).expect("inserted above");
         let old = std::mem::replace(&mut state.entries, entries);
         state.generation = new_gen;
+        state.config = VifConfig {
+            generation: 0,
+            ..cfg
+        };
         self.remove_entries(ifindex, old_gen, &old);
         Ok(())
     }
@@ -452,24 +501,39 @@ impl Dataplane {
                 }
             },
         };
-        self.vifs.get_mut(&ifindex).expect("checked above").link = Some((id, mode));
+        let handle = match &self.pins {
+            None => LinkHandle::Owned(id),
+            Some(p) => {
+                let path = p.link_path(ifindex, mode);
+                let link = self.pin_link(id, &path)?;
+                LinkHandle::Pinned { link, path }
+            }
+        };
+        self.vifs.get_mut(&ifindex).expect("checked above").link = Some(Attached { mode, handle });
         Ok(mode)
     }
 
     /// Detaches the program from `ifindex` if attached; the policy stays.
     pub fn detach(&mut self, ifindex: u32) -> Result<()> {
         let link = self.vifs.get_mut(&ifindex).and_then(|s| s.link.take());
-        if let Some((id, _)) = link {
-            self.xdp(PROG_VIF_INGRESS)?
+        match link.map(|a| a.handle) {
+            None => {}
+            Some(LinkHandle::Owned(id)) => self
+                .xdp(PROG_VIF_INGRESS)?
                 .detach(id)
-                .map_err(prog_err(PROG_VIF_INGRESS))?;
+                .map_err(prog_err(PROG_VIF_INGRESS))?,
+            Some(LinkHandle::Pinned { link, path }) => {
+                // Removing the pin and closing our descriptor destroys the link.
+                pinning::unpin(&path)?;
+                drop(link);
+            }
         }
         Ok(())
     }
 
     /// How `ifindex` is attached, if it is.
     pub fn attach_mode(&self, ifindex: u32) -> Option<AttachMode> {
-        self.vifs.get(&ifindex)?.link.as_ref().map(|(_, m)| *m)
+        self.vifs.get(&ifindex)?.link.as_ref().map(|a| a.mode)
     }
 
     /// The VIF's counters summed over CPUs.
@@ -521,6 +585,31 @@ impl Dataplane {
             .run(ifindex, frame, 1, 0, 0)
             .map_err(DataplaneError::TestRun)?;
         Ok(r.action)
+    }
+}
+
+/// The kernel config for a policy (generation 0; the caller sets it).
+fn config_of(policy: &VifPolicy, entries: &Entries, slot: u32) -> VifConfig {
+    let mut flags = 0;
+    if !policy.ipv4.is_empty() {
+        flags |= FLAG_HAS_A4;
+    }
+    if policy.has_s6() {
+        flags |= FLAG_HAS_S6;
+    }
+    if !entries.p4.is_empty() {
+        flags |= FLAG_PREFIX4;
+    }
+    if !entries.p6.is_empty() {
+        flags |= FLAG_PREFIX6;
+    }
+    VifConfig {
+        mode: policy.mode.kernel(),
+        generation: 0,
+        slot,
+        flags,
+        mac: policy.mac,
+        _pad: [0; 2],
     }
 }
 

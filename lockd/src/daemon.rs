@@ -1,0 +1,346 @@
+//! `lockd daemon`: owns the state and the dataplane, follows netdevs as they come and go, and
+//! answers CLI commands on a Unix socket.
+//!
+//! One thread (the core) owns state, store and dataplane and handles one message at a time:
+//! a command from a client or a batch of link events from rtnetlink. tokio runs the socket
+//! and signal handling around it. Exiting, by signal or kill, leaves every pin in place, so
+//! enforcement continues (fail-closed) until a new daemon adopts it or `lockd cleanup` runs.
+
+use std::{
+    collections::HashMap,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    sync::mpsc,
+    time::Instant,
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    net::{UnixListener, UnixStream},
+    sync::oneshot,
+};
+
+use crate::{
+    dataplane::{AttachMode, Dataplane, VifCounters, XdpModeRequest},
+    netlink::{self, LinkEvent},
+    state::{State, Store},
+    xe::{self, Runtime},
+};
+
+/// Daemon settings.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub state_dir: PathBuf,
+    pub socket: PathBuf,
+    pub bpffs: PathBuf,
+    pub xdp_mode: XdpModeRequest,
+}
+
+/// A client request: the command line after `lockd`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Request {
+    pub argv: Vec<String>,
+}
+
+/// The daemon's answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Reply {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+enum Msg {
+    Command(Vec<String>, oneshot::Sender<Reply>),
+    Links(Vec<LinkEvent>),
+}
+
+struct Core {
+    state: State,
+    store: Store,
+    dp: Dataplane,
+    /// Netdev name → ifindex in the daemon's namespace, kept current from rtnetlink.
+    links: HashMap<String, u32>,
+    xdp_mode: XdpModeRequest,
+}
+
+impl Runtime for Core {
+    fn ifindex(&self, device: &str) -> Option<u32> {
+        self.links.get(device).copied()
+    }
+    fn attach_mode(&self, ifindex: u32) -> Option<AttachMode> {
+        self.dp.attach_mode(ifindex)
+    }
+    fn counters(&self, ifindex: u32) -> Option<VifCounters> {
+        self.dp.counters(ifindex).ok()
+    }
+}
+
+impl Core {
+    /// Makes the dataplane match the state for every VIF whose netdev exists: removes
+    /// policies nobody wants, replaces changed ones atomically, attaches where missing.
+    fn reconcile(&mut self) -> Result<()> {
+        let mut desired = HashMap::new();
+        for vif in self.state.vifs.values() {
+            if let Some(&ifx) = self.links.get(&vif.device) {
+                desired.insert(ifx, (vif.uuid.clone(), self.state.policy(vif)?));
+            }
+        }
+        for ifx in self.dp.ifindexes() {
+            if !desired.contains_key(&ifx) {
+                self.dp.remove_policy(ifx)?;
+                tracing::info!(ifindex = ifx, "policy removed");
+            }
+        }
+        for (ifx, (uuid, policy)) in &desired {
+            self.dp.set_policy(*ifx, policy)?;
+            if self.dp.attach_mode(*ifx).is_none() {
+                let mode = self.dp.attach(*ifx, self.xdp_mode)?;
+                tracing::info!(vif = %uuid, ifindex = ifx, ?mode, "attached");
+            }
+        }
+        Ok(())
+    }
+
+    fn command(&mut self, argv: &[String]) -> Reply {
+        let fail = |msg: String| Reply {
+            code: 1,
+            stdout: String::new(),
+            stderr: format!("lockd: {msg}\n"),
+        };
+        let out = match xe::execute(&self.state, self, argv) {
+            Ok(o) => o,
+            Err(e) => return fail(e.to_string()),
+        };
+        if let Some(new) = out.state {
+            let old = std::mem::replace(&mut self.state, new);
+            let applied = self.reconcile().and_then(|()| Ok(self.store.save(&self.state)?));
+            if let Err(e) = applied {
+                self.state = old;
+                if let Err(e2) = self.reconcile() {
+                    tracing::error!(error = %e2, "restoring the previous policy failed");
+                }
+                return fail(format!("{e:#}; nothing was changed"));
+            }
+        }
+        Reply {
+            code: 0,
+            stdout: out.output,
+            stderr: String::new(),
+        }
+    }
+
+    fn links_changed(&mut self, events: Vec<LinkEvent>) {
+        let start = Instant::now();
+        for e in events {
+            match e {
+                LinkEvent::New { ifindex, name } => {
+                    // A rename shows up as NEWLINK with a known ifindex and a new name.
+                    self.links.retain(|n, i| *i != ifindex || *n == name);
+                    self.links.insert(name, ifindex);
+                }
+                LinkEvent::Del { ifindex, name } => {
+                    self.links.retain(|_, i| *i != ifindex);
+                    // The kernel already detached the program; drop our side of it before the
+                    // ifindex can be reused.
+                    if self.dp.ifindexes().contains(&ifindex) {
+                        if let Err(err) = self.dp.remove_policy(ifindex) {
+                            tracing::warn!(ifindex, %name, error = %err, "cleanup after link removal");
+                        }
+                        tracing::info!(ifindex, %name, "netdev gone");
+                    }
+                }
+            }
+        }
+        if let Err(e) = self.reconcile() {
+            tracing::error!(error = %format!("{e:#}"), "reconcile after link change failed");
+        }
+        tracing::debug!(took_us = start.elapsed().as_micros() as u64, "link events handled");
+    }
+}
+
+/// Sends `READY=1` to systemd when started with `Type=notify`.
+fn notify_ready() {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sock = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(e) => return tracing::warn!(error = %e, "sd_notify socket"),
+    };
+    let bytes = path.as_encoded_bytes();
+    let r = if let Some(abs) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt as _;
+        std::os::unix::net::SocketAddr::from_abstract_name(abs)
+            .and_then(|a| sock.send_to_addr(b"READY=1", &a))
+    } else {
+        sock.send_to(b"READY=1", Path::new(&path))
+    };
+    if let Err(e) = r {
+        tracing::warn!(error = %e, "sd_notify READY=1");
+    }
+}
+
+/// Binds the control socket (0600), refusing if another daemon answers on it.
+fn bind(path: &Path) -> Result<UnixListener> {
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        bail!("another lockd daemon is already listening on {}", path.display());
+    }
+    let _stale = std::fs::remove_file(path);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let l = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub fn run(cfg: Config) -> Result<()> {
+    let start = Instant::now();
+    let store = Store::new(&cfg.state_dir);
+    let state = store.load()?;
+    let mut dp = Dataplane::load_with(Some(&cfg.bpffs)).context("loading the dataplane")?;
+    let adopted = dp.adopt().context("adopting pinned programs and maps")?;
+    if !adopted.is_empty() {
+        tracing::info!(count = adopted.len(), "adopted pinned attachments");
+    }
+    // Subscribe before the dump so no event falls between them.
+    let mut watcher = netlink::Watcher::subscribe().context("subscribing to rtnetlink")?;
+    let links = netlink::dump()
+        .context("listing links")?
+        .into_iter()
+        .map(|(i, n)| (n, i))
+        .collect();
+    let mut core = Core {
+        state,
+        store,
+        dp,
+        links,
+        xdp_mode: cfg.xdp_mode,
+    };
+    core.reconcile().context("enforcing the stored state")?;
+
+    let (tx, rx) = mpsc::channel::<Msg>();
+    let link_tx = tx.clone();
+    std::thread::Builder::new()
+        .name("netlink".into())
+        .spawn(move || {
+            loop {
+                match watcher.next() {
+                    Ok(ev) if ev.is_empty() => {}
+                    Ok(ev) => {
+                        if link_tx.send(Msg::Links(ev)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        // ENOBUFS: events were lost; a dump brings the table back in line.
+                        tracing::warn!(error = %e, "rtnetlink receive; resynchronising");
+                        let ev = netlink::dump()
+                            .map(|l| {
+                                l.into_iter()
+                                    .map(|(ifindex, name)| LinkEvent::New { ifindex, name })
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        if link_tx.send(Msg::Links(ev)).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        })?;
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let listener = rt.block_on(async { bind(&cfg.socket) })?;
+    std::thread::Builder::new()
+        .name("core".into())
+        .spawn(move || {
+            for msg in rx {
+                match msg {
+                    Msg::Command(argv, reply) => {
+                        let _gone = reply.send(core.command(&argv));
+                    }
+                    Msg::Links(ev) => core.links_changed(ev),
+                }
+            }
+        })?;
+    tracing::info!(
+        socket = %cfg.socket.display(),
+        state = %cfg.state_dir.display(),
+        bpffs = %cfg.bpffs.display(),
+        took_ms = start.elapsed().as_millis() as u64,
+        "lockd ready"
+    );
+    notify_ready();
+    rt.block_on(async move {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        loop {
+            tokio::select! {
+                conn = listener.accept() => {
+                    let (stream, _) = conn?;
+                    let tx = tx.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = serve(stream, tx).await {
+                            tracing::warn!(error = %e, "client connection");
+                        }
+                    });
+                }
+                _ = term.recv() => break,
+                _ = tokio::signal::ctrl_c() => break,
+            }
+        }
+        tracing::info!("stopping; enforcement stays pinned");
+        let _ = std::fs::remove_file(&cfg.socket);
+        Ok(())
+    })
+}
+
+async fn serve(stream: UnixStream, tx: mpsc::Sender<Msg>) -> Result<()> {
+    let (r, mut w) = stream.into_split();
+    let mut line = String::new();
+    BufReader::new(r).read_line(&mut line).await?;
+    let reply = match serde_json::from_str::<Request>(&line) {
+        Ok(req) => {
+            let (rtx, rrx) = oneshot::channel();
+            tx.send(Msg::Command(req.argv, rtx))
+                .map_err(|_| anyhow::anyhow!("core stopped"))?;
+            rrx.await?
+        }
+        Err(e) => Reply {
+            code: 2,
+            stdout: String::new(),
+            stderr: format!("lockd: bad request: {e}\n"),
+        },
+    };
+    let mut out = serde_json::to_vec(&reply)?;
+    out.push(b'\n');
+    w.write_all(&out).await?;
+    Ok(())
+}
+
+/// Client side: sends `argv` to the daemon at `socket` and returns its reply.
+pub fn call(socket: &Path, argv: &[String]) -> Result<Reply> {
+    use std::io::{BufRead as _, Write as _};
+    let mut s = std::os::unix::net::UnixStream::connect(socket).map_err(|e| {
+        anyhow::anyhow!(
+            "the lockd daemon is not running (cannot connect to {}: {e}); start it with \
+             `systemctl start lockd` or `lockd daemon`",
+            socket.display()
+        )
+    })?;
+    let mut req = serde_json::to_vec(&Request {
+        argv: argv.to_vec(),
+    })?;
+    req.push(b'\n');
+    s.write_all(&req)?;
+    let mut line = String::new();
+    std::io::BufReader::new(s).read_line(&mut line)?;
+    serde_json::from_str(&line).context("reading the daemon's reply")
+}

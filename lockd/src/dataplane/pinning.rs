@@ -1,0 +1,273 @@
+//! Everything on bpffs, in one place: where maps and links are pinned, how a starting daemon
+//! adopts what a previous one left (without ever detaching), and `lockd cleanup`.
+//!
+//! Layout under the bpffs directory (default `/sys/fs/bpf/lockd`):
+//! - `maps/<NAME>`: every map of the object, reused by the next load;
+//! - `links/xdp-<ifindex>-<native|generic>`: one XDP link per attached VIF.
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use aya::programs::{Xdp, links::FdLink, links::PinnedLink, xdp::XdpLink, xdp::XdpLinkId};
+use lockd_common::{
+    Addr4Key, Addr6Key, MAP_ALLOW4, MAP_ALLOW6, MAP_COUNTERS, MAP_PREFIX4, MAP_PREFIX6,
+    MAP_VIF_CONFIG, MAX_VIFS, PROG_VIF_INGRESS,
+};
+
+use super::{
+    AttachMode, Attached, Dataplane, DataplaneError, Entries, LinkHandle, Result, VifConfig,
+    VifState, lpm4, lpm6, map_err, prog_err,
+};
+
+/// Every pinned map.
+pub(super) const MAPS: [&str; 6] = [
+    MAP_VIF_CONFIG,
+    MAP_ALLOW4,
+    MAP_ALLOW6,
+    MAP_PREFIX4,
+    MAP_PREFIX6,
+    MAP_COUNTERS,
+];
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+#[derive(Debug)]
+pub(super) struct PinDirs {
+    pub(super) maps: PathBuf,
+    pub(super) links: PathBuf,
+}
+
+fn pin_err(path: &Path) -> impl FnOnce(io::Error) -> DataplaneError + '_ {
+    move |source| DataplaneError::Pin {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Is `path` on a bpffs mount?
+fn on_bpffs(path: &Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs writes into the zeroed struct we pass; c is NUL-terminated.
+    unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC
+    }
+}
+
+/// Makes sure `dir`'s parent is on bpffs, mounting one there if not (a fresh machine has no
+/// bpffs at /sys/fs/bpf), then creates `dir`.
+pub fn ensure_bpffs(dir: &Path) -> Result<()> {
+    let parent = dir.parent().unwrap_or(Path::new("/"));
+    if !on_bpffs(parent) {
+        fs::create_dir_all(parent).map_err(pin_err(parent))?;
+        let target = std::ffi::CString::new(parent.as_os_str().as_encoded_bytes())
+            .map_err(|e| pin_err(parent)(io::Error::other(e)))?;
+        // SAFETY: all strings are NUL-terminated and outlive the call.
+        let r = unsafe {
+            libc::mount(
+                c"bpffs".as_ptr(),
+                target.as_ptr(),
+                c"bpf".as_ptr(),
+                0,
+                c"mode=0700".as_ptr().cast(),
+            )
+        };
+        if r != 0 {
+            return Err(pin_err(parent)(io::Error::last_os_error()));
+        }
+        tracing::info!(path = %parent.display(), "mounted bpffs");
+    }
+    fs::create_dir_all(dir).map_err(pin_err(dir))
+}
+
+impl PinDirs {
+    pub(super) fn create(dir: &Path) -> Result<Self> {
+        ensure_bpffs(dir)?;
+        let d = PinDirs {
+            maps: dir.join("maps"),
+            links: dir.join("links"),
+        };
+        fs::create_dir_all(&d.maps).map_err(pin_err(&d.maps))?;
+        fs::create_dir_all(&d.links).map_err(pin_err(&d.links))?;
+        Ok(d)
+    }
+
+    pub(super) fn link_path(&self, ifindex: u32, mode: AttachMode) -> PathBuf {
+        let m = match mode {
+            AttachMode::Native => "native",
+            AttachMode::Generic => "generic",
+        };
+        self.links.join(format!("xdp-{ifindex}-{m}"))
+    }
+}
+
+fn parse_link_name(name: &str) -> Option<(u32, AttachMode)> {
+    let rest = name.strip_prefix("xdp-")?;
+    let (ifx, mode) = rest.split_once('-')?;
+    let mode = match mode {
+        "native" => AttachMode::Native,
+        "generic" => AttachMode::Generic,
+        _ => return None,
+    };
+    Some((ifx.parse().ok()?, mode))
+}
+
+pub(super) fn unpin(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(pin_err(path)(e)),
+        _ => Ok(()),
+    }
+}
+
+/// Removes every pin under `dir` (links first, which detaches the programs) and the directory.
+pub fn cleanup(dir: &Path) -> Result<usize> {
+    let mut removed = 0;
+    for sub in ["links", "maps"] {
+        let d = dir.join(sub);
+        let Ok(rd) = fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            unpin(&e.path())?;
+            removed += 1;
+        }
+        let _ = fs::remove_dir(&d);
+    }
+    let _ = fs::remove_dir(dir);
+    Ok(removed)
+}
+
+impl Dataplane {
+    /// Pins the link behind `id` at `path`; the program object gives up ownership.
+    pub(super) fn pin_link(&mut self, id: XdpLinkId, path: &Path) -> Result<FdLink> {
+        let prog = self.xdp(PROG_VIF_INGRESS)?;
+        let link = prog.take_link(id).map_err(prog_err(PROG_VIF_INGRESS))?;
+        let fd = FdLink::try_from(link).map_err(|e| pin_err(path)(io::Error::other(e)))?;
+        let _stale = fs::remove_file(path);
+        let pinned = fd
+            .pin(path)
+            .map_err(|e| pin_err(path)(io::Error::other(e)))?;
+        Ok(pinned.into())
+    }
+
+    /// Adopts what a previous daemon left pinned: per-VIF slots and generations from the
+    /// config map, the current generation's address entries (stale ones are deleted), and
+    /// every pinned link, whose program is atomically replaced by this one's
+    /// (`bpf_link_update`) — enforcement never stops. Links of ifindexes without a config are
+    /// removed. Returns the adopted ifindexes.
+    pub fn adopt(&mut self) -> Result<Vec<u32>> {
+        let Some(pins) = &self.pins else {
+            return Ok(Vec::new());
+        };
+        let links_dir = pins.links.clone();
+        let configs: Vec<(u32, VifConfig)> = self
+            .config
+            .iter()
+            .collect::<std::result::Result<_, _>>()
+            .map_err(map_err(MAP_VIF_CONFIG))?;
+        for (ifindex, cfg) in &configs {
+            if cfg.slot >= MAX_VIFS || self.vifs.values().any(|v| v.slot == cfg.slot) {
+                // Not ours to trust; drop it rather than share counters.
+                let _ = self.config.remove(ifindex);
+                continue;
+            }
+            self.free_slots.retain(|s| *s != cfg.slot);
+            self.vifs.insert(
+                *ifindex,
+                VifState {
+                    slot: cfg.slot,
+                    generation: cfg.generation,
+                    entries: Entries::default(),
+                    config: VifConfig {
+                        generation: 0,
+                        ..*cfg
+                    },
+                    link: None,
+                },
+            );
+        }
+        self.adopt_entries()?;
+        let mut adopted = Vec::new();
+        let rd = fs::read_dir(&links_dir).map_err(pin_err(&links_dir))?;
+        for e in rd.flatten() {
+            let path = e.path();
+            let parsed = parse_link_name(&e.file_name().to_string_lossy());
+            match parsed {
+                Some((ifindex, mode)) if self.vifs.contains_key(&ifindex) => {
+                    let pinned = PinnedLink::from_pin(&path)
+                        .map_err(|err| pin_err(&path)(io::Error::other(err)))?;
+                    let link = XdpLink::try_from(FdLink::from(pinned))
+                        .map_err(|err| pin_err(&path)(io::Error::other(err)))?;
+                    let prog: &mut Xdp = self.xdp(PROG_VIF_INGRESS)?;
+                    let id = prog
+                        .attach_to_link(link)
+                        .map_err(prog_err(PROG_VIF_INGRESS))?;
+                    let link = self.pin_link(id, &path)?;
+                    self.vifs.get_mut(&ifindex).expect("checked").link = Some(Attached {
+                        mode,
+                        handle: LinkHandle::Pinned { link, path },
+                    });
+                    adopted.push(ifindex);
+                }
+                _ => {
+                    tracing::info!(path = %path.display(), "removing a pinned link with no policy");
+                    unpin(&path)?;
+                }
+            }
+        }
+        Ok(adopted)
+    }
+
+    /// Rebuilds each VIF's current entries from the maps and deletes any other generation's.
+    fn adopt_entries(&mut self) -> Result<()> {
+        let current = |vifs: &std::collections::BTreeMap<u32, VifState>, ifx: u32, g: u32| {
+            vifs.get(&ifx).is_some_and(|v| v.generation == g)
+        };
+        let keys4: Vec<Addr4Key> = self.allow4.keys().filter_map(|k| k.ok()).collect();
+        for k in keys4 {
+            if current(&self.vifs, k.ifindex, k.generation) {
+                self.vifs.get_mut(&k.ifindex).expect("current").entries.v4.push(k.addr);
+            } else {
+                let _ = self.allow4.remove(&k);
+            }
+        }
+        let keys6: Vec<Addr6Key> = self.allow6.keys().filter_map(|k| k.ok()).collect();
+        for k in keys6 {
+            if current(&self.vifs, k.ifindex, k.generation) {
+                self.vifs.get_mut(&k.ifindex).expect("current").entries.v6.push(k.addr);
+            } else {
+                let _ = self.allow6.remove(&k);
+            }
+        }
+        let p4: Vec<_> = self.prefix4.keys().filter_map(|k| k.ok()).collect();
+        for k in p4 {
+            let d = k.data();
+            let (ifx, g) = (u32::from_be_bytes(d.ifindex_be), u32::from_be_bytes(d.generation_be));
+            let plen = k.prefix_len().saturating_sub(lockd_common::LPM_HEADER_BITS);
+            if current(&self.vifs, ifx, g) {
+                self.vifs.get_mut(&ifx).expect("current").entries.p4.push((plen, d.addr));
+            } else {
+                let _ = self.prefix4.remove(&lpm4(ifx, g, plen, d.addr));
+            }
+        }
+        let p6: Vec<_> = self.prefix6.keys().filter_map(|k| k.ok()).collect();
+        for k in p6 {
+            let d = k.data();
+            let (ifx, g) = (u32::from_be_bytes(d.ifindex_be), u32::from_be_bytes(d.generation_be));
+            let plen = k.prefix_len().saturating_sub(lockd_common::LPM_HEADER_BITS);
+            if current(&self.vifs, ifx, g) {
+                self.vifs.get_mut(&ifx).expect("current").entries.p6.push((plen, d.addr));
+            } else {
+                let _ = self.prefix6.remove(&lpm6(ifx, g, plen, d.addr));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every ifindex with a policy.
+    pub fn ifindexes(&self) -> Vec<u32> {
+        self.vifs.keys().copied().collect()
+    }
+}
