@@ -12,6 +12,7 @@ use lockd_common::{
 use rand::{Rng, RngCore, SeedableRng, rngs::SmallRng};
 
 pub mod corpus;
+pub mod daemon;
 pub mod random;
 pub mod wire;
 

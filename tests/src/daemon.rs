@@ -1,0 +1,177 @@
+//! Running the real `lockd` binary as a daemon inside a test's host namespace, and its CLI.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use lockd::netlab::NetNs;
+use serde_json::Value;
+
+static N: AtomicU32 = AtomicU32::new(0);
+
+/// The `lockd` binary cargo built next to this test.
+pub fn lockd_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("lockd");
+    assert!(
+        bin.is_file(),
+        "{} is missing: run the tests with `cargo xtask test` (which builds it)",
+        bin.display()
+    );
+    bin
+}
+
+/// Paths one daemon instance uses, unique per test.
+pub struct Instance {
+    pub state_dir: PathBuf,
+    pub socket: PathBuf,
+    pub bpffs: PathBuf,
+    pub netns: String,
+    child: Option<Child>,
+}
+
+/// Output of one CLI call.
+#[derive(Debug)]
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Out {
+    /// Panics unless the call succeeded; returns stdout trimmed.
+    pub fn ok(self) -> String {
+        assert_eq!(self.code, 0, "command failed: {}", self.stderr);
+        self.stdout.trim().to_string()
+    }
+
+    pub fn json(self) -> Value {
+        let s = self.ok();
+        serde_json::from_str(&s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+    }
+}
+
+impl Instance {
+    /// Paths for a daemon running in `ns`; nothing is started yet.
+    pub fn new(ns: &NetNs) -> Instance {
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let tag = format!("{}-{n}", std::process::id());
+        let base = std::env::temp_dir().join(format!("lockd-test-{tag}"));
+        let _ = std::fs::remove_dir_all(&base);
+        Instance {
+            state_dir: base.join("state"),
+            socket: base.join("lockd.sock"),
+            bpffs: PathBuf::from(format!("/sys/fs/bpf/lockd-test-{tag}")),
+            netns: ns.name().to_string(),
+            child: None,
+        }
+    }
+
+    /// Starts the daemon (inside the namespace, via nsenter) and waits until it answers.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "daemon already running");
+        let log = std::fs::File::create(self.state_dir.with_file_name("daemon.log"))
+            .or_else(|_| {
+                std::fs::create_dir_all(self.state_dir.parent().expect("base"))?;
+                std::fs::File::create(self.state_dir.with_file_name("daemon.log"))
+            })
+            .expect("log file");
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.netns))
+            .arg(lockd_bin())
+            .arg("daemon")
+            .env("LOCKD_STATE_DIR", &self.state_dir)
+            .env("LOCKD_SOCKET", &self.socket)
+            .env("LOCKD_BPFFS", &self.bpffs)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn lockd daemon");
+        self.child = Some(child);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(20) {
+            if self.cli(&["network-list"]).code == 0 {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("daemon exited with {status}: {}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("daemon did not come up: {}", self.log());
+    }
+
+    /// Starts the daemon expecting it to fail; returns its stderr.
+    pub fn start_failing(&self) -> String {
+        let out = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.netns))
+            .arg(lockd_bin())
+            .arg("daemon")
+            .env("LOCKD_STATE_DIR", &self.state_dir)
+            .env("LOCKD_SOCKET", &self.socket)
+            .env("LOCKD_BPFFS", &self.bpffs)
+            .output()
+            .expect("run lockd daemon");
+        assert!(!out.status.success(), "daemon was expected to fail");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.state_dir.with_file_name("daemon.log")).unwrap_or_default()
+    }
+
+    /// Stops the daemon with `signal` (libc::SIGTERM, libc::SIGKILL) and waits for it.
+    pub fn stop(&mut self, signal: i32) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(c.id() as i32, signal) };
+            let _ = c.wait();
+        }
+    }
+
+    /// Runs a CLI command against this daemon.
+    pub fn cli(&self, args: &[&str]) -> Out {
+        let out = Command::new(lockd_bin())
+            .args(args)
+            .env("LOCKD_SOCKET", &self.socket)
+            .output()
+            .expect("run lockd");
+        Out {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// The state file's bytes (empty if absent).
+    pub fn state_bytes(&self) -> Vec<u8> {
+        std::fs::read(self.state_dir.join("state.json")).unwrap_or_default()
+    }
+
+    /// The VIF's counter for a direction and reason, from `vif-stats --json`.
+    pub fn counter(&self, uuid: &str, dir: &str, reason: &str) -> u64 {
+        let v = self.cli(&["vif-stats", &format!("uuid={uuid}"), "--json"]).json();
+        v[0]["counters"][dir][reason]["packets"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no counter {dir}/{reason} in {v}"))
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        self.stop(libc::SIGKILL);
+        let _ = Command::new(lockd_bin())
+            .args(["cleanup", "--bpffs"])
+            .arg(&self.bpffs)
+            .env("LOCKD_SOCKET", &self.socket)
+            .output();
+        if let Some(base) = self.state_dir.parent() {
+            let _ = std::fs::remove_dir_all(base);
+        }
+    }
+}
