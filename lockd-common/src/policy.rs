@@ -214,7 +214,7 @@ pub fn parse_ipv4_list(value: &str) -> Result<Vec<Ipv4Network>, ListError> {
         let net = if item.contains('/') {
             Ipv4Network::from_str(item).ok()
         } else {
-            Ipv4Addr::from_str(item).ok().map(|a| Ipv4Network::from(a))
+            Ipv4Addr::from_str(item).ok().map(Ipv4Network::from)
         }
         .ok_or_else(|| ListError::Garbage {
             item: item.to_string(),
@@ -241,7 +241,7 @@ pub fn parse_ipv6_list(value: &str) -> Result<Vec<Ipv6Network>, ListError> {
         let net = if item.contains('/') {
             Ipv6Network::from_str(item).ok()
         } else {
-            Ipv6Addr::from_str(item).ok().map(|a| Ipv6Network::from(a))
+            Ipv6Addr::from_str(item).ok().map(Ipv6Network::from)
         }
         .ok_or_else(|| ListError::Garbage {
             item: item.to_string(),

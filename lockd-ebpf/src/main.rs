@@ -260,11 +260,8 @@ fn ipv4(ctx: &XdpContext, cfg: &VifConfig, ifindex: u32) -> Result<(), Reason> {
         return Ok(());
     }
     // DHCP client: 0.0.0.0, unfragmented UDP 68 → 67, and the VIF has some IPv4 to claim.
-    let dhcp_client = src == [0; 4]
-        && !more_frags
-        && offset == 0
-        && dhcp_ports
-        && cfg.flags & FLAG_HAS_A4 != 0;
+    let dhcp_client =
+        src == [0; 4] && !more_frags && offset == 0 && dhcp_ports && cfg.flags & FLAG_HAS_A4 != 0;
     if dhcp_client {
         Ok(())
     } else {
@@ -419,7 +416,8 @@ fn ns_na(
         // RFC 4862 5.4.2 DAD: to the target's solicited-node group, no source LL option.
         let sn = dst[0] == 0xff
             && dst[1] == 0x02
-            && (dst[2] | dst[3] | dst[4] | dst[5] | dst[6] | dst[7] | dst[8] | dst[9] | dst[10]) == 0
+            && (dst[2] | dst[3] | dst[4] | dst[5] | dst[6] | dst[7] | dst[8] | dst[9] | dst[10])
+                == 0
             && dst[11] == 0x01
             && dst[12] == 0xff
             && dst[13] == target[13]

@@ -116,7 +116,9 @@ impl Core {
         };
         if let Some(new) = out.state {
             let old = std::mem::replace(&mut self.state, new);
-            let applied = self.reconcile().and_then(|()| Ok(self.store.save(&self.state)?));
+            let applied = self
+                .reconcile()
+                .and_then(|()| Ok(self.store.save(&self.state)?));
             if let Err(e) = applied {
                 self.state = old;
                 if let Err(e2) = self.reconcile() {
@@ -157,7 +159,10 @@ impl Core {
         if let Err(e) = self.reconcile() {
             tracing::error!(error = %format!("{e:#}"), "reconcile after link change failed");
         }
-        tracing::debug!(took_us = start.elapsed().as_micros() as u64, "link events handled");
+        tracing::debug!(
+            took_us = start.elapsed().as_micros() as u64,
+            "link events handled"
+        );
     }
 }
 
@@ -186,7 +191,10 @@ fn notify_ready() {
 /// Binds the control socket (0600), refusing if another daemon answers on it.
 fn bind(path: &Path) -> Result<UnixListener> {
     if std::os::unix::net::UnixStream::connect(path).is_ok() {
-        bail!("another lockd daemon is already listening on {}", path.display());
+        bail!(
+            "another lockd daemon is already listening on {}",
+            path.display()
+        );
     }
     let _stale = std::fs::remove_file(path);
     if let Some(dir) = path.parent() {
@@ -229,7 +237,7 @@ pub fn run(cfg: Config) -> Result<()> {
         .name("netlink".into())
         .spawn(move || {
             loop {
-                match watcher.next() {
+                match watcher.next_events() {
                     Ok(ev) if ev.is_empty() => {}
                     Ok(ev) => {
                         if link_tx.send(Msg::Links(ev)).is_err() {
@@ -279,8 +287,7 @@ pub fn run(cfg: Config) -> Result<()> {
     );
     notify_ready();
     rt.block_on(async move {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         loop {
             tokio::select! {
                 conn = listener.accept() => {

@@ -57,23 +57,74 @@ fn traffic(vm: &DemoVm) -> Vec<Vec<u8>> {
     match vm.name {
         "good" => {
             for i in 0..10 {
-                out.push(frames::udp4(m, victim_mac, good_ip, victim_ip, 5000 + i, 53, b"hi"));
+                out.push(frames::udp4(
+                    m,
+                    victim_mac,
+                    good_ip,
+                    victim_ip,
+                    5000 + i,
+                    53,
+                    b"hi",
+                ));
             }
-            out.push(frames::arp(m, victim_mac, 2, m, good_ip, victim_mac, victim_ip));
-            out.push(frames::udp4(m, victim_mac, Ipv4Addr::new(10, 0, 2, 9), victim_ip, 1, 2, b"cidr"));
+            out.push(frames::arp(
+                m, victim_mac, 2, m, good_ip, victim_mac, victim_ip,
+            ));
+            out.push(frames::udp4(
+                m,
+                victim_mac,
+                Ipv4Addr::new(10, 0, 2, 9),
+                victim_ip,
+                1,
+                2,
+                b"cidr",
+            ));
         }
         "evil" => {
             for _ in 0..10 {
                 // "10.0.0.2 is at evil's MAC", toward the victim.
-                out.push(frames::arp(m, victim_mac, 2, m, good_ip, victim_mac, victim_ip));
+                out.push(frames::arp(
+                    m, victim_mac, 2, m, good_ip, victim_mac, victim_ip,
+                ));
             }
             for i in 0..5 {
-                out.push(frames::udp4(m, BROADCAST, victim_ip, good_ip, 6000 + i, 53, b"me too"));
-                out.push(frames::udp4(victim_mac, BROADCAST, victim_ip, good_ip, 6000 + i, 53, b"me"));
+                out.push(frames::udp4(
+                    m,
+                    BROADCAST,
+                    victim_ip,
+                    good_ip,
+                    6000 + i,
+                    53,
+                    b"me too",
+                ));
+                out.push(frames::udp4(
+                    victim_mac,
+                    BROADCAST,
+                    victim_ip,
+                    good_ip,
+                    6000 + i,
+                    53,
+                    b"me",
+                ));
             }
             let ll = link_local(m);
-            out.push(frames::icmp6(m, multicast_mac(all_nodes), ll, all_nodes, 134, &[64, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]));
-            out.push(frames::udp4(m, BROADCAST, Ipv4Addr::new(10, 0, 0, 3), Ipv4Addr::BROADCAST, 67, 68, &[2; 32]));
+            out.push(frames::icmp6(
+                m,
+                multicast_mac(all_nodes),
+                ll,
+                all_nodes,
+                134,
+                &[64, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            ));
+            out.push(frames::udp4(
+                m,
+                BROADCAST,
+                Ipv4Addr::new(10, 0, 0, 3),
+                Ipv4Addr::BROADCAST,
+                67,
+                68,
+                &[2; 32],
+            ));
         }
         _ => {}
     }
@@ -167,9 +218,7 @@ pub fn run(json: bool, mode: XdpModeRequest) -> Result<()> {
             serde_json::to_string_pretty(&json!({ "counters": report, "evil_passed": leaked }))?
         );
     } else {
-        println!(
-            "\nevil got {leaked} frames through; namespaces are removed on exit."
-        );
+        println!("\nevil got {leaked} frames through; namespaces are removed on exit.");
     }
     Ok(())
 }

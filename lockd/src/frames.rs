@@ -29,7 +29,15 @@ pub fn ethernet(src: Mac, dst: Mac, ethertype: u16, payload: &[u8]) -> Vec<u8> {
 }
 
 /// An Ethernet/IPv4 ARP packet.
-pub fn arp(src: Mac, dst: Mac, op: u16, sha: Mac, spa: Ipv4Addr, tha: Mac, tpa: Ipv4Addr) -> Vec<u8> {
+pub fn arp(
+    src: Mac,
+    dst: Mac,
+    op: u16,
+    sha: Mac,
+    spa: Ipv4Addr,
+    tha: Mac,
+    tpa: Ipv4Addr,
+) -> Vec<u8> {
     let mut body = [0u8; 28];
     let mut a = MutableArpPacket::new(&mut body).expect("28 bytes");
     a.set_hardware_type(ArpHardwareTypes::Ethernet);
@@ -106,9 +114,21 @@ pub fn icmpv6_msg(src: Ipv6Addr, dst: Ipv6Addr, ty: u8, code: u8, body: &[u8]) -
 }
 
 /// ICMPv6 in IPv6 in Ethernet.
-pub fn icmp6(src_mac: Mac, dst_mac: Mac, src: Ipv6Addr, dst: Ipv6Addr, ty: u8, body: &[u8]) -> Vec<u8> {
+pub fn icmp6(
+    src_mac: Mac,
+    dst_mac: Mac,
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    ty: u8,
+    body: &[u8],
+) -> Vec<u8> {
     let m = icmpv6_msg(src, dst, ty, 0, body);
-    ethernet(src_mac, dst_mac, 0x86dd, &ipv6(src, dst, IpNextHeaderProtocols::Icmpv6.0, &m))
+    ethernet(
+        src_mac,
+        dst_mac,
+        0x86dd,
+        &ipv6(src, dst, IpNextHeaderProtocols::Icmpv6.0, &m),
+    )
 }
 
 /// A UDP datagram in IPv6 in Ethernet.

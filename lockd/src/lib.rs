@@ -9,5 +9,5 @@ pub mod netlab;
 pub mod netlink;
 pub mod rcu;
 pub mod state;
-pub mod xe;
 pub mod testrun;
+pub mod xe;

@@ -19,7 +19,12 @@ use lockd::{
 )]
 struct Cli {
     /// The daemon's control socket.
-    #[arg(long, global = true, env = "LOCKD_SOCKET", default_value = "/run/lockd/lockd.sock")]
+    #[arg(
+        long,
+        global = true,
+        env = "LOCKD_SOCKET",
+        default_value = "/run/lockd/lockd.sock"
+    )]
     socket: PathBuf,
     #[command(subcommand)]
     cmd: Cmd,
@@ -74,7 +79,7 @@ enum HookCmd {
 }
 
 /// Sends a command to the daemon and relays its output; returns the exit code.
-fn relay(socket: &PathBuf, argv: &[String]) -> Result<u8> {
+fn relay(socket: &std::path::Path, argv: &[String]) -> Result<u8> {
     let r = daemon::call(socket, argv)?;
     print!("{}", r.stdout);
     eprint!("{}", r.stderr);
@@ -98,7 +103,10 @@ fn run(cli: Cli) -> Result<u8> {
         }
         Cmd::Cleanup { bpffs } => {
             if daemon::call(&cli.socket, &["network-list".into()]).is_ok() {
-                anyhow::bail!("the daemon is running on {}: stop it first", cli.socket.display());
+                anyhow::bail!(
+                    "the daemon is running on {}: stop it first",
+                    cli.socket.display()
+                );
             }
             let n = cleanup(&bpffs)?;
             println!("removed {n} pins under {}", bpffs.display());
@@ -134,8 +142,7 @@ fn run(cli: Cli) -> Result<u8> {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -167,7 +167,7 @@ impl Watcher {
     }
 
     /// Blocks for the next datagram and returns its events.
-    pub fn next(&mut self) -> io::Result<Vec<LinkEvent>> {
+    pub fn next_events(&mut self) -> io::Result<Vec<LinkEvent>> {
         let n = recv(&self.fd, &mut self.buf)?;
         Ok(parse(&self.buf[..n])?.0)
     }

@@ -212,10 +212,12 @@ fn check_total(vif: &Vif) -> Result<(), XeError> {
 pub fn execute(state: &State, rt: &dyn Runtime, argv: &[String]) -> Result<Outcome, XeError> {
     let a = parse_args(argv)?;
     let mut s = state.clone();
-    let changed = |s: State, output: String| Ok(Outcome {
-        state: Some(s),
-        output,
-    });
+    let changed = |s: State, output: String| {
+        Ok(Outcome {
+            state: Some(s),
+            output,
+        })
+    };
     match a.verb.as_str() {
         "network-create" => {
             a.allow(&["name-label", "uuid", "default-locking-mode"])?;
@@ -288,7 +290,10 @@ pub fn execute(state: &State, rt: &dyn Runtime, argv: &[String]) -> Result<Outco
                 "name-label" => n.name_label.clone(),
                 "uuid" => n.uuid.clone(),
                 other => {
-                    return Err(bad("param-name", format!("network has no parameter '{other}'")));
+                    return Err(bad(
+                        "param-name",
+                        format!("network has no parameter '{other}'"),
+                    ));
                 }
             };
             Ok(Outcome {
@@ -417,14 +422,19 @@ pub fn execute(state: &State, rt: &dyn Runtime, argv: &[String]) -> Result<Outco
             }
             for (key, field) in [
                 ("qos-algorithm-params:kbps", &mut vif.qos.kbps),
-                ("qos-algorithm-params:timeslice-us", &mut vif.qos.timeslice_us),
+                (
+                    "qos-algorithm-params:timeslice-us",
+                    &mut vif.qos.timeslice_us,
+                ),
             ] {
                 if let Some(v) = a.get(key) {
                     *field = match v.trim() {
                         "" => None,
-                        t => Some(t.parse::<u64>().ok().filter(|n| *n > 0).ok_or_else(|| {
-                            bad(key, format!("'{t}' is not a positive integer"))
-                        })?),
+                        t => {
+                            Some(t.parse::<u64>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                                bad(key, format!("'{t}' is not a positive integer"))
+                            })?)
+                        }
                     };
                 }
             }
@@ -518,18 +528,27 @@ const POLICY_KEYS: [&str; 6] = [
 /// as a single state change. Creates the network if missing, replaces any VIF with the same
 /// uuid, and takes the device over from a stale VIF record (a previous boot's).
 fn vif_apply(a: &Args, mut s: State, rt: &dyn Runtime) -> Result<Outcome, XeError> {
-    let mut keys = vec!["uuid", "network-uuid", "network-name-label", "device", "mac", "vm-uuid"];
+    let mut keys = vec![
+        "uuid",
+        "network-uuid",
+        "network-name-label",
+        "device",
+        "mac",
+        "vm-uuid",
+    ];
     keys.extend(POLICY_KEYS);
     a.allow(&keys)?;
     let uuid = uuid_arg(a.need("uuid")?)?;
     let network_uuid = uuid_arg(a.need("network-uuid")?)?;
     let device = a.need("device")?.to_string();
     let mut notes = String::new();
-    s.networks.entry(network_uuid.clone()).or_insert_with(|| Network {
-        uuid: network_uuid.clone(),
-        name_label: a.get("network-name-label").unwrap_or("").to_string(),
-        default_locking_mode: DefaultLockingMode::default(),
-    });
+    s.networks
+        .entry(network_uuid.clone())
+        .or_insert_with(|| Network {
+            uuid: network_uuid.clone(),
+            name_label: a.get("network-name-label").unwrap_or("").to_string(),
+            default_locking_mode: DefaultLockingMode::default(),
+        });
     s.vifs.remove(&uuid);
     let stale: Vec<String> = s
         .vifs
@@ -551,7 +570,9 @@ fn vif_apply(a: &Args, mut s: State, rt: &dyn Runtime) -> Result<Outcome, XeErro
     if let Some(v) = a.get("vm-uuid") {
         create.push(format!("vm-uuid={v}"));
     }
-    let s = execute(&s, rt, &create)?.state.expect("vif-create changes state");
+    let s = execute(&s, rt, &create)?
+        .state
+        .expect("vif-create changes state");
     let mut set: Vec<String> = vec!["vif-param-set".into(), format!("uuid={uuid}")];
     for k in POLICY_KEYS {
         if let Some(v) = a.get(k) {
@@ -559,7 +580,9 @@ fn vif_apply(a: &Args, mut s: State, rt: &dyn Runtime) -> Result<Outcome, XeErro
         }
     }
     let s = if set.len() > 2 {
-        execute(&s, rt, &set)?.state.expect("vif-param-set changes state")
+        execute(&s, rt, &set)?
+            .state
+            .expect("vif-param-set changes state")
     } else {
         s
     };
@@ -650,7 +673,9 @@ fn vif_list(s: &State, rt: &dyn Runtime, json: bool) -> String {
              \x20   attach ( RO)              : {}\n\n",
             v.uuid,
             v.device,
-            r["ifindex"].as_u64().map_or("-".to_string(), |i| i.to_string()),
+            r["ifindex"]
+                .as_u64()
+                .map_or("-".to_string(), |i| i.to_string()),
             v.mac,
             v.network_uuid,
             v.locking_mode,

@@ -98,7 +98,11 @@ impl Instance {
             if self.cli(&["network-list"]).code == 0 {
                 return;
             }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!("daemon exited with {status}: {}", self.log());
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -155,7 +159,9 @@ impl Instance {
 
     /// The VIF's counter for a direction and reason, from `vif-stats --json`.
     pub fn counter(&self, uuid: &str, dir: &str, reason: &str) -> u64 {
-        let v = self.cli(&["vif-stats", &format!("uuid={uuid}"), "--json"]).json();
+        let v = self
+            .cli(&["vif-stats", &format!("uuid={uuid}"), "--json"])
+            .json();
         v[0]["counters"][dir][reason]["packets"]
             .as_u64()
             .unwrap_or_else(|| panic!("no counter {dir}/{reason} in {v}"))

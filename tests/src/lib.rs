@@ -87,7 +87,15 @@ pub fn udp4_from(src_mac: Mac, src: Ipv4Addr, sport: u16, dport: u16) -> Vec<u8>
 
 /// UDP/IPv6 from the guest.
 pub fn udp6_from(src_mac: Mac, src: Ipv6Addr, sport: u16, dport: u16) -> Vec<u8> {
-    frames::udp6(src_mac, multicast_mac(ALL_NODES), src, PEER6, sport, dport, b"lockd")
+    frames::udp6(
+        src_mac,
+        multicast_mac(ALL_NODES),
+        src,
+        PEER6,
+        sport,
+        dport,
+        b"lockd",
+    )
 }
 
 /// A seeded RNG and the seed, printed so a failure can be replayed.

@@ -58,7 +58,13 @@ pub fn policy(rng: &mut impl Rng) -> VifPolicy {
 fn addr4(rng: &mut impl Rng) -> Ipv4Addr {
     *pick(
         rng,
-        &[OWN4, FOREIGN4, PEER4, Ipv4Addr::UNSPECIFIED, Ipv4Addr::new(10, 0, 1, 9)],
+        &[
+            OWN4,
+            FOREIGN4,
+            PEER4,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::new(10, 0, 1, 9),
+        ],
     )
 }
 
@@ -141,8 +147,19 @@ fn fresh(rng: &mut impl Rng) -> Vec<u8> {
                 rng.fill(&mut h[2..]);
                 payload.extend(h);
             }
-            payload.extend(frames::icmpv6_msg(OWN6, PEER6, rng.random_range(128..=160), 0, &[0; 24]));
-            frames::ethernet(m, BROADCAST, 0x86dd, &frames::ipv6(addr6(rng), addr6(rng), next, &payload))
+            payload.extend(frames::icmpv6_msg(
+                OWN6,
+                PEER6,
+                rng.random_range(128..=160),
+                0,
+                &[0; 24],
+            ));
+            frames::ethernet(
+                m,
+                BROADCAST,
+                0x86dd,
+                &frames::ipv6(addr6(rng), addr6(rng), next, &payload),
+            )
         }
         _ => {
             let len = rng.random_range(14..90);
@@ -176,7 +193,12 @@ pub fn frame(rng: &mut impl Rng, corpus: &[Case]) -> Vec<u8> {
             }
             2 => {
                 let at = rng.random_range(0..f.len().min(100));
-                f[at] = *pick(rng, &[0, 1, 0xff, 0x40, 0x45, 0x60, 0x86, 0xdd, 0x3a, 0x2c, 135, 136]);
+                f[at] = *pick(
+                    rng,
+                    &[
+                        0, 1, 0xff, 0x40, 0x45, 0x60, 0x86, 0xdd, 0x3a, 0x2c, 135, 136,
+                    ],
+                );
             }
             _ => {
                 let at = rng.random_range(0..f.len().min(100));

@@ -9,7 +9,12 @@ use std::{
 use lockd::netlab::{NetNs, NetlabError};
 use pnet::datalink::{self, Channel, Config};
 
-fn channel(dev: &str) -> (Box<dyn datalink::DataLinkSender>, Box<dyn datalink::DataLinkReceiver>) {
+fn channel(
+    dev: &str,
+) -> (
+    Box<dyn datalink::DataLinkSender>,
+    Box<dyn datalink::DataLinkReceiver>,
+) {
     let iface = datalink::interfaces()
         .into_iter()
         .find(|i| i.name == dev)

@@ -13,10 +13,9 @@ use lockd::{
     netlab::{NetNs, veth},
 };
 use lockd_common::{
-    PROG_VIF_INGRESS,
+    PROG_VIF_INGRESS, Reason,
     model::verdict_from_vm,
     policy::{EffectiveMode, VifPolicy},
-    Reason,
 };
 use lockd_tests::{FOREIGN, GUEST, udp4_from};
 
@@ -43,13 +42,19 @@ fn readers_never_see_a_mixed_policy() {
         ipv6: vec![],
     };
     // A's MAC with B's address, and B's MAC with A's address.
-    let probes = [udp4_from(GUEST, ip_b, 1000, 2000), udp4_from(FOREIGN, ip_a, 1000, 2000)];
+    let probes = [
+        udp4_from(GUEST, ip_b, 1000, 2000),
+        udp4_from(FOREIGN, ip_a, 1000, 2000),
+    ];
     for p in &probes {
         assert_ne!(verdict_from_vm(&a, p), Reason::Pass);
         assert_ne!(verdict_from_vm(&b, p), Reason::Pass);
     }
     // ... while each policy passes its own genuine frame, so the program is really judging.
-    assert_eq!(verdict_from_vm(&a, &udp4_from(GUEST, ip_a, 1, 2)), Reason::Pass);
+    assert_eq!(
+        verdict_from_vm(&a, &udp4_from(GUEST, ip_a, 1, 2)),
+        Reason::Pass
+    );
 
     host.run(|| {
         let mut dp = Dataplane::load().expect("load");
@@ -87,7 +92,11 @@ fn readers_never_see_a_mixed_policy() {
             );
         });
         assert!(runs.load(Ordering::Relaxed) > 1000, "readers barely ran");
-        assert_eq!(leaks.load(Ordering::Relaxed), 0, "a frame saw a mixed policy");
+        assert_eq!(
+            leaks.load(Ordering::Relaxed),
+            0,
+            "a frame saw a mixed policy"
+        );
         // The genuine frame of the final policy still passes.
         let genuine = udp4_from(GUEST, ip_a, 1, 2);
         assert_eq!(dp.judge(ifindex, &genuine).expect("judge"), XDP_PASS);

@@ -22,12 +22,29 @@ fn every_verb_round_trips() {
     let auto = d.cli(&["network-create", "name-label=auto"]).ok();
     assert_eq!(auto.len(), 36, "uuid printed: {auto}");
     let n = d
-        .cli(&["network-create", "name-label=xenbr0", &format!("uuid={NET_UUID}"), "default-locking-mode=disabled"])
+        .cli(&[
+            "network-create",
+            "name-label=xenbr0",
+            &format!("uuid={NET_UUID}"),
+            "default-locking-mode=disabled",
+        ])
         .ok();
     assert_eq!(n, NET_UUID);
-    let get = |p: &str| d.cli(&["network-param-get", &format!("uuid={NET_UUID}"), &format!("param-name={p}")]).ok();
+    let get = |p: &str| {
+        d.cli(&[
+            "network-param-get",
+            &format!("uuid={NET_UUID}"),
+            &format!("param-name={p}"),
+        ])
+        .ok()
+    };
     assert_eq!(get("default-locking-mode"), "disabled");
-    d.cli(&["network-param-set", &format!("uuid={NET_UUID}"), "default-locking-mode=unlocked"]).ok();
+    d.cli(&[
+        "network-param-set",
+        &format!("uuid={NET_UUID}"),
+        "default-locking-mode=unlocked",
+    ])
+    .ok();
     assert_eq!(get("default-locking-mode"), "unlocked");
     let nets = d.cli(&["network-list", "--json"]).json();
     assert_eq!(nets.as_array().map(Vec::len), Some(2), "{nets}");
@@ -36,15 +53,38 @@ fn every_verb_round_trips() {
 
     // VIFs.
     let v = d
-        .cli(&["vif-create", &format!("network-uuid={NET_UUID}"), "device=vif3.0", "mac=02:00:00:00:00:0B", &format!("uuid={VIF_UUID}"), &format!("vm-uuid={VM_UUID}")])
+        .cli(&[
+            "vif-create",
+            &format!("network-uuid={NET_UUID}"),
+            "device=vif3.0",
+            "mac=02:00:00:00:00:0B",
+            &format!("uuid={VIF_UUID}"),
+            &format!("vm-uuid={VM_UUID}"),
+        ])
         .ok();
     assert_eq!(v, VIF_UUID);
     let u = format!("uuid={VIF_UUID}");
-    d.cli(&["vif-param-set", &u, "locking-mode=locked", "ipv4-allowed=10.0.0.2, 10.0.1.0/24", "ipv6_allowed=2001:db8::2", "qos_algorithm_type=ratelimit", "qos_algorithm_params:kbps=1024", "qos_algorithm_params:timeslice_us=20000"]).ok();
-    d.cli(&["vif-param-add", &u, "ipv4-allowed=10.0.0.3,10.0.0.2"]).ok();
-    d.cli(&["vif-param-remove", &u, "ipv6-allowed=2001:db8::99"]).ok();
-    d.cli(&["vif-param-remove", &u, "ipv4_allowed=10.0.1.0/24"]).ok();
-    let vget = |p: &str| d.cli(&["vif-param-get", &u, &format!("param-name={p}")]).ok();
+    d.cli(&[
+        "vif-param-set",
+        &u,
+        "locking-mode=locked",
+        "ipv4-allowed=10.0.0.2, 10.0.1.0/24",
+        "ipv6_allowed=2001:db8::2",
+        "qos_algorithm_type=ratelimit",
+        "qos_algorithm_params:kbps=1024",
+        "qos_algorithm_params:timeslice_us=20000",
+    ])
+    .ok();
+    d.cli(&["vif-param-add", &u, "ipv4-allowed=10.0.0.3,10.0.0.2"])
+        .ok();
+    d.cli(&["vif-param-remove", &u, "ipv6-allowed=2001:db8::99"])
+        .ok();
+    d.cli(&["vif-param-remove", &u, "ipv4_allowed=10.0.1.0/24"])
+        .ok();
+    let vget = |p: &str| {
+        d.cli(&["vif-param-get", &u, &format!("param-name={p}")])
+            .ok()
+    };
     assert_eq!(vget("locking-mode"), "locked");
     assert_eq!(vget("ipv4-allowed"), "10.0.0.2, 10.0.0.3");
     assert_eq!(vget("ipv6-allowed"), "2001:db8::2");
@@ -53,10 +93,19 @@ fn every_verb_round_trips() {
     assert_eq!(vget("vm-uuid"), VM_UUID);
     assert_eq!(vget("network-uuid"), NET_UUID);
     assert_eq!(vget("qos_algorithm_type"), "ratelimit");
-    assert_eq!(vget("qos_algorithm_params"), "kbps: 1024; timeslice_us: 20000");
-    d.cli(&["vif-param-set", &u, "locking-mode=network_default"]).ok();
+    assert_eq!(
+        vget("qos_algorithm_params"),
+        "kbps: 1024; timeslice_us: 20000"
+    );
+    d.cli(&["vif-param-set", &u, "locking-mode=network_default"])
+        .ok();
     assert_eq!(vget("effective-locking-mode"), "unlocked");
-    d.cli(&["network-param-set", &format!("uuid={NET_UUID}"), "default-locking-mode=disabled"]).ok();
+    d.cli(&[
+        "network-param-set",
+        &format!("uuid={NET_UUID}"),
+        "default-locking-mode=disabled",
+    ])
+    .ok();
     assert_eq!(vget("effective-locking-mode"), "disabled");
 
     let list = d.cli(&["vif-list", "--json"]).json();
@@ -66,14 +115,18 @@ fn every_verb_round_trips() {
     assert_eq!(row["attach"], "absent"); // no such netdev yet
     assert_eq!(row["ifindex"], serde_json::Value::Null);
     assert_eq!(row["effective_locking_mode"], "disabled");
-    assert_eq!(row["ipv4_allowed"], serde_json::json!(["10.0.0.2", "10.0.0.3"]));
+    assert_eq!(
+        row["ipv4_allowed"],
+        serde_json::json!(["10.0.0.2", "10.0.0.3"])
+    );
     assert_eq!(row["qos_algorithm_params"]["kbps"], 1024);
     let stats = d.cli(&["vif-stats", "--json"]).json();
     assert_eq!(stats[0]["counters"]["from_vm"]["pass"]["packets"], 0);
     assert!(d.cli(&["vif-stats"]).ok().starts_with("vif"));
 
     // Clearing a list and the QoS.
-    d.cli(&["vif-param-set", &u, "ipv6-allowed=", "qos_algorithm_type="]).ok();
+    d.cli(&["vif-param-set", &u, "ipv6-allowed=", "qos_algorithm_type="])
+        .ok();
     assert_eq!(vget("ipv6-allowed"), "");
     assert_eq!(vget("qos_algorithm_type"), "");
 
@@ -81,11 +134,15 @@ fn every_verb_round_trips() {
     let saved = d.state_bytes();
     d.stop(libc::SIGTERM);
     d.start();
-    assert_eq!(d.cli(&["vif-list", "--json"]).json()[0]["ipv4_allowed"], serde_json::json!(["10.0.0.2", "10.0.0.3"]));
+    assert_eq!(
+        d.cli(&["vif-list", "--json"]).json()[0]["ipv4_allowed"],
+        serde_json::json!(["10.0.0.2", "10.0.0.3"])
+    );
     assert_eq!(d.state_bytes(), saved);
 
     d.cli(&["vif-destroy", &u]).ok();
-    d.cli(&["network-destroy", &format!("uuid={NET_UUID}")]).ok();
+    d.cli(&["network-destroy", &format!("uuid={NET_UUID}")])
+        .ok();
     assert_eq!(d.cli(&["vif-list", "--json"]).json(), serde_json::json!([]));
 }
 
@@ -94,37 +151,112 @@ fn errors_name_the_item_and_change_nothing() {
     let ns = NetNs::new("ce").expect("ns");
     let mut d = Instance::new(&ns);
     d.start();
-    d.cli(&["network-create", "name-label=n", &format!("uuid={NET_UUID}")]).ok();
-    d.cli(&["vif-create", &format!("network-uuid={NET_UUID}"), "device=vif1.0", "mac=02:00:00:00:00:01", &format!("uuid={VIF_UUID}")]).ok();
+    d.cli(&[
+        "network-create",
+        "name-label=n",
+        &format!("uuid={NET_UUID}"),
+    ])
+    .ok();
+    d.cli(&[
+        "vif-create",
+        &format!("network-uuid={NET_UUID}"),
+        "device=vif1.0",
+        "mac=02:00:00:00:00:01",
+        &format!("uuid={VIF_UUID}"),
+    ])
+    .ok();
     let u = format!("uuid={VIF_UUID}");
-    d.cli(&["vif-param-set", &u, "locking-mode=locked", "ipv4-allowed=10.0.0.1"]).ok();
+    d.cli(&[
+        "vif-param-set",
+        &u,
+        "locking-mode=locked",
+        "ipv4-allowed=10.0.0.1",
+    ])
+    .ok();
     let missing = "uuid=11111111-2222-4333-8444-555555555555";
     let nu = format!("uuid={NET_UUID}");
     let nnu = format!("network-uuid={NET_UUID}");
     let missing_net = missing.replace("uuid", "network-uuid");
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["vif-param-set", &u, "locking-mode=unlocked", "ipv4-allowed=10.0.0.1,10.0.0.300"], "10.0.0.300"),
-        (vec!["vif-param-set", &u, "ipv4-allowed=10.0.0.0/8,10.1.2.3/8"], "10.1.2.3/8"),
-        (vec!["vif-param-set", &u, "ipv6-allowed=10.0.0.1"], "10.0.0.1"),
-        (vec!["vif-param-set", &u, "locking-mode=sideways"], "sideways"),
+        (
+            vec![
+                "vif-param-set",
+                &u,
+                "locking-mode=unlocked",
+                "ipv4-allowed=10.0.0.1,10.0.0.300",
+            ],
+            "10.0.0.300",
+        ),
+        (
+            vec!["vif-param-set", &u, "ipv4-allowed=10.0.0.0/8,10.1.2.3/8"],
+            "10.1.2.3/8",
+        ),
+        (
+            vec!["vif-param-set", &u, "ipv6-allowed=10.0.0.1"],
+            "10.0.0.1",
+        ),
+        (
+            vec!["vif-param-set", &u, "locking-mode=sideways"],
+            "sideways",
+        ),
         (vec!["vif-param-set", &u, "frobnicate=1"], "frobnicate"),
-        (vec!["vif-param-set", &u, "qos_algorithm_params:kbps=-5"], "-5"),
-        (vec!["vif-param-set", &u, "qos_algorithm_type=shaper"], "shaper"),
-        (vec!["vif-param-set", &u, "locking-mode=locked", "locking-mode=unlocked"], "locking-mode"),
+        (
+            vec!["vif-param-set", &u, "qos_algorithm_params:kbps=-5"],
+            "-5",
+        ),
+        (
+            vec!["vif-param-set", &u, "qos_algorithm_type=shaper"],
+            "shaper",
+        ),
+        (
+            vec![
+                "vif-param-set",
+                &u,
+                "locking-mode=locked",
+                "locking-mode=unlocked",
+            ],
+            "locking-mode",
+        ),
         (vec!["vif-param-set", &u], "at least one"),
-        (vec!["vif-param-set", missing, "locking-mode=locked"], "11111111-2222-4333-8444-555555555555"),
-        (vec!["vif-param-set", "uuid=nope", "locking-mode=locked"], "nope"),
+        (
+            vec!["vif-param-set", missing, "locking-mode=locked"],
+            "11111111-2222-4333-8444-555555555555",
+        ),
+        (
+            vec!["vif-param-set", "uuid=nope", "locking-mode=locked"],
+            "nope",
+        ),
         (vec!["vif-param-add", &u, "ipv4-allowed=bogus"], "bogus"),
-        (vec!["vif-param-remove", missing, "ipv4-allowed=10.0.0.1"], "11111111"),
+        (
+            vec!["vif-param-remove", missing, "ipv4-allowed=10.0.0.1"],
+            "11111111",
+        ),
         (vec!["vif-param-get", &u, "param-name=colour"], "colour"),
         (vec!["vif-destroy", missing], "11111111"),
-        (vec!["vif-create", &nnu, "device=vif1.0", "mac=02:00:00:00:00:02"], "vif1.0"),
-        (vec!["vif-create", &nnu, "device=vif2.0", "mac=02:00:00:00:00"], "02:00:00:00:00"),
-        (vec!["vif-create", &missing_net, "device=vif2.0", "mac=02:00:00:00:00:02"], "11111111"),
+        (
+            vec!["vif-create", &nnu, "device=vif1.0", "mac=02:00:00:00:00:02"],
+            "vif1.0",
+        ),
+        (
+            vec!["vif-create", &nnu, "device=vif2.0", "mac=02:00:00:00:00"],
+            "02:00:00:00:00",
+        ),
+        (
+            vec![
+                "vif-create",
+                &missing_net,
+                "device=vif2.0",
+                "mac=02:00:00:00:00:02",
+            ],
+            "11111111",
+        ),
         (vec!["network-create", "name-label=dup", &nu], NET_UUID),
         (vec!["network-create"], "name-label"),
         (vec!["network-destroy", &nu], "destroy them first"),
-        (vec!["network-param-set", &nu, "default-locking-mode=locked"], "locked"),
+        (
+            vec!["network-param-set", &nu, "default-locking-mode=locked"],
+            "locked",
+        ),
         (vec!["network-param-get", &nu, "param-name=mtu"], "mtu"),
         (vec!["vif-stats", missing], "11111111"),
         (vec!["vif-list", "garbage"], "garbage"),
@@ -134,11 +266,23 @@ fn errors_name_the_item_and_change_nothing() {
     for (args, needle) in cases {
         let out = d.cli(&args);
         assert_ne!(out.code, 0, "{args:?} should fail");
-        assert!(out.stderr.contains(needle), "{args:?}: error does not name '{needle}': {}", out.stderr);
+        assert!(
+            out.stderr.contains(needle),
+            "{args:?}: error does not name '{needle}': {}",
+            out.stderr
+        );
         assert_eq!(d.state_bytes(), before, "{args:?} changed the state");
     }
-    assert_eq!(d.cli(&["vif-param-get", &u, "param-name=ipv4-allowed"]).ok(), "10.0.0.1");
-    assert_eq!(d.cli(&["vif-param-get", &u, "param-name=locking-mode"]).ok(), "locked");
+    assert_eq!(
+        d.cli(&["vif-param-get", &u, "param-name=ipv4-allowed"])
+            .ok(),
+        "10.0.0.1"
+    );
+    assert_eq!(
+        d.cli(&["vif-param-get", &u, "param-name=locking-mode"])
+            .ok(),
+        "locked"
+    );
     // An unknown verb is refused by the client itself.
     let out = d.cli(&["vif-frob", &u]);
     assert_ne!(out.code, 0);
@@ -155,5 +299,8 @@ fn corrupt_state_stops_the_daemon_and_is_kept() {
     let err = d.start_failing();
     assert!(err.contains("corrupt"), "{err}");
     assert!(err.contains("state.json"), "{err}");
-    assert_eq!(std::fs::read(&path).expect("read"), b"{\"version\": 1, \"networks\": ");
+    assert_eq!(
+        std::fs::read(&path).expect("read"),
+        b"{\"version\": 1, \"networks\": "
+    );
 }

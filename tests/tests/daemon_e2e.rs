@@ -12,7 +12,7 @@ use std::{
 };
 
 use lockd::{
-    frames::{self, BROADCAST, Mac},
+    frames::{self, Mac},
     netlab::{NetNs, bridge, send_frames, veth},
 };
 use lockd_common::policy::format_mac;
@@ -47,17 +47,47 @@ fn topo() -> Topo {
 }
 
 fn plug_b(t: &Topo) {
-    veth(&t.host, "vifb", &t.b, "eth0", &format_mac(MAC_B), Some("br0")).expect("veth b");
+    veth(
+        &t.host,
+        "vifb",
+        &t.b,
+        "eth0",
+        &format_mac(MAC_B),
+        Some("br0"),
+    )
+    .expect("veth b");
 }
 
 fn udp(src: Ipv4Addr, i: u32) -> Vec<u8> {
-    frames::udp4(MAC_B, MAC_A, src, IP_A, 20_000 + (i % 40_000) as u16, 9, &i.to_be_bytes())
+    frames::udp4(
+        MAC_B,
+        MAC_A,
+        src,
+        IP_A,
+        20_000 + (i % 40_000) as u16,
+        9,
+        &i.to_be_bytes(),
+    )
 }
 
 fn configure(d: &Instance) {
-    d.cli(&["network-create", "name-label=br0", &format!("uuid={NET}")]).ok();
-    d.cli(&["vif-create", &format!("network-uuid={NET}"), "device=vifb", &format!("mac={}", format_mac(MAC_B)), &format!("uuid={VIF}")]).ok();
-    d.cli(&["vif-param-set", &format!("uuid={VIF}"), "locking-mode=locked", "ipv4-allowed=10.0.0.2"]).ok();
+    d.cli(&["network-create", "name-label=br0", &format!("uuid={NET}")])
+        .ok();
+    d.cli(&[
+        "vif-create",
+        &format!("network-uuid={NET}"),
+        "device=vifb",
+        &format!("mac={}", format_mac(MAC_B)),
+        &format!("uuid={VIF}"),
+    ])
+    .ok();
+    d.cli(&[
+        "vif-param-set",
+        &format!("uuid={VIF}"),
+        "locking-mode=locked",
+        "ipv4-allowed=10.0.0.2",
+    ])
+    .ok();
 }
 
 /// Sends `n` spoofed and `n` genuine frames from VM-b and returns (spoofed, genuine) delivered.
@@ -106,7 +136,10 @@ fn vif_configured_before_its_netdev_is_enforced_on_arrival() {
         t.host.exec(&["ip", "link", "del", "vifb"]).expect("del");
         let gone = Instant::now();
         while d.cli(&["vif-list", "--json"]).json()[0]["attach"] != "absent" {
-            assert!(gone.elapsed() < Duration::from_secs(2), "VIF still attached after its netdev went");
+            assert!(
+                gone.elapsed() < Duration::from_secs(2),
+                "VIF still attached after its netdev went"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
     }
@@ -115,20 +148,47 @@ fn vif_configured_before_its_netdev_is_enforced_on_arrival() {
     plug_b(&t);
     std::thread::sleep(Duration::from_millis(100));
     let u = format!("uuid={VIF}");
-    let flaps_before = t.host.exec(&["cat", "/sys/class/net/vifb/carrier_changes"]).ok();
+    let flaps_before = t
+        .host
+        .exec(&["cat", "/sys/class/net/vifb/carrier_changes"])
+        .ok();
     d.cli(&["vif-param-set", &u, "locking-mode=disabled"]).ok();
     assert_eq!(burst(&t, 10, 1000), (0, 0), "disabled VIF passed traffic");
     d.cli(&["vif-param-set", &u, "locking-mode=unlocked"]).ok();
-    assert_eq!(burst(&t, 10, 2000), (10, 10), "unlocked VIF dropped traffic");
-    d.cli(&["vif-param-set", &u, "locking-mode=locked", "ipv4-allowed=10.0.0.99"]).ok();
+    assert_eq!(
+        burst(&t, 10, 2000),
+        (10, 10),
+        "unlocked VIF dropped traffic"
+    );
+    d.cli(&[
+        "vif-param-set",
+        &u,
+        "locking-mode=locked",
+        "ipv4-allowed=10.0.0.99",
+    ])
+    .ok();
     assert_eq!(burst(&t, 10, 3000), (10, 0), "list change not enforced");
     d.cli(&["vif-param-add", &u, "ipv4-allowed=10.0.0.2"]).ok();
-    d.cli(&["vif-param-remove", &u, "ipv4-allowed=10.0.0.99"]).ok();
+    d.cli(&["vif-param-remove", &u, "ipv4-allowed=10.0.0.99"])
+        .ok();
     assert_eq!(burst(&t, 10, 4000), (0, 10));
-    d.cli(&["vif-param-set", &u, "locking-mode=network_default"]).ok();
-    d.cli(&["network-param-set", &format!("uuid={NET}"), "default-locking-mode=disabled"]).ok();
-    assert_eq!(burst(&t, 10, 5000), (0, 0), "network default not applied live");
-    let flaps_after = t.host.exec(&["cat", "/sys/class/net/vifb/carrier_changes"]).ok();
+    d.cli(&["vif-param-set", &u, "locking-mode=network_default"])
+        .ok();
+    d.cli(&[
+        "network-param-set",
+        &format!("uuid={NET}"),
+        "default-locking-mode=disabled",
+    ])
+    .ok();
+    assert_eq!(
+        burst(&t, 10, 5000),
+        (0, 0),
+        "network default not applied live"
+    );
+    let flaps_after = t
+        .host
+        .exec(&["cat", "/sys/class/net/vifb/carrier_changes"])
+        .ok();
     assert_eq!(flaps_before, flaps_after, "the link was flapped");
 }
 
@@ -146,8 +206,12 @@ fn restarts_leave_no_gap() {
         let (stop, sent) = (stop.clone(), sent.clone());
         t.b.spawn(move || {
             use pnet::datalink::{self, Channel};
-            let iface = datalink::interfaces().into_iter().find(|i| i.name == "eth0").expect("eth0");
-            let Ok(Channel::Ethernet(mut tx, _rx)) = datalink::channel(&iface, Default::default()) else {
+            let iface = datalink::interfaces()
+                .into_iter()
+                .find(|i| i.name == "eth0")
+                .expect("eth0");
+            let Ok(Channel::Ethernet(mut tx, _rx)) = datalink::channel(&iface, Default::default())
+            else {
                 panic!("channel");
             };
             let mut i = 0u32;
@@ -185,7 +249,10 @@ fn restarts_leave_no_gap() {
     eprintln!("{pairs} pairs: {s} spoofed and {g} genuine delivered");
     assert!(pairs > 500, "sender barely ran");
     assert_eq!(s, 0, "spoofed frames were delivered during a restart");
-    assert_eq!(g, pairs as usize, "genuine frames were lost during a restart");
+    assert_eq!(
+        g, pairs as usize,
+        "genuine frames were lost during a restart"
+    );
     assert_eq!(d.cli(&["vif-list", "--json"]).json()[0]["attach"], "native");
 }
 
@@ -204,7 +271,11 @@ fn state_is_the_last_acknowledged_after_kill_9() {
             let mut i = 1u64;
             loop {
                 let out = std::process::Command::new(lockd_tests::daemon::lockd_bin())
-                    .args(["vif-param-set", &format!("uuid={VIF}"), &format!("ipv4-allowed=10.1.{}.{}", i / 256, i % 256)])
+                    .args([
+                        "vif-param-set",
+                        &format!("uuid={VIF}"),
+                        &format!("ipv4-allowed=10.1.{}.{}", i / 256, i % 256),
+                    ])
                     .env("LOCKD_SOCKET", &socket)
                     .output()
                     .expect("run");
@@ -226,18 +297,29 @@ fn state_is_the_last_acknowledged_after_kill_9() {
     assert!(done.load(Ordering::Relaxed));
     let last = acked.load(Ordering::Relaxed);
     d.start();
-    let got = d.cli(&["vif-param-get", &format!("uuid={VIF}"), "param-name=ipv4-allowed"]).ok();
+    let got = d
+        .cli(&[
+            "vif-param-get",
+            &format!("uuid={VIF}"),
+            "param-name=ipv4-allowed",
+        ])
+        .ok();
     let want = format!("10.1.{}.{}", last / 256, last % 256);
     // The write in flight at the kill may or may not have reached the disk; nothing else may.
     let in_flight = format!("10.1.{}.{}", unacked / 256, unacked % 256);
     eprintln!("{last} writes acknowledged; state after restart: {got}");
-    assert!(got == want || got == in_flight, "state {got} is neither {want} nor {in_flight}");
+    assert!(
+        got == want || got == in_flight,
+        "state {got} is neither {want} nor {in_flight}"
+    );
 }
 
 fn install_fixture(dir: &Path, vm: &str, fixture: &str) {
     let target = dir.join("xenopsd-xc/VM").join(vm);
     std::fs::create_dir_all(&target).expect("fixture dir");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/xenopsd").join(fixture);
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/xenopsd")
+        .join(fixture);
     std::fs::copy(src, target.join("vif.0")).expect("copy fixture");
 }
 
@@ -245,13 +327,25 @@ fn install_fixture(dir: &Path, vm: &str, fixture: &str) {
 fn hook_applies_xenopsd_records() {
     let t = topo();
     plug_b(&t);
-    t.host.exec(&["ip", "link", "set", "vifb", "name", "vif7.0"]).expect("rename");
+    t.host
+        .exec(&["ip", "link", "set", "vifb", "name", "vif7.0"])
+        .expect("rename");
     let mut d = Instance::new(&t.host);
     d.start();
     let vm = "a1b2c3d4-0000-4000-8000-000000000007";
     let dir = d.state_dir.with_file_name("xenopsd");
     let hook = |action: &str| {
-        d.cli(&["hook", "setup-vif-rules", "xenopsd-xc", "vif7.0", vm, "0", action, "--xenopsd-dir", dir.to_str().expect("utf-8")])
+        d.cli(&[
+            "hook",
+            "setup-vif-rules",
+            "xenopsd-xc",
+            "vif7.0",
+            vm,
+            "0",
+            action,
+            "--xenopsd-dir",
+            dir.to_str().expect("utf-8"),
+        ])
     };
     let missing = hook("filter");
     assert_ne!(missing.code, 0);
@@ -265,7 +359,10 @@ fn hook_applies_xenopsd_records() {
     assert_eq!(v["vm_uuid"], vm);
     assert_eq!(v["device"], "vif7.0");
     assert_eq!(v["locking_mode"], "locked");
-    assert_eq!(v["ipv4_allowed"], serde_json::json!(["10.0.0.2", "10.0.2.0/24"]));
+    assert_eq!(
+        v["ipv4_allowed"],
+        serde_json::json!(["10.0.0.2", "10.0.2.0/24"])
+    );
     assert_eq!(v["ipv6_allowed"], serde_json::json!(["2001:db8::2"]));
     assert_eq!(v["qos_algorithm_type"], "ratelimit");
     assert_eq!(v["qos_algorithm_params"]["kbps"], 1024);

@@ -27,8 +27,15 @@ fn topology() -> (NetNs, NetNs) {
     let host = NetNs::new("dh").expect("host namespace");
     let vm = NetNs::new("dv").expect("vm namespace");
     for i in 0..DEVICES {
-        veth(&host, &format!("v{i}"), &vm, &format!("e{i}"), "02:00:00:00:01:01", None)
-            .expect("veth");
+        veth(
+            &host,
+            &format!("v{i}"),
+            &vm,
+            &format!("e{i}"),
+            "02:00:00:00:01:01",
+            None,
+        )
+        .expect("veth");
     }
     (host, vm)
 }
@@ -42,7 +49,6 @@ impl Bench {
     }
 
     /// Runs `frame` on `ifindex` and panics with everything needed to reproduce a mismatch.
-    
     fn check(&self, ifindex: u32, policy: &VifPolicy, frame: &[u8], what: &str) -> Reason {
         let want = verdict_from_vm(policy, frame);
         let before = self.dp.counters(ifindex).expect("counters");
@@ -55,7 +61,11 @@ impl Bench {
             }
             _ => None,
         };
-        let want_action = if want == Reason::Pass { XDP_PASS } else { XDP_DROP };
+        let want_action = if want == Reason::Pass {
+            XDP_PASS
+        } else {
+            XDP_DROP
+        };
         if action != want_action || kernel_reason != Some(want) {
             panic!(
                 "kernel and model disagree on {what}\n  frame:  {}\n  policy: {policy:?}\n  model:  {}\n  kernel: action {action}, counters moved {moved:?}",
@@ -75,7 +85,13 @@ fn corpus_matches_model() {
         let mut b = Bench::new(ifx);
         let ifindex = b.ifindexes[0];
         let mut n = 0;
-        for Case { name, policy, frame, .. } in cases() {
+        for Case {
+            name,
+            policy,
+            frame,
+            ..
+        } in cases()
+        {
             if frame.len() < 14 {
                 continue; // test_run refuses frames shorter than an Ethernet header.
             }
@@ -120,11 +136,17 @@ fn random_frames_match_model() {
             if i % 500 == 0 {
                 let d = i / 500 % DEVICES;
                 policies[d] = random::policy(&mut rng);
-                b.dp.set_policy(b.ifindexes[d], &policies[d]).expect("set policy");
+                b.dp.set_policy(b.ifindexes[d], &policies[d])
+                    .expect("set policy");
             }
             let d = rand::Rng::random_range(&mut rng, 0..DEVICES);
             let f = random::frame(&mut rng, &corpus);
-            let r = b.check(b.ifindexes[d], &policies[d], &f, &format!("random frame #{i}"));
+            let r = b.check(
+                b.ifindexes[d],
+                &policies[d],
+                &f,
+                &format!("random frame #{i}"),
+            );
             seen[r as usize] += 1;
             if i > 0 && i % 25_000 == 0 {
                 eprintln!("  {i}/{total} frames agree");
@@ -139,8 +161,15 @@ fn random_frames_match_model() {
         eprintln!("  verdicts: {}", tally.join(" "));
         // The generator must reach every from-VM reason, or agreement proves little.
         for r in Reason::ALL {
-            if !matches!(r, Reason::RxForeignMac | Reason::RxForeignIp | Reason::Ratelimit) {
-                assert!(seen[r as usize] > 0, "random frames never produced {}", r.name());
+            if !matches!(
+                r,
+                Reason::RxForeignMac | Reason::RxForeignIp | Reason::Ratelimit
+            ) {
+                assert!(
+                    seen[r as usize] > 0,
+                    "random frames never produced {}",
+                    r.name()
+                );
             }
         }
     })

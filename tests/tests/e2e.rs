@@ -28,14 +28,12 @@ const MAC_C: Mac = [0x02, 0, 0, 0, 0, 0x0c];
 const IP_A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 const IP_B: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 const IP_B2: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 20);
-const IP_C: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 3);
 const IP6_A: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
 const IP6_B: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
 const N: usize = 20;
 
 struct Vm {
     ns: NetNs,
-    mac: Mac,
     ifindex: u32,
 }
 
@@ -67,7 +65,7 @@ impl Lab {
             let vif = format!("vif{tag}");
             veth(&host, &vif, &ns, "eth0", &format_mac(mac), Some("br0")).expect("veth");
             let ifindex = host.ifindex(&vif).expect("ifindex");
-            vms.push(Vm { ns, mac, ifindex });
+            vms.push(Vm { ns, ifindex });
         }
         let c = vms.pop().expect("c");
         let b = vms.pop().expect("b");
@@ -144,7 +142,15 @@ fn numbered<F: Fn(u16) -> Vec<u8>>(f: F) -> Vec<Vec<u8>> {
 fn doc_example_arp_poisoning(mode: XdpModeRequest) {
     let lab = Lab::new(mode);
     // (1) VM-c claims VM-b's IP with its own MAC, toward VM-a: all dropped.
-    let spoof = numbered(|i| arp_reply(MAC_C, MAC_A, MAC_C, IP_B, Ipv4Addr::new(10, 0, 0, (i % 2 + 1) as u8)));
+    let spoof = numbered(|i| {
+        arp_reply(
+            MAC_C,
+            MAC_A,
+            MAC_C,
+            IP_B,
+            Ipv4Addr::new(10, 0, 0, (i % 2 + 1) as u8),
+        )
+    });
     let (n, d) = lab.exchange(&lab.c, &lab.a, &spoof);
     assert_eq!(n, 0, "spoofed ARP replies reached VM-a");
     assert_only(&d, Reason::ArpSpoof, &spoof);
@@ -168,7 +174,9 @@ fn arp_poisoning_is_dropped_generic() {
 #[test]
 fn ip_spoofing_is_dropped_and_allowed_sources_pass() {
     let lab = Lab::new(XdpModeRequest::Auto);
-    let udp = |mac: Mac, src: Ipv4Addr, i: u16| frames::udp4(mac, BROADCAST, src, IP_A, 4000 + i, 7, b"lockd e2e");
+    let udp = |mac: Mac, src: Ipv4Addr, i: u16| {
+        frames::udp4(mac, BROADCAST, src, IP_A, 4000 + i, 7, b"lockd e2e")
+    };
     // (2) VM-c with VM-a's IP and VM-a's MAC.
     let f = numbered(|i| udp(MAC_A, IP_A, i));
     let (n, d) = lab.exchange(&lab.c, &lab.a, &f);
@@ -201,7 +209,14 @@ fn ipv6_spoofing_is_dropped_and_dad_rs_work() {
     let ll_c = link_local(MAC_C);
     // VM-c advertises VM-b's IPv6 address with its own MAC: dropped.
     let na = |src: Ipv6Addr, target: Ipv6Addr, mac: Mac| {
-        frames::icmp6(mac, multicast_mac(ALL_NODES), src, ALL_NODES, 136, &nd_body(0x2000_0000, target, &[ll_option(2, mac)]))
+        frames::icmp6(
+            mac,
+            multicast_mac(ALL_NODES),
+            src,
+            ALL_NODES,
+            136,
+            &nd_body(0x2000_0000, target, &[ll_option(2, mac)]),
+        )
     };
     let f = vec![na(ll_c, IP6_B, MAC_C); N];
     let (n, d) = lab.exchange(&lab.c, &lab.a, &f);
@@ -214,14 +229,35 @@ fn ipv6_spoofing_is_dropped_and_dad_rs_work() {
     assert_only(&d, Reason::Pass, &f);
     // DAD and RS from VM-b are delivered.
     let sn = solicited_node(IP6_B);
-    let dad = frames::icmp6(MAC_B, multicast_mac(sn), Ipv6Addr::UNSPECIFIED, sn, 135, &nd_body(0, IP6_B, &[]));
-    let rs = frames::icmp6(MAC_B, multicast_mac(ALL_ROUTERS), Ipv6Addr::UNSPECIFIED, ALL_ROUTERS, 133, &[0; 4]);
+    let dad = frames::icmp6(
+        MAC_B,
+        multicast_mac(sn),
+        Ipv6Addr::UNSPECIFIED,
+        sn,
+        135,
+        &nd_body(0, IP6_B, &[]),
+    );
+    let rs = frames::icmp6(
+        MAC_B,
+        multicast_mac(ALL_ROUTERS),
+        Ipv6Addr::UNSPECIFIED,
+        ALL_ROUTERS,
+        133,
+        &[0; 4],
+    );
     let f = vec![dad, rs];
     let (n, d) = lab.exchange(&lab.b, &lab.a, &f);
     assert_eq!(n, 2, "DAD or RS from VM-b did not arrive");
     assert_only(&d, Reason::Pass, &f);
     // VM-c acting as a router: RA dropped.
-    let ra = frames::icmp6(MAC_C, multicast_mac(ALL_NODES), ll_c, ALL_NODES, 134, &[64, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    let ra = frames::icmp6(
+        MAC_C,
+        multicast_mac(ALL_NODES),
+        ll_c,
+        ALL_NODES,
+        134,
+        &[64, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+    );
     let f = vec![ra; N];
     let (n, d) = lab.exchange(&lab.c, &lab.a, &f);
     assert_eq!(n, 0, "RA from VM-c reached VM-a");
@@ -238,7 +274,17 @@ fn live_policy_change_while_traffic_flows() {
     let mut lab = Lab::new(XdpModeRequest::Auto);
     let total: usize = 3000;
     let frames: Vec<Vec<u8>> = (0..total)
-        .map(|i| frames::udp4(MAC_B, BROADCAST, IP_B2, IP_A, 10_000 + (i % 50_000) as u16, 9, &(i as u32).to_be_bytes()))
+        .map(|i| {
+            frames::udp4(
+                MAC_B,
+                BROADCAST,
+                IP_B2,
+                IP_A,
+                10_000 + (i % 50_000) as u16,
+                9,
+                &(i as u32).to_be_bytes(),
+            )
+        })
         .collect();
     let before = lab.counters(&lab.b);
     let cap = Capture::start(&lab.a.ns, "eth0");
@@ -276,14 +322,30 @@ fn live_policy_change_while_traffic_flows() {
     let passed = d.get(Direction::FromVm, Reason::Pass).packets as usize;
     let dropped = d.get(Direction::FromVm, Reason::Ipv4Spoof).packets as usize;
     eprintln!("live change: {passed} passed before the update, {dropped} dropped after");
-    assert_eq!(passed + dropped, total, "every frame counted once: {:?}", d.nonzero());
-    assert!(passed > 0 && dropped > 0, "the update did not land mid-stream");
-    assert_eq!(delivered(&got, &frames), passed, "deliveries must equal passes");
+    assert_eq!(
+        passed + dropped,
+        total,
+        "every frame counted once: {:?}",
+        d.nonzero()
+    );
+    assert!(
+        passed > 0 && dropped > 0,
+        "the update did not land mid-stream"
+    );
+    assert_eq!(
+        delivered(&got, &frames),
+        passed,
+        "deliveries must equal passes"
+    );
     // Order: everything delivered precedes everything dropped (no frame slipped through late).
     let last_delivered = got
         .iter()
         .filter_map(|r| frames.iter().position(|f| f == r))
         .max()
         .expect("some delivered");
-    assert_eq!(last_delivered + 1, passed, "a frame passed after the update");
+    assert_eq!(
+        last_delivered + 1,
+        passed,
+        "a frame passed after the update"
+    );
 }

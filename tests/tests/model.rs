@@ -25,7 +25,10 @@ fn every_case_gets_its_reason() {
 fn every_from_vm_reason_is_covered() {
     let cs = cases();
     for r in Reason::ALL {
-        if matches!(r, Reason::RxForeignMac | Reason::RxForeignIp | Reason::Ratelimit) {
+        if matches!(
+            r,
+            Reason::RxForeignMac | Reason::RxForeignIp | Reason::Ratelimit
+        ) {
             continue; // to-VM and rate-limit reasons belong to the TC program and the limiter.
         }
         assert!(cs.iter().any(|c| c.expect == r), "no case for {}", r.name());

@@ -142,9 +142,7 @@ unsafe extern "C" {
 }
 
 fn status(cmd: &mut Command) -> Result<()> {
-    let s = cmd
-        .status()
-        .with_context(|| format!("starting {cmd:?}"))?;
+    let s = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
     if !s.success() {
         bail!("{cmd:?} failed: {s}");
     }
@@ -237,7 +235,9 @@ fn bpf_linker() -> Result<()> {
     if works {
         return Ok(());
     }
-    eprintln!("xtask: building bpf-linker {BPF_LINKER_VERSION} against nightly's LLVM (about a minute)");
+    eprintln!(
+        "xtask: building bpf-linker {BPF_LINKER_VERSION} against nightly's LLVM (about a minute)"
+    );
     let sysroot = Command::new("rustc")
         .args(["+nightly", "--print", "sysroot"])
         .output()

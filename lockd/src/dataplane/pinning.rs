@@ -228,7 +228,12 @@ impl Dataplane {
         let keys4: Vec<Addr4Key> = self.allow4.keys().filter_map(|k| k.ok()).collect();
         for k in keys4 {
             if current(&self.vifs, k.ifindex, k.generation) {
-                self.vifs.get_mut(&k.ifindex).expect("current").entries.v4.push(k.addr);
+                self.vifs
+                    .get_mut(&k.ifindex)
+                    .expect("current")
+                    .entries
+                    .v4
+                    .push(k.addr);
             } else {
                 let _ = self.allow4.remove(&k);
             }
@@ -236,7 +241,12 @@ impl Dataplane {
         let keys6: Vec<Addr6Key> = self.allow6.keys().filter_map(|k| k.ok()).collect();
         for k in keys6 {
             if current(&self.vifs, k.ifindex, k.generation) {
-                self.vifs.get_mut(&k.ifindex).expect("current").entries.v6.push(k.addr);
+                self.vifs
+                    .get_mut(&k.ifindex)
+                    .expect("current")
+                    .entries
+                    .v6
+                    .push(k.addr);
             } else {
                 let _ = self.allow6.remove(&k);
             }
@@ -244,10 +254,18 @@ impl Dataplane {
         let p4: Vec<_> = self.prefix4.keys().filter_map(|k| k.ok()).collect();
         for k in p4 {
             let d = k.data();
-            let (ifx, g) = (u32::from_be_bytes(d.ifindex_be), u32::from_be_bytes(d.generation_be));
+            let (ifx, g) = (
+                u32::from_be_bytes(d.ifindex_be),
+                u32::from_be_bytes(d.generation_be),
+            );
             let plen = k.prefix_len().saturating_sub(lockd_common::LPM_HEADER_BITS);
             if current(&self.vifs, ifx, g) {
-                self.vifs.get_mut(&ifx).expect("current").entries.p4.push((plen, d.addr));
+                self.vifs
+                    .get_mut(&ifx)
+                    .expect("current")
+                    .entries
+                    .p4
+                    .push((plen, d.addr));
             } else {
                 let _ = self.prefix4.remove(&lpm4(ifx, g, plen, d.addr));
             }
@@ -255,10 +273,18 @@ impl Dataplane {
         let p6: Vec<_> = self.prefix6.keys().filter_map(|k| k.ok()).collect();
         for k in p6 {
             let d = k.data();
-            let (ifx, g) = (u32::from_be_bytes(d.ifindex_be), u32::from_be_bytes(d.generation_be));
+            let (ifx, g) = (
+                u32::from_be_bytes(d.ifindex_be),
+                u32::from_be_bytes(d.generation_be),
+            );
             let plen = k.prefix_len().saturating_sub(lockd_common::LPM_HEADER_BITS);
             if current(&self.vifs, ifx, g) {
-                self.vifs.get_mut(&ifx).expect("current").entries.p6.push((plen, d.addr));
+                self.vifs
+                    .get_mut(&ifx)
+                    .expect("current")
+                    .entries
+                    .p6
+                    .push((plen, d.addr));
             } else {
                 let _ = self.prefix6.remove(&lpm6(ifx, g, plen, d.addr));
             }
