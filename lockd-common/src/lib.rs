@@ -12,6 +12,8 @@ pub mod policy;
 
 /// Name of the from-VM XDP program in the object file.
 pub const PROG_VIF_INGRESS: &str = "vif_ingress";
+/// Name of the to-VM TC egress program in the object file.
+pub const PROG_VIF_EGRESS: &str = "vif_egress";
 /// Map: ifindex (u32) → [`VifConfig`].
 pub const MAP_VIF_CONFIG: &str = "VIF_CONFIG";
 /// Map: [`Addr4Key`] → u8, exact IPv4 addresses allowed per VIF and generation.
@@ -24,6 +26,13 @@ pub const MAP_PREFIX4: &str = "PREFIX4";
 pub const MAP_PREFIX6: &str = "PREFIX6";
 /// Per-CPU array of [`Counter`], indexed by [`counter_index`].
 pub const MAP_COUNTERS: &str = "COUNTERS";
+/// Array of [`RateState`], indexed by VIF slot (shared by all CPUs).
+pub const MAP_RATE: &str = "RATE";
+
+/// Default `timeslice_us` of the rate limiter (bucket depth in time of the rate).
+pub const DEFAULT_TIMESLICE_US: u64 = 50_000;
+/// Fixed-point shift of [`VifConfig::rate_ns_per_byte_q16`].
+pub const RATE_SHIFT: u32 = 16;
 
 /// Most VIFs one host enforces at once (counter slots are allocated per VIF).
 pub const MAX_VIFS: u32 = 4096;
@@ -168,6 +177,30 @@ pub struct VifConfig {
     pub mac: [u8; 6],
     /// Explicit padding to an 8-byte boundary; always zero.
     pub _pad: [u8; 2],
+    /// Rate limit from the VM: nanoseconds of budget one byte costs, `<< RATE_SHIFT`
+    /// (0 = no limit).
+    pub rate_ns_per_byte_q16: u64,
+    /// Bucket depth in nanoseconds (`timeslice_us` × 1000).
+    pub burst_ns: u64,
+}
+
+/// Rate limiter state of one VIF (GCRA): the theoretical arrival time, in `bpf_ktime_get_ns`
+/// nanoseconds, of the next byte at exactly the configured rate. Updated with compare-and-swap
+/// so that all CPUs share one budget.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateState {
+    pub tat_ns: u64,
+}
+
+/// The GCRA parameters for `kbps` kilobytes (1024 B) per second and a bucket of
+/// `timeslice_us`: (ns per byte `<< RATE_SHIFT`, depth in ns).
+pub const fn rate_params(kbps: u64, timeslice_us: u64) -> (u64, u64) {
+    let bytes_per_sec = if kbps == 0 { 1 } else { kbps * 1024 };
+    (
+        (1_000_000_000u64 << RATE_SHIFT) / bytes_per_sec,
+        timeslice_us * 1000,
+    )
 }
 
 /// Key of the exact IPv4 address map.
@@ -228,4 +261,5 @@ mod pod {
     unsafe impl aya::Pod for super::Lpm4Data {}
     unsafe impl aya::Pod for super::Lpm6Data {}
     unsafe impl aya::Pod for super::Counter {}
+    unsafe impl aya::Pod for super::RateState {}
 }

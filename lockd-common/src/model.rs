@@ -342,3 +342,59 @@ fn rs_mld(p: &VifPolicy, f: &[u8], end: usize, off: usize, ty: u8, src: Ipv6Addr
     }
     Reason::Pass
 }
+
+/// The verdict on a frame the host sends to the VM (TC egress on the VIF). The rate limit
+/// does not apply in this direction.
+pub fn verdict_to_vm(policy: &VifPolicy, frame: &[u8]) -> Reason {
+    match policy.mode {
+        EffectiveMode::Unlocked => Reason::Pass,
+        EffectiveMode::Disabled => Reason::Disabled,
+        EffectiveMode::Locked => locked_to_vm(policy, frame),
+    }
+}
+
+fn locked_to_vm(p: &VifPolicy, f: &[u8]) -> Reason {
+    let (Some(dst), Some(ethertype)) = (arr::<6>(f, 0), be16(f, 12)) else {
+        return Reason::Malformed;
+    };
+    // Broadcast and multicast (group bit set) reach every port, and pass.
+    if dst[0] & 1 != 0 {
+        return Reason::Pass;
+    }
+    if dst != p.mac {
+        return Reason::RxForeignMac;
+    }
+    match ethertype {
+        ETH_P_IP => {
+            let Some(d) = arr::<4>(f, ETH_HLEN + 16) else {
+                return Reason::Malformed;
+            };
+            if f.len() < ETH_HLEN + 20 {
+                return Reason::Malformed;
+            }
+            let d = Ipv4Addr::from(d);
+            if d.is_multicast() || d.is_broadcast() || p.allows4(d) {
+                Reason::Pass
+            } else {
+                Reason::RxForeignIp
+            }
+        }
+        ETH_P_IPV6 => {
+            if f.len() < ETH_HLEN + 40 {
+                return Reason::Malformed;
+            }
+            let d = Ipv6Addr::from(arr::<16>(f, ETH_HLEN + 24).unwrap_or_default());
+            // NDP directly after the IPv6 header passes (RFC 4861 messages carry no extension
+            // headers in practice; the from-VM side drops fragmented NDP).
+            let ndp = f[ETH_HLEN + 6] == IPPROTO_ICMPV6
+                && f.get(ETH_HLEN + 40).is_some_and(|t| (133..=137).contains(t));
+            if ndp || d.is_multicast() || p.allows6(d) {
+                Reason::Pass
+            } else {
+                Reason::RxForeignIp
+            }
+        }
+        // ARP and anything else unicast to the guest's own MAC.
+        _ => Reason::Pass,
+    }
+}

@@ -131,6 +131,17 @@ pub struct VifPolicy {
     pub ipv4: Vec<Ipv4Network>,
     /// A6: allowed IPv6 addresses and prefixes (without the derived link-local).
     pub ipv6: Vec<Ipv6Network>,
+    /// The QoS rate limit on frames from the VM, if any.
+    pub rate: Option<RateLimit>,
+}
+
+/// `qos_algorithm_type=ratelimit` with its params.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Kilobytes (1024 B) per second.
+    pub kbps: u64,
+    /// Bucket depth as time at the rate.
+    pub timeslice_us: u64,
 }
 
 impl VifPolicy {

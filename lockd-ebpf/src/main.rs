@@ -4,18 +4,24 @@
 //! same order as `lockd_common::model`, which the differential tests hold it to, frame by frame.
 #![no_std]
 #![no_main]
+// The rate limiter's compare-and-swap (see rate.rs).
+#![feature(core_intrinsics)]
+#![expect(internal_features, reason = "core_intrinsics for BPF_CMPXCHG")]
+
+mod rate;
+mod to_vm;
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
     macros::{map, xdp},
-    maps::{HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
     programs::XdpContext,
 };
 use lockd_common::{
     Addr4Key, Addr6Key, Counter, DIRECTIONS, Direction, FLAG_HAS_A4, FLAG_HAS_S6, FLAG_PREFIX4,
     FLAG_PREFIX6, LPM_HEADER_BITS, Lpm4Data, Lpm6Data, MAX_ADDR_ENTRIES, MAX_EXT_HEADERS,
     MAX_ND_OPTIONS, MAX_PREFIX_ENTRIES, MAX_VIFS, MODE_DISABLED, MODE_UNLOCKED, REASON_SLOTS,
-    Reason, VifConfig, counter_index,
+    RateState, Reason, VifConfig, counter_index,
 };
 
 /// `BPF_F_NO_PREALLOC`: updates allocate a fresh element and free the old one after an RCU
@@ -23,7 +29,7 @@ use lockd_common::{
 const NO_PREALLOC: u32 = 1;
 
 #[map]
-static VIF_CONFIG: HashMap<u32, VifConfig> = HashMap::with_max_entries(MAX_VIFS, NO_PREALLOC);
+pub(crate) static VIF_CONFIG: HashMap<u32, VifConfig> = HashMap::with_max_entries(MAX_VIFS, NO_PREALLOC);
 #[map]
 static ALLOW4: HashMap<Addr4Key, u8> = HashMap::with_max_entries(MAX_ADDR_ENTRIES, NO_PREALLOC);
 #[map]
@@ -35,6 +41,8 @@ static PREFIX6: LpmTrie<Lpm6Data, u8> = LpmTrie::with_max_entries(MAX_PREFIX_ENT
 #[map]
 static COUNTERS: PerCpuArray<Counter> =
     PerCpuArray::with_max_entries(MAX_VIFS * DIRECTIONS * REASON_SLOTS, 0);
+#[map]
+pub(crate) static RATE: Array<RateState> = Array::with_max_entries(MAX_VIFS, 0);
 
 const ETH_HLEN: usize = 14;
 const ETH_P_ARP: u16 = 0x0806;
@@ -57,7 +65,7 @@ pub fn vif_ingress(ctx: XdpContext) -> u32 {
     // One copy of the whole element: mode, MAC, flags and generation are read together.
     // SAFETY: the map is NO_PREALLOC, so the element stays valid for this RCU section.
     let cfg = unsafe { *cfg };
-    let reason = match cfg.mode {
+    let mut reason = match cfg.mode {
         MODE_UNLOCKED => Reason::Pass,
         MODE_DISABLED => Reason::Disabled,
         // MODE_LOCKED and anything unknown: fail closed.
@@ -66,7 +74,12 @@ pub fn vif_ingress(ctx: XdpContext) -> u32 {
             Err(r) => r,
         },
     };
-    count(&ctx, cfg.slot, Direction::FromVm, reason);
+    let len = (ctx.data_end() - ctx.data()) as u64;
+    // The limiter only spends budget on frames the policy lets through.
+    if matches!(reason, Reason::Pass) && !rate::admit(&cfg, len) {
+        reason = Reason::Ratelimit;
+    }
+    count(cfg.slot, Direction::FromVm, reason, len);
     if matches!(reason, Reason::Pass) {
         XDP_PASS
     } else {
@@ -81,13 +94,13 @@ pub fn xdp_empty(_ctx: XdpContext) -> u32 {
 }
 
 #[inline(always)]
-fn count(ctx: &XdpContext, slot: u32, dir: Direction, reason: Reason) {
+pub(crate) fn count(slot: u32, dir: Direction, reason: Reason, bytes: u64) {
     let idx = counter_index(slot, dir as u32, reason as u32);
     if let Some(c) = COUNTERS.get_ptr_mut(idx) {
         // SAFETY: per-CPU slot, no other writer on this CPU while we run.
         unsafe {
             (*c).packets += 1;
-            (*c).bytes += (ctx.data_end() - ctx.data()) as u64;
+            (*c).bytes += bytes;
         }
     }
 }
@@ -132,7 +145,7 @@ fn is_zero16(a: &[u8; 16]) -> bool {
 }
 
 #[inline(never)]
-fn allowed4(cfg: &VifConfig, ifindex: u32, addr: [u8; 4]) -> bool {
+pub(crate) fn allowed4(cfg: &VifConfig, ifindex: u32, addr: [u8; 4]) -> bool {
     if cfg.flags & FLAG_HAS_A4 == 0 {
         return false;
     }
@@ -160,7 +173,7 @@ fn allowed4(cfg: &VifConfig, ifindex: u32, addr: [u8; 4]) -> bool {
 
 /// Membership in S6. The derived link-local address is an ordinary ALLOW6 entry.
 #[inline(never)]
-fn allowed6(cfg: &VifConfig, ifindex: u32, addr: [u8; 16]) -> bool {
+pub(crate) fn allowed6(cfg: &VifConfig, ifindex: u32, addr: [u8; 16]) -> bool {
     if cfg.flags & FLAG_HAS_S6 == 0 {
         return false;
     }

@@ -159,6 +159,7 @@ pub fn run(json: bool, mode: XdpModeRequest) -> Result<()> {
                     mac: vm.mac,
                     ipv4: parse_ipv4_list(vm.v4)?,
                     ipv6: parse_ipv6_list(vm.v6)?,
+        rate: None,
                 },
             ))
         })
@@ -189,14 +190,14 @@ pub fn run(json: bool, mode: XdpModeRequest) -> Result<()> {
         }
     }
     let mut report = Vec::new();
-    say("\nVIF          reason           packets   bytes");
+    say("\nVIF          dir      reason           packets   bytes");
     for (vm, _, ifx) in &vms {
         let c = dp.counters(*ifx)?;
         for (dir, reason, cnt) in c.nonzero() {
-            debug_assert_eq!(dir, Direction::FromVm);
             say(&format!(
-                "vif-{:<8} {:<16} {:>7} {:>7}",
+                "vif-{:<8} {:<8} {:<16} {:>7} {:>7}",
                 vm.name,
+                dir.name(),
                 reason.name(),
                 cnt.packets,
                 cnt.bytes

@@ -9,8 +9,12 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use lockd_common::policy::{
-    DefaultLockingMode, LockingMode, VifPolicy, parse_ipv4_list, parse_ipv6_list, parse_mac,
+use lockd_common::{
+    DEFAULT_TIMESLICE_US,
+    policy::{
+        DefaultLockingMode, LockingMode, RateLimit, VifPolicy, parse_ipv4_list, parse_ipv6_list,
+        parse_mac,
+    },
 };
 use serde::{Deserialize, Serialize};
 
@@ -35,6 +39,19 @@ pub struct Qos {
     pub kbps: Option<u64>,
     /// Bucket depth in microseconds of the rate (default 50 000).
     pub timeslice_us: Option<u64>,
+}
+
+impl Qos {
+    /// The limit in force: `ratelimit` with a rate set.
+    pub fn rate_limit(&self) -> Option<RateLimit> {
+        match (self.algorithm_type.as_str(), self.kbps) {
+            ("ratelimit", Some(kbps)) => Some(RateLimit {
+                kbps,
+                timeslice_us: self.timeslice_us.unwrap_or(DEFAULT_TIMESLICE_US),
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// One VIF as configured.
@@ -101,6 +118,7 @@ impl State {
                 .map_err(|e| bad("ipv4-allowed", e.to_string()))?,
             ipv6: parse_ipv6_list(&vif.ipv6_allowed.join(","))
                 .map_err(|e| bad("ipv6-allowed", e.to_string()))?,
+            rate: vif.qos.rate_limit(),
         })
     }
 }

@@ -45,6 +45,7 @@ pub fn locked_policy() -> VifPolicy {
             Ipv6Network::new(OWN6, 128).unwrap(),
             Ipv6Network::new(NET6, 64).unwrap(),
         ],
+        rate: None,
     }
 }
 

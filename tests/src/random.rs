@@ -52,6 +52,7 @@ pub fn policy(rng: &mut impl Rng) -> VifPolicy {
         mac,
         ipv4: v4.into_iter().take(n4).collect(),
         ipv6: v6.into_iter().take(n6).collect(),
+        rate: None,
     }
 }
 

@@ -34,12 +34,14 @@ fn readers_never_see_a_mixed_policy() {
         mac: GUEST,
         ipv4: vec![Ipv4Network::new(ip_a, 32).unwrap()],
         ipv6: vec![],
+        rate: None,
     };
     let b = VifPolicy {
         mode: EffectiveMode::Locked,
         mac: FOREIGN,
         ipv4: vec![Ipv4Network::new(ip_b, 32).unwrap()],
         ipv6: vec![],
+        rate: None,
     };
     // A's MAC with B's address, and B's MAC with A's address.
     let probes = [

@@ -52,6 +52,7 @@ fn policy(mac: Mac, v4: &str, v6: &str) -> VifPolicy {
         mac,
         ipv4: parse_ipv4_list(v4).expect("v4 list"),
         ipv6: parse_ipv6_list(v6).expect("v6 list"),
+        rate: None,
     }
 }
 

@@ -11,6 +11,7 @@
 //!
 //! A failure in step 1 or 2 removes what step 1 added and leaves the old policy in force.
 
+mod attach;
 mod pinning;
 
 pub use pinning::{cleanup, ensure_bpffs};
@@ -22,13 +23,17 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuValues, lpm_trie::Key},
-    programs::{ProgramError, Xdp, XdpMode, links::FdLink, xdp::XdpLinkId},
+    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuValues, lpm_trie::Key},
+    programs::{
+        ProgramError, SchedClassifier, Xdp, links::FdLink, tc::SchedClassifierLinkId,
+        xdp::XdpLinkId,
+    },
 };
 use lockd_common::{
     Addr4Key, Addr6Key, Counter, Direction, FLAG_HAS_A4, FLAG_HAS_S6, FLAG_PREFIX4, FLAG_PREFIX6,
     LPM_HEADER_BITS, Lpm4Data, Lpm6Data, MAP_ALLOW4, MAP_ALLOW6, MAP_COUNTERS, MAP_PREFIX4,
-    MAP_PREFIX6, MAP_VIF_CONFIG, MAX_VIFS, PROG_VIF_INGRESS, Reason, VifConfig, counter_index,
+    MAP_PREFIX6, MAP_RATE, MAP_VIF_CONFIG, MAX_VIFS, PROG_VIF_EGRESS, PROG_VIF_INGRESS, RateState,
+    Reason, VifConfig, counter_index, rate_params,
     policy::{EffectiveMode, VifPolicy, link_local},
 };
 use serde::Serialize;
@@ -56,6 +61,9 @@ pub enum DataplaneError {
         #[source]
         source: ProgramError,
     },
+    /// A pinned link is not of the expected kind.
+    #[error("pinned link: {0}")]
+    Link(#[source] aya::programs::links::LinkError),
     /// A map is missing from the object or has the wrong type.
     #[error("map {name}: {source}")]
     Map {
@@ -211,20 +219,16 @@ struct VifState {
     entries: Entries,
     /// The config last written, generation aside (to skip no-op updates).
     config: VifConfig,
-    link: Option<Attached>,
-}
-
-/// A VIF's attachment.
-#[derive(Debug)]
-struct Attached {
-    mode: AttachMode,
-    handle: LinkHandle,
+    /// The from-VM XDP attachment and how it was made.
+    xdp: Option<(AttachMode, LinkHandle<XdpLinkId>)>,
+    /// The to-VM TC egress attachment.
+    tc: Option<LinkHandle<SchedClassifierLinkId>>,
 }
 
 #[derive(Debug)]
-enum LinkHandle {
+enum LinkHandle<Id> {
     /// Owned by the program object; detached when the dataplane is dropped (tests, demo).
-    Owned(XdpLinkId),
+    Owned(Id),
     /// Pinned on bpffs; stays attached when the daemon exits, until the pin is removed.
     Pinned { link: FdLink, path: PathBuf },
 }
@@ -241,6 +245,7 @@ pub struct Dataplane {
     prefix4: LpmTrie<MapData, Lpm4Data, u8>,
     prefix6: LpmTrie<MapData, Lpm6Data, u8>,
     counters: PerCpuArray<MapData, Counter>,
+    rate: Array<MapData, RateState>,
     barrier: RcuBarrier,
     vifs: BTreeMap<u32, VifState>,
     free_slots: Vec<u32>,
@@ -287,6 +292,15 @@ impl Dataplane {
             }
         }
         let mut ebpf = loader.load(EBPF_OBJECT)?;
+        let egress: &mut SchedClassifier = ebpf
+            .program_mut(PROG_VIF_EGRESS)
+            .ok_or(DataplaneError::Program {
+                name: PROG_VIF_EGRESS,
+                source: ProgramError::NotLoaded,
+            })?
+            .try_into()
+            .map_err(prog_err(PROG_VIF_EGRESS))?;
+        egress.load().map_err(prog_err(PROG_VIF_EGRESS))?;
         for name in [PROG_VIF_INGRESS, PROG_EMPTY] {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
@@ -306,6 +320,7 @@ impl Dataplane {
             prefix4: take(&mut ebpf, MAP_PREFIX4)?,
             prefix6: take(&mut ebpf, MAP_PREFIX6)?,
             counters: take(&mut ebpf, MAP_COUNTERS)?,
+            rate: take(&mut ebpf, MAP_RATE)?,
             barrier: RcuBarrier::new().map_err(DataplaneError::Barrier)?,
             ebpf,
             vifs: BTreeMap::new(),
@@ -354,7 +369,8 @@ impl Dataplane {
                     generation: 0,
                     entries: Entries::default(),
                     config: VifConfig::default(),
-                    link: None,
+                    xdp: None,
+                    tc: None,
                 },
             );
         }
@@ -443,7 +459,11 @@ impl Dataplane {
         }
     }
 
+    /// Zeroes a slot's counters and rate-limiter state before a new VIF uses it.
     fn zero_counters(&mut self, slot: u32) -> Result<()> {
+        self.rate
+            .set(slot, RateState::default(), 0)
+            .map_err(map_err(MAP_RATE))?;
         for dir in 0..2 {
             for r in 0..Reason::COUNT as u32 {
                 let zeros = PerCpuValues::try_from(vec![Counter::default(); self.ncpus])
@@ -468,72 +488,6 @@ impl Dataplane {
         self.remove_entries(ifindex, state.generation, &state.entries);
         self.free_slots.push(state.slot);
         Ok(())
-    }
-
-    /// Attaches the from-VM program to `ifindex`, which must already have a policy so the first
-    /// frame is judged by it. `Auto` tries native XDP and falls back to generic with a log line.
-    pub fn attach(&mut self, ifindex: u32, req: XdpModeRequest) -> Result<AttachMode> {
-        match self.vifs.get(&ifindex) {
-            None => return Err(DataplaneError::UnknownIfindex(ifindex)),
-            Some(s) if s.link.is_some() => return Err(DataplaneError::AlreadyAttached(ifindex)),
-            Some(_) => {}
-        }
-        let prog = self.xdp(PROG_VIF_INGRESS)?;
-        let (id, mode) = match req {
-            XdpModeRequest::Native => (
-                prog.attach_to_if_index(ifindex, XdpMode::Driver)
-                    .map_err(prog_err(PROG_VIF_INGRESS))?,
-                AttachMode::Native,
-            ),
-            XdpModeRequest::Generic => (
-                prog.attach_to_if_index(ifindex, XdpMode::Skb)
-                    .map_err(prog_err(PROG_VIF_INGRESS))?,
-                AttachMode::Generic,
-            ),
-            XdpModeRequest::Auto => match prog.attach_to_if_index(ifindex, XdpMode::Driver) {
-                Ok(id) => (id, AttachMode::Native),
-                Err(e) => {
-                    tracing::warn!(ifindex, error = %e, "native XDP refused, using generic XDP");
-                    let id = prog
-                        .attach_to_if_index(ifindex, XdpMode::Skb)
-                        .map_err(prog_err(PROG_VIF_INGRESS))?;
-                    (id, AttachMode::Generic)
-                }
-            },
-        };
-        let handle = match &self.pins {
-            None => LinkHandle::Owned(id),
-            Some(p) => {
-                let path = p.link_path(ifindex, mode);
-                let link = self.pin_link(id, &path)?;
-                LinkHandle::Pinned { link, path }
-            }
-        };
-        self.vifs.get_mut(&ifindex).expect("checked above").link = Some(Attached { mode, handle });
-        Ok(mode)
-    }
-
-    /// Detaches the program from `ifindex` if attached; the policy stays.
-    pub fn detach(&mut self, ifindex: u32) -> Result<()> {
-        let link = self.vifs.get_mut(&ifindex).and_then(|s| s.link.take());
-        match link.map(|a| a.handle) {
-            None => {}
-            Some(LinkHandle::Owned(id)) => self
-                .xdp(PROG_VIF_INGRESS)?
-                .detach(id)
-                .map_err(prog_err(PROG_VIF_INGRESS))?,
-            Some(LinkHandle::Pinned { link, path }) => {
-                // Removing the pin and closing our descriptor destroys the link.
-                pinning::unpin(&path)?;
-                drop(link);
-            }
-        }
-        Ok(())
-    }
-
-    /// How `ifindex` is attached, if it is.
-    pub fn attach_mode(&self, ifindex: u32) -> Option<AttachMode> {
-        self.vifs.get(&ifindex)?.link.as_ref().map(|a| a.mode)
     }
 
     /// The VIF's counters summed over CPUs.
@@ -603,6 +557,10 @@ fn config_of(policy: &VifPolicy, entries: &Entries, slot: u32) -> VifConfig {
     if !entries.p6.is_empty() {
         flags |= FLAG_PREFIX6;
     }
+    let (rate_ns_per_byte_q16, burst_ns) = policy
+        .rate
+        .map(|r| rate_params(r.kbps, r.timeslice_us))
+        .unwrap_or((0, 0));
     VifConfig {
         mode: policy.mode.kernel(),
         generation: 0,
@@ -610,6 +568,8 @@ fn config_of(policy: &VifPolicy, entries: &Entries, slot: u32) -> VifConfig {
         flags,
         mac: policy.mac,
         _pad: [0; 2],
+        rate_ns_per_byte_q16,
+        burst_ns,
     }
 }
 

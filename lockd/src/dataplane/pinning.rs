@@ -3,7 +3,8 @@
 //!
 //! Layout under the bpffs directory (default `/sys/fs/bpf/lockd`):
 //! - `maps/<NAME>`: every map of the object, reused by the next load;
-//! - `links/xdp-<ifindex>-<native|generic>`: one XDP link per attached VIF.
+//! - `links/xdp-<ifindex>-<native|generic>`: one XDP link per attached VIF;
+//! - `links/tc-<ifindex>`: one TC egress (TCX) link per attached VIF.
 
 use std::{
     fs, io,
@@ -12,23 +13,24 @@ use std::{
 
 use aya::programs::{Xdp, links::FdLink, links::PinnedLink, xdp::XdpLink, xdp::XdpLinkId};
 use lockd_common::{
-    Addr4Key, Addr6Key, MAP_ALLOW4, MAP_ALLOW6, MAP_COUNTERS, MAP_PREFIX4, MAP_PREFIX6,
+    Addr4Key, Addr6Key, MAP_ALLOW4, MAP_ALLOW6, MAP_COUNTERS, MAP_PREFIX4, MAP_PREFIX6, MAP_RATE,
     MAP_VIF_CONFIG, MAX_VIFS, PROG_VIF_INGRESS,
 };
 
 use super::{
-    AttachMode, Attached, Dataplane, DataplaneError, Entries, LinkHandle, Result, VifConfig,
-    VifState, lpm4, lpm6, map_err, prog_err,
+    AttachMode, Dataplane, DataplaneError, Entries, LinkHandle, Result, VifConfig, VifState,
+    lpm4, lpm6, map_err, prog_err,
 };
 
 /// Every pinned map.
-pub(super) const MAPS: [&str; 6] = [
+pub(super) const MAPS: [&str; 7] = [
     MAP_VIF_CONFIG,
     MAP_ALLOW4,
     MAP_ALLOW6,
     MAP_PREFIX4,
     MAP_PREFIX6,
     MAP_COUNTERS,
+    MAP_RATE,
 ];
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -40,7 +42,11 @@ pub(super) struct PinDirs {
 }
 
 fn pin_err(path: &Path) -> impl FnOnce(io::Error) -> DataplaneError + '_ {
-    move |source| DataplaneError::Pin {
+    move |source| pin_error(path, source)
+}
+
+pub(super) fn pin_error(path: &Path, source: io::Error) -> DataplaneError {
+    DataplaneError::Pin {
         path: path.to_path_buf(),
         source,
     }
@@ -103,9 +109,22 @@ impl PinDirs {
         };
         self.links.join(format!("xdp-{ifindex}-{m}"))
     }
+
+    pub(super) fn tc_link_path(&self, ifindex: u32) -> PathBuf {
+        self.links.join(format!("tc-{ifindex}"))
+    }
 }
 
-fn parse_link_name(name: &str) -> Option<(u32, AttachMode)> {
+/// A pinned link's file name: XDP with its mode, or TC.
+enum LinkName {
+    Xdp(u32, AttachMode),
+    Tc(u32),
+}
+
+fn parse_link_name(name: &str) -> Option<LinkName> {
+    if let Some(ifx) = name.strip_prefix("tc-") {
+        return Some(LinkName::Tc(ifx.parse().ok()?));
+    }
     let rest = name.strip_prefix("xdp-")?;
     let (ifx, mode) = rest.split_once('-')?;
     let mode = match mode {
@@ -113,7 +132,7 @@ fn parse_link_name(name: &str) -> Option<(u32, AttachMode)> {
         "generic" => AttachMode::Generic,
         _ => return None,
     };
-    Some((ifx.parse().ok()?, mode))
+    Some(LinkName::Xdp(ifx.parse().ok()?, mode))
 }
 
 pub(super) fn unpin(path: &Path) -> Result<()> {
@@ -184,7 +203,8 @@ impl Dataplane {
                         generation: 0,
                         ..*cfg
                     },
-                    link: None,
+                    xdp: None,
+                    tc: None,
                 },
             );
         }
@@ -194,8 +214,9 @@ impl Dataplane {
         for e in rd.flatten() {
             let path = e.path();
             let parsed = parse_link_name(&e.file_name().to_string_lossy());
+            let known = |ifx: &u32| self.vifs.contains_key(ifx);
             match parsed {
-                Some((ifindex, mode)) if self.vifs.contains_key(&ifindex) => {
+                Some(LinkName::Xdp(ifindex, mode)) if known(&ifindex) => {
                     let pinned = PinnedLink::from_pin(&path)
                         .map_err(|err| pin_err(&path)(io::Error::other(err)))?;
                     let link = XdpLink::try_from(FdLink::from(pinned))
@@ -205,11 +226,17 @@ impl Dataplane {
                         .attach_to_link(link)
                         .map_err(prog_err(PROG_VIF_INGRESS))?;
                     let link = self.pin_link(id, &path)?;
-                    self.vifs.get_mut(&ifindex).expect("checked").link = Some(Attached {
-                        mode,
-                        handle: LinkHandle::Pinned { link, path },
-                    });
+                    self.vifs.get_mut(&ifindex).expect("checked").xdp =
+                        Some((mode, LinkHandle::Pinned { link, path }));
                     adopted.push(ifindex);
+                }
+                Some(LinkName::Tc(ifindex)) if known(&ifindex) => {
+                    let pinned = PinnedLink::from_pin(&path)
+                        .map_err(|err| pin_err(&path)(io::Error::other(err)))?;
+                    // bpf_link_update swaps the program in place; the pin stays valid.
+                    let link = self.tc_adopt(FdLink::from(pinned))?;
+                    self.vifs.get_mut(&ifindex).expect("checked").tc =
+                        Some(LinkHandle::Pinned { link, path });
                 }
                 _ => {
                     tracing::info!(path = %path.display(), "removing a pinned link with no policy");
