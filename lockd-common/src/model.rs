@@ -387,7 +387,8 @@ fn locked_to_vm(p: &VifPolicy, f: &[u8]) -> Reason {
             // NDP directly after the IPv6 header passes (RFC 4861 messages carry no extension
             // headers in practice; the from-VM side drops fragmented NDP).
             let ndp = f[ETH_HLEN + 6] == IPPROTO_ICMPV6
-                && f.get(ETH_HLEN + 40).is_some_and(|t| (133..=137).contains(t));
+                && f.get(ETH_HLEN + 40)
+                    .is_some_and(|t| (133..=137).contains(t));
             if ndp || d.is_multicast() || p.allows6(d) {
                 Reason::Pass
             } else {

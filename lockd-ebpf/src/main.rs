@@ -29,7 +29,8 @@ use lockd_common::{
 const NO_PREALLOC: u32 = 1;
 
 #[map]
-pub(crate) static VIF_CONFIG: HashMap<u32, VifConfig> = HashMap::with_max_entries(MAX_VIFS, NO_PREALLOC);
+pub(crate) static VIF_CONFIG: HashMap<u32, VifConfig> =
+    HashMap::with_max_entries(MAX_VIFS, NO_PREALLOC);
 #[map]
 static ALLOW4: HashMap<Addr4Key, u8> = HashMap::with_max_entries(MAX_ADDR_ENTRIES, NO_PREALLOC);
 #[map]

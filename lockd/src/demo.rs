@@ -159,7 +159,7 @@ pub fn run(json: bool, mode: XdpModeRequest) -> Result<()> {
                     mac: vm.mac,
                     ipv4: parse_ipv4_list(vm.v4)?,
                     ipv6: parse_ipv6_list(vm.v6)?,
-        rate: None,
+                    rate: None,
                 },
             ))
         })

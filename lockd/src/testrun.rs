@@ -66,6 +66,26 @@ impl Runner {
         // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
         // egress_ifindex. The kernel wants data = 0 and data_end = the frame length.
         let md: [u32; 6] = [0, frame.len() as u32, 0, ifindex, 0, 0];
+        self.run_ctx(&md, frame, repeat, flags, batch)
+    }
+
+    /// Runs a TC (sched_cls) program on `frame` as if sent out of `ifindex`.
+    pub fn run_skb(&self, ifindex: u32, frame: &[u8], repeat: u32) -> io::Result<RunResult> {
+        // struct __sk_buff up to and including `ifindex` (offset 40); the kernel accepts a
+        // prefix and only a few fields may be non-zero, ifindex among them.
+        let mut skb = [0u32; 11];
+        skb[10] = ifindex;
+        self.run_ctx(&skb, frame, repeat, 0, 0)
+    }
+
+    fn run_ctx(
+        &self,
+        md: &[u32],
+        frame: &[u8],
+        repeat: u32,
+        flags: u32,
+        batch: u32,
+    ) -> io::Result<RunResult> {
         let live = flags & BPF_F_TEST_XDP_LIVE_FRAMES != 0;
         let mut out = vec![0u8; frame.len() + 256];
         let mut attr = TestAttr {
@@ -73,7 +93,7 @@ impl Runner {
             data_size_in: frame.len() as u32,
             data_in: frame.as_ptr() as u64,
             repeat,
-            ctx_size_in: size_of_val(&md) as u32,
+            ctx_size_in: size_of_val(md) as u32,
             ctx_in: md.as_ptr() as u64,
             flags,
             batch_size: batch,

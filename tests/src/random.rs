@@ -212,3 +212,25 @@ pub fn frame(rng: &mut impl Rng, corpus: &[Case]) -> Vec<u8> {
     }
     f
 }
+
+/// A random frame toward the guest: like [`frame`], with the destination MAC drawn from the
+/// guest's, another VM's, broadcast and multicast.
+pub fn to_vm_frame(rng: &mut impl Rng, corpus: &[Case]) -> Vec<u8> {
+    let mut f = frame(rng, corpus);
+    if rng.random_bool(0.85) {
+        let dst = *pick(
+            rng,
+            &[
+                GUEST,
+                GUEST,
+                GUEST,
+                FOREIGN,
+                BROADCAST,
+                [0x33, 0x33, 0, 0, 0, 1],
+                [0x01, 0, 0x5e, 0, 0, 0xfb],
+            ],
+        );
+        f[0..6].copy_from_slice(&dst);
+    }
+    f
+}

@@ -1,7 +1,14 @@
 //! Tier 1: the reference model on hand-written frames, one or more for every rule and reason.
 
-use lockd_common::{Reason, model::verdict_from_vm, policy::EffectiveMode};
-use lockd_tests::{corpus::cases, hex};
+use lockd_common::{
+    Reason,
+    model::{verdict_from_vm, verdict_to_vm},
+    policy::EffectiveMode,
+};
+use lockd_tests::{
+    corpus::{cases, to_vm_cases},
+    hex,
+};
 
 #[test]
 fn every_case_gets_its_reason() {
@@ -70,5 +77,37 @@ fn garbage_never_panics() {
         let p = lockd_tests::random::policy(&mut rng);
         let f = lockd_tests::random::frame(&mut rng, &corpus);
         let _verdict = verdict_from_vm(&p, &f);
+    }
+}
+
+#[test]
+fn every_to_vm_case_gets_its_reason() {
+    let cs = to_vm_cases();
+    let mut failures = Vec::new();
+    for c in &cs {
+        let got = verdict_to_vm(&c.policy, &c.frame);
+        if got != c.expect {
+            failures.push(format!(
+                "{}: expected {}, model says {} (frame {})",
+                c.name,
+                c.expect.name(),
+                got.name(),
+                hex(&c.frame)
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    for r in [
+        Reason::Pass,
+        Reason::Disabled,
+        Reason::RxForeignMac,
+        Reason::RxForeignIp,
+        Reason::Malformed,
+    ] {
+        assert!(
+            cs.iter().any(|c| c.expect == r),
+            "no to-VM case for {}",
+            r.name()
+        );
     }
 }

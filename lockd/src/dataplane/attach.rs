@@ -38,18 +38,22 @@ impl Dataplane {
         let err = prog_err(PROG_VIF_INGRESS);
         Ok(match req {
             XdpModeRequest::Native => (
-                prog.attach_to_if_index(ifindex, XdpMode::Driver).map_err(err)?,
+                prog.attach_to_if_index(ifindex, XdpMode::Driver)
+                    .map_err(err)?,
                 AttachMode::Native,
             ),
             XdpModeRequest::Generic => (
-                prog.attach_to_if_index(ifindex, XdpMode::Skb).map_err(err)?,
+                prog.attach_to_if_index(ifindex, XdpMode::Skb)
+                    .map_err(err)?,
                 AttachMode::Generic,
             ),
             XdpModeRequest::Auto => match prog.attach_to_if_index(ifindex, XdpMode::Driver) {
                 Ok(id) => (id, AttachMode::Native),
                 Err(e) => {
                     tracing::warn!(ifindex, error = %e, "native XDP refused, using generic XDP");
-                    let id = prog.attach_to_if_index(ifindex, XdpMode::Skb).map_err(err)?;
+                    let id = prog
+                        .attach_to_if_index(ifindex, XdpMode::Skb)
+                        .map_err(err)?;
                     (id, AttachMode::Generic)
                 }
             },
@@ -107,7 +111,9 @@ impl Dataplane {
         let pins_path = self.pins.as_ref().map(|p| p.tc_link_path(ifindex));
         let prog = self.tc()?;
         // TCX on 6.6+, a clsact qdisc and netlink filter before (aya picks).
-        if aya::util::KernelVersion::current().is_ok_and(|v| v < aya::util::KernelVersion::new(6, 6, 0)) {
+        if aya::util::KernelVersion::current()
+            .is_ok_and(|v| v < aya::util::KernelVersion::new(6, 6, 0))
+        {
             let _exists = aya::programs::tc::qdisc_add_clsact(&name);
         }
         let id = prog

@@ -33,8 +33,9 @@ use lockd_common::{
     Addr4Key, Addr6Key, Counter, Direction, FLAG_HAS_A4, FLAG_HAS_S6, FLAG_PREFIX4, FLAG_PREFIX6,
     LPM_HEADER_BITS, Lpm4Data, Lpm6Data, MAP_ALLOW4, MAP_ALLOW6, MAP_COUNTERS, MAP_PREFIX4,
     MAP_PREFIX6, MAP_RATE, MAP_VIF_CONFIG, MAX_VIFS, PROG_VIF_EGRESS, PROG_VIF_INGRESS, RateState,
-    Reason, VifConfig, counter_index, rate_params,
+    Reason, VifConfig, counter_index,
     policy::{EffectiveMode, VifPolicy, link_local},
+    rate_params,
 };
 use serde::Serialize;
 
@@ -526,6 +527,18 @@ impl Dataplane {
             .xdp_ref(prog)?
             .fd()
             .map_err(prog_err(prog))?
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(DataplaneError::TestRun)?;
+        Ok(Runner::new(fd))
+    }
+
+    /// A descriptor of the TC egress program for `BPF_PROG_TEST_RUN`.
+    pub fn tc_runner(&mut self) -> Result<Runner> {
+        let fd = self
+            .tc()?
+            .fd()
+            .map_err(prog_err(PROG_VIF_EGRESS))?
             .as_fd()
             .try_clone_to_owned()
             .map_err(DataplaneError::TestRun)?;

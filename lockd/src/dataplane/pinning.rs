@@ -18,8 +18,8 @@ use lockd_common::{
 };
 
 use super::{
-    AttachMode, Dataplane, DataplaneError, Entries, LinkHandle, Result, VifConfig, VifState,
-    lpm4, lpm6, map_err, prog_err,
+    AttachMode, Dataplane, DataplaneError, Entries, LinkHandle, Result, VifConfig, VifState, lpm4,
+    lpm6, map_err, prog_err,
 };
 
 /// Every pinned map.
