@@ -256,6 +256,13 @@ fn disabled_vif_is_dead_both_ways_and_recovers_without_a_flap() {
     assert_eq!(flaps(&lab), before, "the link was flapped");
 }
 
+/// What the iperf3 clients send, at how many bits per second each.
+#[derive(Clone, Copy)]
+enum Load {
+    Udp(u64),
+    Tcp(u64),
+}
+
 /// An iperf3 server in `ns` on `port`, serving one test.
 fn server(ns: &NetNs, port: u16) -> Child {
     let c = Command::new("ip")
@@ -278,7 +285,7 @@ fn server(ns: &NetNs, port: u16) -> Child {
 }
 
 /// Runs iperf3 clients in `ns` (one per CPU given) for `secs` and returns their exit status.
-fn clients(ns: &NetNs, cpus: &[u32], udp_bps: Option<u64>, secs: u32) {
+fn clients(ns: &NetNs, cpus: &[u32], load: Load, secs: u32) {
     let procs: Vec<Child> = cpus
         .iter()
         .enumerate()
@@ -300,14 +307,15 @@ fn clients(ns: &NetNs, cpus: &[u32], udp_bps: Option<u64>, secs: u32) {
             .collect();
             args.push((5201 + k).to_string());
             args.extend(["-t".to_string(), secs.to_string()]);
-            if let Some(bps) = udp_bps {
-                args.extend([
+            match load {
+                Load::Udp(bps) => args.extend([
                     "-u".into(),
                     "-b".into(),
                     bps.to_string(),
                     "-l".into(),
                     "1200".into(),
-                ]);
+                ]),
+                Load::Tcp(bps) => args.extend(["-b".into(), bps.to_string()]),
             }
             Command::new("ip")
                 .args(&args[..])
@@ -337,12 +345,12 @@ fn from_b(lab: &Lab) -> (u64, u64) {
 }
 
 /// Measures VM-1's achieved rate (frame bytes per second that passed) over one run.
-fn measure(lab: &Lab, cpus: &[u32], udp_bps: Option<u64>, secs: u32) -> (f64, u64) {
+fn measure(lab: &Lab, cpus: &[u32], load: Load, secs: u32) -> (f64, u64) {
     let servers: Vec<Child> = (0..cpus.len())
         .map(|k| server(lab.ns(0), 5201 + k as u16))
         .collect();
     let (b0, r0) = from_b(lab);
-    clients(lab.ns(1), cpus, udp_bps, secs);
+    clients(lab.ns(1), cpus, load, secs);
     let (b1, r1) = from_b(lab);
     for mut s in servers {
         let _ = s.wait();
@@ -370,13 +378,13 @@ fn rate_limit_holds_the_configured_rate() {
     let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
     let mut results = Vec::new();
     for (name, cpus, udp) in [
-        ("UDP, 1 sender", vec![0], Some(twice_bits)),
+        ("UDP, 1 sender", vec![0], Load::Udp(twice_bits)),
         (
             "UDP, 2 senders on 2 CPUs",
             (0..ncpu.min(2)).collect::<Vec<_>>(),
-            Some(twice_bits / 2),
+            Load::Udp(twice_bits / 2),
         ),
-        ("TCP, 1 sender", vec![0], None),
+        ("TCP, 1 sender", vec![0], Load::Tcp(twice_bits)),
     ] {
         let (achieved, limited_frames) = measure(&lab, &cpus, udp, 10);
         let ratio = achieved / configured;
@@ -401,7 +409,7 @@ fn rate_limit_holds_the_configured_rate() {
     lab.dp
         .set_policy(ifx1, &policy(1, EffectiveMode::Locked, None))
         .expect("clear");
-    let (achieved, limited_frames) = measure(&lab, &[0], Some(twice_bits), 5);
+    let (achieved, limited_frames) = measure(&lab, &[0], Load::Udp(twice_bits), 5);
     eprintln!(
         "cleared: achieved {achieved:.0} B/s ({:.2}× the old limit)",
         achieved / configured
