@@ -6,7 +6,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ipnetwork::{Ipv4Network, Ipv6Network};
 use lockd::frames::{self, BROADCAST, ll_option, multicast_mac, nd_body};
-use lockd_common::policy::{EffectiveMode, VifPolicy, solicited_node};
+use lockd_common::policy::{EffectiveMode, RateLimit, VifPolicy, solicited_node};
 use rand::{Rng, seq::SliceRandom};
 
 use crate::{corpus, *};
@@ -47,12 +47,17 @@ pub fn policy(rng: &mut impl Rng) -> VifPolicy {
     let mut v6 = v6_pool();
     v6.shuffle(rng);
     let n6 = rng.random_range(0..=3);
+    // A limit too high to bite: the limiter's code runs, and the verdict stays the model's.
+    let rate = rng.random_bool(0.3).then_some(RateLimit {
+        kbps: 1 << 30,
+        timeslice_us: 50_000,
+    });
     VifPolicy {
         mode,
         mac,
         ipv4: v4.into_iter().take(n4).collect(),
         ipv6: v6.into_iter().take(n6).collect(),
-        rate: None,
+        rate,
     }
 }
 

@@ -298,3 +298,44 @@ fn to_vm_corpus_and_random_frames_match_model() {
     })
     .expect("enter namespace");
 }
+
+/// The limiter under test_run: with a bucket of about one frame, back-to-back runs of a
+/// genuine frame pass once and are then limited; a frame the policy drops keeps its reason and
+/// spends nothing.
+#[test]
+fn rate_limiter_limits_only_what_the_policy_passes() {
+    let (host, _vm) = topology();
+    let ifx = ifindexes(&host);
+    host.run(|| {
+        let mut b = Bench::new(ifx);
+        let ifindex = b.ifindexes[0];
+        let mut p = lockd_tests::locked_policy();
+        p.rate = Some(lockd_common::policy::RateLimit {
+            kbps: 1,
+            timeslice_us: 1_000,
+        });
+        b.dp.set_policy(ifindex, &p).expect("set policy");
+        let good = lockd_tests::udp4_from(lockd_tests::GUEST, lockd_tests::OWN4, 5000, 53);
+        let spoof = lockd_tests::udp4_from(lockd_tests::GUEST, lockd_tests::FOREIGN4, 5000, 53);
+        for _ in 0..50 {
+            assert_eq!(b.dp.judge(ifindex, &spoof).expect("run"), XDP_DROP);
+        }
+        let passed = (0..100)
+            .filter(|_| b.dp.judge(ifindex, &good).expect("run") == XDP_PASS)
+            .count();
+        let c = b.dp.counters(ifindex).expect("counters");
+        let limited = c.get(Direction::FromVm, Reason::Ratelimit).packets;
+        eprintln!("  {passed} of 100 passed at 1 KiB/s, {limited} limited");
+        assert!(
+            passed >= 1 && passed <= 3,
+            "{passed} frames passed a one-frame bucket"
+        );
+        assert_eq!(limited as usize, 100 - passed);
+        assert_eq!(c.get(Direction::FromVm, Reason::Ipv4Spoof).packets, 50);
+        // Clearing the limit lifts it at once.
+        p.rate = None;
+        b.dp.set_policy(ifindex, &p).expect("clear");
+        assert!((0..20).all(|_| b.dp.judge(ifindex, &good).expect("run") == XDP_PASS));
+    })
+    .expect("enter namespace");
+}
