@@ -269,12 +269,21 @@ pub fn run(cfg: Config) -> Result<()> {
     std::thread::Builder::new()
         .name("core".into())
         .spawn(move || {
-            for msg in rx {
-                match msg {
-                    Msg::Command(argv, reply) => {
-                        let _gone = reply.send(core.command(&argv));
-                    }
-                    Msg::Links(ev) => core.links_changed(ev),
+            let handle = |core: &mut Core, msg| match msg {
+                Msg::Command(argv, reply) => {
+                    let _gone = reply.send(core.command(&argv));
+                }
+                Msg::Links(ev) => core.links_changed(ev),
+            };
+            while let Ok(msg) = rx.recv() {
+                handle(&mut core, msg);
+                // Drain what is queued, then, idle, delete replaced generations (this waits
+                // for an RCU grace period, which no reply should).
+                while let Ok(msg) = rx.try_recv() {
+                    handle(&mut core, msg);
+                }
+                if let Err(e) = core.dp.collect_garbage() {
+                    tracing::warn!(error = %e, "deleting replaced policy entries");
                 }
             }
         })?;

@@ -84,6 +84,10 @@ fn readers_never_see_a_mixed_policy() {
             for i in 0..FLIPS {
                 let p = if i % 2 == 0 { &b } else { &a };
                 dp.set_policy(ifindex, p).expect("flip");
+                // Retired generations are deleted while readers run, too.
+                if i % 3 == 0 {
+                    dp.collect_garbage().expect("collect");
+                }
             }
             let took = start.elapsed();
             done.store(true, Ordering::Relaxed);

@@ -327,7 +327,7 @@ fn rate_limiter_limits_only_what_the_policy_passes() {
         let limited = c.get(Direction::FromVm, Reason::Ratelimit).packets;
         eprintln!("  {passed} of 100 passed at 1 KiB/s, {limited} limited");
         assert!(
-            passed >= 1 && passed <= 3,
+            (1..=3).contains(&passed),
             "{passed} frames passed a one-frame bucket"
         );
         assert_eq!(limited as usize, 100 - passed);

@@ -46,6 +46,10 @@ use crate::{rcu::RcuBarrier, testrun::Runner};
 /// The eBPF object built from `lockd-ebpf`.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lockd"));
 
+/// Retired entries allowed to wait for a grace period before `set_policy` collects them itself
+/// (the address maps are sized for two generations of everything).
+const RETIRED_LIMIT: usize = 65_536;
+
 /// Name of the do-nothing XDP program used as the benchmark floor.
 pub const PROG_EMPTY: &str = "xdp_empty";
 
@@ -199,6 +203,10 @@ impl Entries {
         e
     }
 
+    fn len(&self) -> usize {
+        self.v4.len() + self.v6.len() + self.p4.len() + self.p6.len()
+    }
+
     /// Same entries, in any order.
     fn same_as(&self, other: &Entries) -> bool {
         fn sorted<T: Ord + Clone>(v: &[T]) -> Vec<T> {
@@ -250,6 +258,11 @@ pub struct Dataplane {
     barrier: RcuBarrier,
     vifs: BTreeMap<u32, VifState>,
     free_slots: Vec<u32>,
+    /// The generation the next update writes.
+    next_generation: u32,
+    /// Entries of replaced generations, deleted after a grace period.
+    retired: Vec<(u32, u32, Entries)>,
+    retired_count: usize,
     ncpus: usize,
     pins: Option<pinning::PinDirs>,
 }
@@ -326,6 +339,9 @@ impl Dataplane {
             ebpf,
             vifs: BTreeMap::new(),
             free_slots: (0..MAX_VIFS).rev().collect(),
+            next_generation: 1,
+            retired: Vec::new(),
+            retired_count: 0,
             ncpus,
             pins,
         })
@@ -377,7 +393,9 @@ impl Dataplane {
         }
         let state = &self.vifs[&ifindex];
         let (slot, old_gen) = (state.slot, state.generation);
-        let new_gen = old_gen.wrapping_add(1);
+        // Generations are unique across all VIFs and never 0, so retired entries of a removed
+        // VIF can never be mistaken for a later VIF's on the same ifindex.
+        let new_gen = self.next_generation;
         let entries = Entries::of(policy);
         let mut cfg = config_of(policy, &entries, slot);
         if old_gen != 0 && cfg == state.config && entries.same_as(&state.entries) {
@@ -392,7 +410,7 @@ impl Dataplane {
             self.remove_entries(ifindex, new_gen, &entries);
             return Err(map_err(MAP_VIF_CONFIG)(e));
         }
-        self.barrier.wait().map_err(DataplaneError::Barrier)?;
+        self.next_generation = self.next_generation.wrapping_add(1).max(1);
         let state = self.vifs.get_mut(&ifindex).expect("inserted above");
         let old = std::mem::replace(&mut state.entries, entries);
         state.generation = new_gen;
@@ -400,8 +418,38 @@ impl Dataplane {
             generation: 0,
             ..cfg
         };
-        self.remove_entries(ifindex, old_gen, &old);
+        // The new policy is in force now. The old generation's entries go after a grace
+        // period, in `collect_garbage`, off the caller's latency path.
+        self.retire(ifindex, old_gen, old)
+    }
+
+    fn retire(&mut self, ifindex: u32, generation: u32, entries: Entries) -> Result<()> {
+        self.retired_count += entries.len();
+        self.retired.push((ifindex, generation, entries));
+        if self.retired_count > RETIRED_LIMIT {
+            self.collect_garbage()?;
+        }
         Ok(())
+    }
+
+    /// Waits one RCU grace period (no packet can still hold a retired generation) and deletes
+    /// every retired entry. The daemon calls this when idle; `set_policy` calls it itself if
+    /// too many entries are waiting.
+    pub fn collect_garbage(&mut self) -> Result<()> {
+        if self.retired.is_empty() {
+            return Ok(());
+        }
+        self.barrier.wait().map_err(DataplaneError::Barrier)?;
+        for (ifindex, generation, entries) in std::mem::take(&mut self.retired) {
+            self.remove_entries(ifindex, generation, &entries);
+        }
+        self.retired_count = 0;
+        Ok(())
+    }
+
+    /// Whether retired entries wait for [`Dataplane::collect_garbage`].
+    pub fn has_garbage(&self) -> bool {
+        !self.retired.is_empty()
     }
 
     fn insert_entries(&mut self, ifindex: u32, generation: u32, e: &Entries) -> Result<()> {
@@ -484,11 +532,9 @@ impl Dataplane {
         }
         self.detach(ifindex)?;
         let _gone = self.config.remove(&ifindex);
-        self.barrier.wait().map_err(DataplaneError::Barrier)?;
         let state = self.vifs.remove(&ifindex).expect("checked above");
-        self.remove_entries(ifindex, state.generation, &state.entries);
         self.free_slots.push(state.slot);
-        Ok(())
+        self.retire(ifindex, state.generation, state.entries)
     }
 
     /// The VIF's counters summed over CPUs.

@@ -208,6 +208,13 @@ impl Dataplane {
                 },
             );
         }
+        self.next_generation = configs
+            .iter()
+            .map(|(_, c)| c.generation)
+            .max()
+            .unwrap_or(0)
+            .wrapping_add(1)
+            .max(1);
         self.adopt_entries()?;
         let mut adopted = Vec::new();
         let rd = fs::read_dir(&links_dir).map_err(pin_err(&links_dir))?;
