@@ -94,6 +94,24 @@ pub fn xdp_empty(_ctx: XdpContext) -> u32 {
     XDP_PASS
 }
 
+/// The drop floor for throughput benchmarks.
+#[xdp]
+pub fn xdp_drop(_ctx: XdpContext) -> u32 {
+    XDP_DROP
+}
+
+/// Benchmark traffic generator: with `BPF_F_TEST_XDP_LIVE_FRAMES`, every frame is redirected
+/// out of the device in `GEN_TARGET[0]` (the VM end of a veth, so it arrives on the VIF).
+#[xdp]
+pub fn xdp_gen(_ctx: XdpContext) -> u32 {
+    let target = GEN_TARGET.get(0).copied().unwrap_or(0);
+    // SAFETY: helper without memory arguments.
+    unsafe { aya_ebpf::helpers::bpf_redirect(target, 0) as u32 }
+}
+
+#[map]
+static GEN_TARGET: Array<u32> = Array::with_max_entries(1, 0);
+
 #[inline(always)]
 pub(crate) fn count(slot: u32, dir: Direction, reason: Reason, bytes: u64) {
     let idx = counter_index(slot, dir as u32, reason as u32);

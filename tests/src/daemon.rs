@@ -15,8 +15,15 @@ static N: AtomicU32 = AtomicU32::new(0);
 /// The `lockd` binary cargo built next to this test.
 pub fn lockd_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let bin = dir.join("lockd");
+    // Test binaries live in target/<profile>/deps, other binaries in target/<profile>.
+    let dir = exe.parent().expect("exe dir");
+    let bin = [
+        dir.join("lockd"),
+        dir.parent().expect("target dir").join("lockd"),
+    ]
+    .into_iter()
+    .find(|p| p.is_file())
+    .unwrap_or_else(|| dir.join("lockd"));
     assert!(
         bin.is_file(),
         "{} is missing: run the tests with `cargo xtask test` (which builds it)",

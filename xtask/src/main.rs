@@ -38,6 +38,16 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Benchmark lockd against the empty-XDP floor, nftables and ebtables (needs root).
+    /// Writes JSON, a Markdown table and SVG plots (full runs: into docs/bench/).
+    Bench {
+        /// A shorter run (under 10 minutes).
+        #[arg(long)]
+        quick: bool,
+        /// Where to write the JSON results.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Run the kernel-vs-model differential test on many random frames.
     Fuzz {
         /// Number of random frames.
@@ -60,6 +70,8 @@ const APT: &[(&str, &str)] = &[
     ("bpftool", "bpftool"),
     ("iputils-ping", "ping"),
     ("procps", "sysctl"),
+    ("ethtool", "ethtool"),
+    ("util-linux", "nsenter"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -101,6 +113,34 @@ fn run(cli: Cli) -> Result<()> {
             let mut a = vec!["test", "--workspace", "--exclude", "lockd-ebpf"];
             a.extend(args.iter().map(String::as_str));
             cargo(&a, &[])
+        }
+        Cmd::Bench { quick, json } => {
+            require_root()?;
+            cargo(
+                &[
+                    "build",
+                    "--release",
+                    "-p",
+                    "lockd",
+                    "-p",
+                    "lockd-tests",
+                    "--bin",
+                    "lockd",
+                    "--bin",
+                    "lockd-bench",
+                ],
+                &[],
+            )?;
+            let out = if quick { "target/bench" } else { "docs/bench" };
+            let mut cmd = Command::new(workspace().join("target/release/lockd-bench"));
+            cmd.current_dir(workspace()).args(["--out-dir", out]);
+            if quick {
+                cmd.arg("--quick");
+            }
+            if let Some(j) = json {
+                cmd.arg("--json").arg(j);
+            }
+            status(&mut cmd)
         }
         Cmd::Fuzz { frames, seed } => {
             require_root()?;

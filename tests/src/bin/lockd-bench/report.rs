@@ -1,0 +1,265 @@
+//! The benchmark's Markdown table and SVG plots (plain SVG written by hand).
+
+use std::{fmt::Write as _, path::Path};
+
+use serde_json::Value;
+
+fn f(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(f64::NAN)
+}
+
+pub fn markdown(r: &Value) -> String {
+    let mut s = String::new();
+    let m = &r["machine"];
+    let _ = writeln!(
+        s,
+        "Machine: {} ({} vCPUs), kernel {}, pktgen: {}. Run: {}, {:.0} s.\n",
+        m["cpu"].as_str().unwrap_or("?"),
+        m["vcpus"],
+        m["kernel"].as_str().unwrap_or("?"),
+        if m["pktgen"].as_bool() == Some(true) {
+            "yes"
+        } else {
+            "no (built-in live-frames generator)"
+        },
+        if r["quick"].as_bool() == Some(true) {
+            "--quick"
+        } else {
+            "full"
+        },
+        f(&r["seconds"])
+    );
+    let _ = writeln!(s, "| metric | value | target |\n|---|---|---|");
+    let rows = [
+        (
+            "lockd native / floor (ns per packet)",
+            format!("{:.2}×", f(&r["ratio_lockd_vs_floor"])),
+            "≤ 1.10×",
+        ),
+        (
+            "speed-up vs nftables netdev",
+            format!("{:.2}×", f(&r["speedup_vs_nft_netdev"])),
+            "≥ 4×",
+        ),
+        (
+            "speed-up vs ebtables",
+            format!("{:.2}×", f(&r["speedup_vs_ebtables"])),
+            "≥ 8×",
+        ),
+        (
+            "lockd 2 vCPUs / 1 vCPU (pps)",
+            format!("{:.2}×", f(&r["lockd_2vcpu_vs_1vcpu"])),
+            "≥ 1.9×",
+        ),
+        (
+            "update p99",
+            format!("{:.0} µs", f(&r["update_p99_us"])),
+            "< 1 ms",
+        ),
+        (
+            "leaked frames during updates",
+            format!("{}", r["update_leaked_frames"]),
+            "0",
+        ),
+        (
+            "rate limiter achieved/configured",
+            format!("{:.4}", f(&r["ratelimit_accuracy"])),
+            "1 ± 0.02",
+        ),
+        (
+            "daemon RSS, 4096 VIFs",
+            format!("{:.1} MB", f(&r["rss_mb_4096_vifs"])),
+            "< 30 MB",
+        ),
+    ];
+    for (a, b, c) in rows {
+        let _ = writeln!(s, "| {a} | {b} | {c} |");
+    }
+    let _ = writeln!(
+        s,
+        "\n### Throughput through one VIF (64-byte spoofed frames)\n\n| path | vCPUs | Mpps | ns/packet | sent | dropped (counted) |\n|---|---|---|---|---|---|"
+    );
+    for t in r["throughput"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            s,
+            "| {}{} | {} | {:.3} | {:.1} | {} | {} |",
+            t["name"].as_str().unwrap_or(""),
+            t["tool"]
+                .as_str()
+                .filter(|x| !x.is_empty())
+                .map(|x| format!(" ({x})"))
+                .unwrap_or_default(),
+            t["vcpus"],
+            f(&t["pps"]) / 1e6,
+            f(&t["ns_per_pkt"]),
+            t["sent"],
+            t["dropped_counted"]
+                .as_u64()
+                .map_or("n/a".into(), |c| c.to_string())
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\n### Per-packet cost (BPF_PROG_TEST_RUN, ns, median of 5)\n\n| class | empty | lockd | overhead | with rate limit | overhead |\n|---|---|---|---|---|---|"
+    );
+    for c in r["test_run_classes"].as_array().into_iter().flatten() {
+        let (e, l, rl) = (
+            f(&c["empty_ns"]),
+            f(&c["lockd_ns"]),
+            f(&c["lockd_ratelimit_ns"]),
+        );
+        let _ = writeln!(
+            s,
+            "| {} | {e:.0} | {l:.0} | {:.0} | {rl:.0} | {:.0} |",
+            c["class"].as_str().unwrap_or(""),
+            l - e,
+            rl - e
+        );
+    }
+    for (key, title) in [
+        ("vifs_scaling", "VIFs configured"),
+        ("allowed_scaling", "allowed entries on the VIF"),
+    ] {
+        let _ = writeln!(s, "\n### Scaling: {title}\n\n| n | ns/packet |\n|---|---|");
+        for p in r[key].as_array().into_iter().flatten() {
+            let _ = writeln!(s, "| {} | {:.1} |", p["n"], f(&p["ns_per_pkt"]));
+        }
+    }
+    let _ = writeln!(
+        s,
+        "\n### Rate limiter\n\n| senders | achieved B/s | configured B/s | ratio |\n|---|---|---|---|"
+    );
+    for p in r["ratelimit"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            s,
+            "| {} | {:.0} | {:.0} | {:.4} |",
+            p["senders"],
+            f(&p["achieved_bps"]),
+            f(&p["configured_bps"]),
+            f(&p["ratio"])
+        );
+    }
+    s
+}
+
+fn bars(title: &str, items: &[(String, f64)], unit: &str) -> String {
+    let w = 760.0;
+    let row = 26.0;
+    let h = 50.0 + row * items.len() as f64;
+    let max = items
+        .iter()
+        .map(|(_, v)| *v)
+        .filter(|v| v.is_finite())
+        .fold(1e-9, f64::max);
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<text x=\"10\" y=\"20\" font-size=\"14\">{title}</text>\n"
+    );
+    for (i, (label, v)) in items.iter().enumerate() {
+        let y = 36.0 + row * i as f64;
+        let len = if v.is_finite() { 400.0 * v / max } else { 0.0 };
+        let _ = writeln!(
+            s,
+            "<text x=\"10\" y=\"{}\">{label}</text><rect x=\"260\" y=\"{y}\" width=\"{len:.1}\" height=\"18\" fill=\"#4a7ab5\"/><text x=\"{:.1}\" y=\"{}\">{v:.1} {unit}</text>",
+            y + 13.0,
+            266.0 + len,
+            y + 13.0
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+fn line(title: &str, pts: &[(f64, f64)], xlabel: &str) -> String {
+    let (w, h, l, b) = (640.0, 320.0, 60.0, 40.0);
+    let xmax = pts.iter().map(|p| p.0.max(1.0).log2()).fold(1.0, f64::max);
+    let ymax = pts
+        .iter()
+        .map(|p| p.1)
+        .filter(|v| v.is_finite())
+        .fold(1.0, f64::max)
+        * 1.2;
+    let px = |x: f64| l + (w - l - 20.0) * x.max(1.0).log2() / xmax;
+    let py = |y: f64| h - b - (h - b - 30.0) * y / ymax;
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<text x=\"10\" y=\"18\" font-size=\"14\">{title}</text>\n<line x1=\"{l}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/><line x1=\"{l}\" y1=\"30\" x2=\"{l}\" y2=\"{}\" stroke=\"black\"/>\n<text x=\"{}\" y=\"{}\">{xlabel} (log scale)</text><text x=\"5\" y=\"40\">ns/pkt</text><text x=\"5\" y=\"{}\">0</text><text x=\"5\" y=\"{}\">{:.0}</text>\n",
+        h - b,
+        w - 20.0,
+        h - b,
+        h - b,
+        w / 2.0 - 60.0,
+        h - 8.0,
+        h - b,
+        py(ymax / 1.2) + 4.0,
+        ymax / 1.2
+    );
+    let path: Vec<String> = pts
+        .iter()
+        .map(|(x, y)| format!("{:.1},{:.1}", px(*x), py(*y)))
+        .collect();
+    let _ = writeln!(
+        s,
+        "<polyline fill=\"none\" stroke=\"#4a7ab5\" stroke-width=\"2\" points=\"{}\"/>",
+        path.join(" ")
+    );
+    for (x, y) in pts {
+        let _ = writeln!(
+            s,
+            "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"#4a7ab5\"/><text x=\"{:.1}\" y=\"{:.1}\">{x}</text>",
+            px(*x),
+            py(*y),
+            px(*x) - 8.0,
+            h - b + 14.0
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+pub fn svgs(r: &Value, dir: &Path) {
+    let tp: Vec<(String, f64)> = r["throughput"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| {
+            (
+                format!("{} ({} vCPU)", t["name"].as_str().unwrap_or(""), t["vcpus"]),
+                f(&t["ns_per_pkt"]),
+            )
+        })
+        .collect();
+    let _ = std::fs::write(
+        dir.join("throughput.svg"),
+        bars("ns per packet through one VIF (lower is better)", &tp, "ns"),
+    );
+    let oh: Vec<(String, f64)> = r["test_run_classes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            (
+                c["class"].as_str().unwrap_or("").to_string(),
+                f(&c["lockd_ns"]) - f(&c["empty_ns"]),
+            )
+        })
+        .collect();
+    let _ = std::fs::write(
+        dir.join("test_run_overhead.svg"),
+        bars("test_run ns over the empty program, per class", &oh, "ns"),
+    );
+    for (key, title, x) in [
+        ("vifs_scaling", "ns/pkt vs VIFs configured", "VIFs"),
+        (
+            "allowed_scaling",
+            "ns/pkt vs allowed entries on one VIF",
+            "entries",
+        ),
+    ] {
+        let pts: Vec<(f64, f64)> = r[key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| (f(&p["n"]), f(&p["ns_per_pkt"])))
+            .collect();
+        let _ = std::fs::write(dir.join(format!("{key}.svg")), line(title, &pts, x));
+    }
+}
