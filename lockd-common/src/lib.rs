@@ -67,6 +67,10 @@ pub const FLAG_HAS_S6: u32 = 2;
 pub const FLAG_PREFIX4: u32 = 4;
 /// [`VifConfig::flags`]: some IPv6 entry is a prefix shorter than /128.
 pub const FLAG_PREFIX6: u32 = 8;
+/// [`VifConfig::flags`]: the exact IPv4 set is `inline4[..n4]` (not in the map).
+pub const FLAG_INLINE4: u32 = 16;
+/// [`VifConfig::flags`]: the exact IPv6 set is `inline6[..n6]` (not in the map).
+pub const FLAG_INLINE6: u32 = 32;
 
 /// Why a frame was passed or dropped. The discriminant indexes the kernel counters and the
 /// names returned by [`Reason::name`] are stable API; add new reasons at the end.
@@ -175,14 +179,25 @@ pub struct VifConfig {
     pub flags: u32,
     /// The guest MAC.
     pub mac: [u8; 6],
-    /// Explicit padding to an 8-byte boundary; always zero.
-    pub _pad: [u8; 2],
+    /// Entries of `inline4` in use (with `FLAG_INLINE4`).
+    pub n4: u8,
+    /// Entries of `inline6` in use (with `FLAG_INLINE6`).
+    pub n6: u8,
     /// Rate limit from the VM: nanoseconds of budget one byte costs, `<< RATE_SHIFT`
     /// (0 = no limit).
     pub rate_ns_per_byte_q16: u64,
     /// Bucket depth in nanoseconds (`timeslice_us` × 1000).
     pub burst_ns: u64,
+    /// A small exact IPv4 set kept in the config itself, saving a hash lookup per packet.
+    pub inline4: [[u8; 4]; INLINE4],
+    /// A small exact IPv6 set (S6's addresses, link-local included) kept likewise.
+    pub inline6: [[u8; 16]; INLINE6],
 }
+
+/// Exact IPv4 addresses a config holds inline; more go to the `ALLOW4` map.
+pub const INLINE4: usize = 4;
+/// Exact IPv6 addresses a config holds inline; more go to the `ALLOW6` map.
+pub const INLINE6: usize = 4;
 
 /// Rate limiter state of one VIF (GCRA): the theoretical arrival time, in `bpf_ktime_get_ns`
 /// nanoseconds, of the next byte at exactly the configured rate. Updated with compare-and-swap

@@ -18,10 +18,10 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lockd_common::{
-    Addr4Key, Addr6Key, Counter, DIRECTIONS, Direction, FLAG_HAS_A4, FLAG_HAS_S6, FLAG_PREFIX4,
-    FLAG_PREFIX6, LPM_HEADER_BITS, Lpm4Data, Lpm6Data, MAX_ADDR_ENTRIES, MAX_EXT_HEADERS,
-    MAX_ND_OPTIONS, MAX_PREFIX_ENTRIES, MAX_VIFS, MODE_DISABLED, MODE_UNLOCKED, REASON_SLOTS,
-    RateState, Reason, VifConfig, counter_index,
+    Addr4Key, Addr6Key, Counter, DIRECTIONS, Direction, FLAG_HAS_A4, FLAG_HAS_S6, FLAG_INLINE4,
+    FLAG_INLINE6, FLAG_PREFIX4, FLAG_PREFIX6, INLINE4, INLINE6, LPM_HEADER_BITS, Lpm4Data,
+    Lpm6Data, MAX_ADDR_ENTRIES, MAX_EXT_HEADERS, MAX_ND_OPTIONS, MAX_PREFIX_ENTRIES, MAX_VIFS,
+    MODE_DISABLED, MODE_UNLOCKED, REASON_SLOTS, RateState, Reason, VifConfig, counter_index,
 };
 
 /// `BPF_F_NO_PREALLOC`: updates allocate a fresh element and free the old one after an RCU
@@ -63,21 +63,22 @@ pub fn vif_ingress(ctx: XdpContext) -> u32 {
     let Some(cfg) = VIF_CONFIG.get_ptr(ifindex) else {
         return XDP_PASS;
     };
-    // One copy of the whole element: mode, MAC, flags and generation are read together.
-    // SAFETY: the map is NO_PREALLOC, so the element stays valid for this RCU section.
-    let cfg = unsafe { *cfg };
+    // The element is never written in place (NO_PREALLOC: an update swaps in a new one and
+    // frees this after a grace period), so every field read through it belongs to one policy.
+    // SAFETY: valid for this program run (RCU read side).
+    let cfg = unsafe { &*cfg };
     let mut reason = match cfg.mode {
         MODE_UNLOCKED => Reason::Pass,
         MODE_DISABLED => Reason::Disabled,
         // MODE_LOCKED and anything unknown: fail closed.
-        _ => match locked(&ctx, &cfg, ifindex) {
+        _ => match locked(&ctx, cfg, ifindex) {
             Ok(()) => Reason::Pass,
             Err(r) => r,
         },
     };
     let len = (ctx.data_end() - ctx.data()) as u64;
     // The limiter only spends budget on frames the policy lets through.
-    if matches!(reason, Reason::Pass) && !rate::admit(&cfg, len) {
+    if matches!(reason, Reason::Pass) && !rate::admit(cfg, len) {
         reason = Reason::Ratelimit;
     }
     count(cfg.slot, Direction::FromVm, reason, len);
@@ -168,13 +169,22 @@ pub(crate) fn allowed4(cfg: &VifConfig, ifindex: u32, addr: [u8; 4]) -> bool {
     if cfg.flags & FLAG_HAS_A4 == 0 {
         return false;
     }
-    let key = Addr4Key {
-        ifindex,
-        generation: cfg.generation,
-        addr,
-    };
-    if ALLOW4.get_ptr(&key).is_some() {
-        return true;
+    if cfg.flags & FLAG_INLINE4 != 0 {
+        let a = u32::from_ne_bytes(addr);
+        for i in 0..INLINE4 {
+            if i < cfg.n4 as usize && u32::from_ne_bytes(cfg.inline4[i]) == a {
+                return true;
+            }
+        }
+    } else {
+        let key = Addr4Key {
+            ifindex,
+            generation: cfg.generation,
+            addr,
+        };
+        if ALLOW4.get_ptr(&key).is_some() {
+            return true;
+        }
     }
     if cfg.flags & FLAG_PREFIX4 == 0 {
         return false;
@@ -190,19 +200,37 @@ pub(crate) fn allowed4(cfg: &VifConfig, ifindex: u32, addr: [u8; 4]) -> bool {
     PREFIX4.get(&key).is_some()
 }
 
-/// Membership in S6. The derived link-local address is an ordinary ALLOW6 entry.
+#[inline(always)]
+fn halves(a: &[u8; 16]) -> (u64, u64) {
+    let mut lo = [0u8; 8];
+    let mut hi = [0u8; 8];
+    lo.copy_from_slice(&a[..8]);
+    hi.copy_from_slice(&a[8..]);
+    (u64::from_ne_bytes(lo), u64::from_ne_bytes(hi))
+}
+
+/// Membership in S6. The derived link-local address is an ordinary exact entry.
 #[inline(never)]
 pub(crate) fn allowed6(cfg: &VifConfig, ifindex: u32, addr: [u8; 16]) -> bool {
     if cfg.flags & FLAG_HAS_S6 == 0 {
         return false;
     }
-    let key = Addr6Key {
-        ifindex,
-        generation: cfg.generation,
-        addr,
-    };
-    if ALLOW6.get_ptr(&key).is_some() {
-        return true;
+    if cfg.flags & FLAG_INLINE6 != 0 {
+        let a = halves(&addr);
+        for i in 0..INLINE6 {
+            if i < cfg.n6 as usize && halves(&cfg.inline6[i]) == a {
+                return true;
+            }
+        }
+    } else {
+        let key = Addr6Key {
+            ifindex,
+            generation: cfg.generation,
+            addr,
+        };
+        if ALLOW6.get_ptr(&key).is_some() {
+            return true;
+        }
     }
     if cfg.flags & FLAG_PREFIX6 == 0 {
         return false;

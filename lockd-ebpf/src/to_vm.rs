@@ -22,12 +22,12 @@ pub fn vif_egress(ctx: TcContext) -> i32 {
     let Some(cfg) = VIF_CONFIG.get_ptr(ifindex) else {
         return TC_ACT_UNSPEC;
     };
-    // SAFETY: NO_PREALLOC element, valid for this RCU section; copied whole.
-    let cfg = unsafe { *cfg };
+    // SAFETY: NO_PREALLOC element, never written in place, valid for this RCU section.
+    let cfg = unsafe { &*cfg };
     let reason = match cfg.mode {
         MODE_UNLOCKED => Reason::Pass,
         MODE_DISABLED => Reason::Disabled,
-        _ => match locked(&ctx, &cfg, ifindex) {
+        _ => match locked(&ctx, cfg, ifindex) {
             Ok(()) => Reason::Pass,
             Err(r) => r,
         },

@@ -52,11 +52,26 @@ pub fn policy(rng: &mut impl Rng) -> VifPolicy {
         kbps: 1 << 30,
         timeslice_us: 50_000,
     });
+    let mut ipv4: Vec<Ipv4Network> = v4.into_iter().take(n4).collect();
+    let mut ipv6: Vec<Ipv6Network> = v6.into_iter().take(n6).collect();
+    // Now and then more exact addresses than a config holds inline, so the hash maps are used.
+    if rng.random_bool(0.25) {
+        for i in 0..rng.random_range(4..8u8) {
+            ipv4.push(Ipv4Network::new(Ipv4Addr::new(10, 9, 0, i), 32).unwrap());
+            ipv6.push(
+                Ipv6Network::new(
+                    Ipv6Addr::new(0x2001, 0xdb8, 9, 0, 0, 0, 0, u16::from(i)),
+                    128,
+                )
+                .unwrap(),
+            );
+        }
+    }
     VifPolicy {
         mode,
         mac,
-        ipv4: v4.into_iter().take(n4).collect(),
-        ipv6: v6.into_iter().take(n6).collect(),
+        ipv4,
+        ipv6,
         rate,
     }
 }

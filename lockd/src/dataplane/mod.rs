@@ -30,10 +30,10 @@ use aya::{
     },
 };
 use lockd_common::{
-    Addr4Key, Addr6Key, Counter, Direction, FLAG_HAS_A4, FLAG_HAS_S6, FLAG_PREFIX4, FLAG_PREFIX6,
-    LPM_HEADER_BITS, Lpm4Data, Lpm6Data, MAP_ALLOW4, MAP_ALLOW6, MAP_COUNTERS, MAP_PREFIX4,
-    MAP_PREFIX6, MAP_RATE, MAP_VIF_CONFIG, MAX_VIFS, PROG_VIF_EGRESS, PROG_VIF_INGRESS, RateState,
-    Reason, VifConfig, counter_index,
+    Addr4Key, Addr6Key, Counter, Direction, FLAG_HAS_A4, FLAG_HAS_S6, FLAG_INLINE4, FLAG_INLINE6,
+    FLAG_PREFIX4, FLAG_PREFIX6, INLINE4, INLINE6, LPM_HEADER_BITS, Lpm4Data, Lpm6Data, MAP_ALLOW4,
+    MAP_ALLOW6, MAP_COUNTERS, MAP_PREFIX4, MAP_PREFIX6, MAP_RATE, MAP_VIF_CONFIG, MAX_VIFS,
+    PROG_VIF_EGRESS, PROG_VIF_INGRESS, RateState, Reason, VifConfig, counter_index,
     policy::{EffectiveMode, VifPolicy, link_local},
     rate_params,
 };
@@ -205,6 +205,24 @@ impl Entries {
 
     fn len(&self) -> usize {
         self.v4.len() + self.v6.len() + self.p4.len() + self.p6.len()
+    }
+
+    /// Exact IPv4 addresses that live in the config rather than the map.
+    fn inline4(&self) -> bool {
+        self.v4.len() <= INLINE4
+    }
+
+    fn inline6(&self) -> bool {
+        self.v6.len() <= INLINE6
+    }
+
+    /// The exact addresses that go into the hash maps (none when they fit inline).
+    fn mapped4(&self) -> &[[u8; 4]] {
+        if self.inline4() { &[] } else { &self.v4 }
+    }
+
+    fn mapped6(&self) -> &[[u8; 16]] {
+        if self.inline6() { &[] } else { &self.v6 }
     }
 
     /// Same entries, in any order.
@@ -453,7 +471,7 @@ impl Dataplane {
     }
 
     fn insert_entries(&mut self, ifindex: u32, generation: u32, e: &Entries) -> Result<()> {
-        for &addr in &e.v4 {
+        for &addr in e.mapped4() {
             let key = Addr4Key {
                 ifindex,
                 generation,
@@ -461,7 +479,7 @@ impl Dataplane {
             };
             self.allow4.insert(key, 1, 0).map_err(map_err(MAP_ALLOW4))?;
         }
-        for &addr in &e.v6 {
+        for &addr in e.mapped6() {
             let key = Addr6Key {
                 ifindex,
                 generation,
@@ -486,14 +504,14 @@ impl Dataplane {
 
     /// Best-effort removal: an entry that is already gone is fine.
     fn remove_entries(&mut self, ifindex: u32, generation: u32, e: &Entries) {
-        for &addr in &e.v4 {
+        for &addr in e.mapped4() {
             let _gone = self.allow4.remove(&Addr4Key {
                 ifindex,
                 generation,
                 addr,
             });
         }
-        for &addr in &e.v6 {
+        for &addr in e.mapped6() {
             let _gone = self.allow6.remove(&Addr6Key {
                 ifindex,
                 generation,
@@ -616,6 +634,16 @@ fn config_of(policy: &VifPolicy, entries: &Entries, slot: u32) -> VifConfig {
     if !entries.p6.is_empty() {
         flags |= FLAG_PREFIX6;
     }
+    let mut inline4 = [[0u8; 4]; INLINE4];
+    let mut inline6 = [[0u8; 16]; INLINE6];
+    if entries.inline4() {
+        flags |= FLAG_INLINE4;
+        inline4[..entries.v4.len()].copy_from_slice(&entries.v4);
+    }
+    if entries.inline6() {
+        flags |= FLAG_INLINE6;
+        inline6[..entries.v6.len()].copy_from_slice(&entries.v6);
+    }
     let (rate_ns_per_byte_q16, burst_ns) = policy
         .rate
         .map(|r| rate_params(r.kbps, r.timeslice_us))
@@ -626,9 +654,20 @@ fn config_of(policy: &VifPolicy, entries: &Entries, slot: u32) -> VifConfig {
         slot,
         flags,
         mac: policy.mac,
-        _pad: [0; 2],
+        n4: if entries.inline4() {
+            entries.v4.len() as u8
+        } else {
+            0
+        },
+        n6: if entries.inline6() {
+            entries.v6.len() as u8
+        } else {
+            0
+        },
         rate_ns_per_byte_q16,
         burst_ns,
+        inline4,
+        inline6,
     }
 }
 

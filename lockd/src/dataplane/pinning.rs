@@ -13,8 +13,8 @@ use std::{
 
 use aya::programs::{Xdp, links::FdLink, links::PinnedLink, xdp::XdpLink, xdp::XdpLinkId};
 use lockd_common::{
-    Addr4Key, Addr6Key, MAP_ALLOW4, MAP_ALLOW6, MAP_COUNTERS, MAP_PREFIX4, MAP_PREFIX6, MAP_RATE,
-    MAP_VIF_CONFIG, MAX_VIFS, PROG_VIF_INGRESS,
+    Addr4Key, Addr6Key, FLAG_INLINE4, FLAG_INLINE6, INLINE4, INLINE6, MAP_ALLOW4, MAP_ALLOW6,
+    MAP_COUNTERS, MAP_PREFIX4, MAP_PREFIX6, MAP_RATE, MAP_VIF_CONFIG, MAX_VIFS, PROG_VIF_INGRESS,
 };
 
 use super::{
@@ -198,7 +198,20 @@ impl Dataplane {
                 VifState {
                     slot: cfg.slot,
                     generation: cfg.generation,
-                    entries: Entries::default(),
+                    // Inline sets are only in the config; mapped ones are read below.
+                    entries: Entries {
+                        v4: if cfg.flags & FLAG_INLINE4 != 0 {
+                            cfg.inline4[..usize::from(cfg.n4).min(INLINE4)].to_vec()
+                        } else {
+                            Vec::new()
+                        },
+                        v6: if cfg.flags & FLAG_INLINE6 != 0 {
+                            cfg.inline6[..usize::from(cfg.n6).min(INLINE6)].to_vec()
+                        } else {
+                            Vec::new()
+                        },
+                        ..Entries::default()
+                    },
                     config: VifConfig {
                         generation: 0,
                         ..*cfg
