@@ -1,7 +1,7 @@
 //! Running the real `lockd` binary as a daemon inside a test's host namespace, and its CLI.
 
 use std::{
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},

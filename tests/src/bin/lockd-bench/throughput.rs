@@ -203,9 +203,9 @@ fn nft_counter(ns: &NetNs, family: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Sets up `path` on `t`; returns a closure-like guard that reads the drop count, if any.
+/// What a path set up, kept alive for the measurement and asked for its drop count.
 enum Setup {
-    Lockd(Dataplane),
+    Lockd(Box<Dataplane>),
     Helper,
     Nft(&'static str),
     Ebtables(String),
@@ -250,7 +250,7 @@ fn setup(path: Path, t: &Topo, helpers: &mut Helpers) -> Setup {
             if path == Path::LockdGeneric {
                 gro();
             }
-            Setup::Lockd(dp)
+            Setup::Lockd(Box::new(dp))
         }
         Path::NftNetdev => {
             gro();
