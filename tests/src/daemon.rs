@@ -12,24 +12,21 @@ use serde_json::Value;
 
 static N: AtomicU32 = AtomicU32::new(0);
 
-/// The `lockd` binary cargo built next to this test.
+/// Where cargo put the `lockd` binary: test binaries live in target/<profile>/deps, other
+/// binaries in target/<profile>.
+fn find_lockd_bin() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?;
+    [dir.join("lockd"), dir.parent()?.join("lockd")]
+        .into_iter()
+        .find(|p| p.is_file())
+}
+
+/// The `lockd` binary (`cargo xtask test` builds it before the tests).
 pub fn lockd_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    // Test binaries live in target/<profile>/deps, other binaries in target/<profile>.
-    let dir = exe.parent().expect("exe dir");
-    let bin = [
-        dir.join("lockd"),
-        dir.parent().expect("target dir").join("lockd"),
-    ]
-    .into_iter()
-    .find(|p| p.is_file())
-    .unwrap_or_else(|| dir.join("lockd"));
-    assert!(
-        bin.is_file(),
-        "{} is missing: run the tests with `cargo xtask test` (which builds it)",
-        bin.display()
-    );
-    bin
+    find_lockd_bin().unwrap_or_else(|| {
+        panic!("the lockd binary is missing next to the test: run the tests with `cargo xtask test` (which builds it)")
+    })
 }
 
 /// Paths one daemon instance uses, unique per test.
@@ -178,7 +175,9 @@ impl Instance {
 impl Drop for Instance {
     fn drop(&mut self) {
         self.stop(libc::SIGKILL);
-        let _ = Command::new(lockd_bin())
+        // No panic here: this may run while a test is already unwinding.
+        let Some(bin) = find_lockd_bin() else { return };
+        let _ = Command::new(bin)
             .args(["cleanup", "--bpffs"])
             .arg(&self.bpffs)
             .env("LOCKD_SOCKET", &self.socket)

@@ -110,6 +110,9 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Test { args } => {
             require_root()?;
+            // The daemon tests run the real binary; `cargo test` builds binaries only for the
+            // package that owns them.
+            cargo(&["build", "-p", "lockd", "--bin", "lockd"], &[])?;
             let mut a = vec!["test", "--workspace", "--exclude", "lockd-ebpf"];
             a.extend(args.iter().map(String::as_str));
             cargo(&a, &[])
