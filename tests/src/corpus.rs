@@ -1,4 +1,5 @@
-//! The hand-written corpus: every rule and every from-VM reason of POLICY.md.
+//! The hand-written corpus: every rule and every reason of POLICY.md, in both directions.
+//! One long table on purpose: a case per row, read top to bottom like the policy.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 

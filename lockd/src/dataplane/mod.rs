@@ -12,7 +12,10 @@
 //! A failure in step 1 or 2 removes what step 1 added and leaves the old policy in force.
 
 mod attach;
+mod counters;
 mod pinning;
+
+pub use counters::VifCounters;
 
 pub use pinning::{cleanup, ensure_bpffs};
 
@@ -23,17 +26,17 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuValues, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key},
     programs::{
         ProgramError, SchedClassifier, Xdp, links::FdLink, tc::SchedClassifierLinkId,
         xdp::XdpLinkId,
     },
 };
 use lockd_common::{
-    Addr4Key, Addr6Key, Counter, Direction, FLAG_HAS_A4, FLAG_HAS_S6, FLAG_INLINE4, FLAG_INLINE6,
+    Addr4Key, Addr6Key, Counter, FLAG_HAS_A4, FLAG_HAS_S6, FLAG_INLINE4, FLAG_INLINE6,
     FLAG_PREFIX4, FLAG_PREFIX6, INLINE4, INLINE6, LPM_HEADER_BITS, Lpm4Data, Lpm6Data, MAP_ALLOW4,
     MAP_ALLOW6, MAP_COUNTERS, MAP_PREFIX4, MAP_PREFIX6, MAP_RATE, MAP_VIF_CONFIG, MAX_VIFS,
-    PROG_VIF_EGRESS, PROG_VIF_INGRESS, RateState, Reason, VifConfig, counter_index,
+    PROG_VIF_EGRESS, PROG_VIF_INGRESS, RateState, VifConfig,
     policy::{EffectiveMode, VifPolicy, link_local},
     rate_params,
 };
@@ -123,44 +126,6 @@ pub enum XdpModeRequest {
     Auto,
     Native,
     Generic,
-}
-
-/// Packets and bytes per direction and reason for one VIF.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct VifCounters(pub [[Counter; Reason::COUNT]; 2]);
-
-impl VifCounters {
-    pub fn get(&self, dir: Direction, reason: Reason) -> Counter {
-        self.0[dir as usize][reason as usize]
-    }
-
-    /// `self - earlier`, per cell.
-    pub fn delta(&self, earlier: &VifCounters) -> VifCounters {
-        let mut out = VifCounters::default();
-        for d in 0..2 {
-            for r in 0..Reason::COUNT {
-                out.0[d][r] = Counter {
-                    packets: self.0[d][r].packets - earlier.0[d][r].packets,
-                    bytes: self.0[d][r].bytes - earlier.0[d][r].bytes,
-                };
-            }
-        }
-        out
-    }
-
-    /// The non-zero cells as (direction, reason, counter).
-    pub fn nonzero(&self) -> Vec<(Direction, Reason, Counter)> {
-        let mut out = Vec::new();
-        for (d, dir) in [Direction::FromVm, Direction::ToVm].into_iter().enumerate() {
-            for r in Reason::ALL {
-                let c = self.0[d][r as usize];
-                if c.packets != 0 {
-                    out.push((dir, r, c));
-                }
-            }
-        }
-        out
-    }
 }
 
 /// The address entries of one generation of a VIF's policy.
@@ -526,23 +491,6 @@ impl Dataplane {
         }
     }
 
-    /// Zeroes a slot's counters and rate-limiter state before a new VIF uses it.
-    fn zero_counters(&mut self, slot: u32) -> Result<()> {
-        self.rate
-            .set(slot, RateState::default(), 0)
-            .map_err(map_err(MAP_RATE))?;
-        for dir in 0..2 {
-            for r in 0..Reason::COUNT as u32 {
-                let zeros = PerCpuValues::try_from(vec![Counter::default(); self.ncpus])
-                    .map_err(|e| DataplaneError::Cpus(std::io::Error::other(e)))?;
-                self.counters
-                    .set(counter_index(slot, dir, r), zeros, 0)
-                    .map_err(map_err(MAP_COUNTERS))?;
-            }
-        }
-        Ok(())
-    }
-
     /// Removes the policy of `ifindex` (detaching first if attached) and frees its slot.
     pub fn remove_policy(&mut self, ifindex: u32) -> Result<()> {
         if !self.vifs.contains_key(&ifindex) {
@@ -553,36 +501,6 @@ impl Dataplane {
         let state = self.vifs.remove(&ifindex).expect("checked above");
         self.free_slots.push(state.slot);
         self.retire(ifindex, state.generation, state.entries)
-    }
-
-    /// The VIF's counters summed over CPUs.
-    pub fn counters(&self, ifindex: u32) -> Result<VifCounters> {
-        let mut out = VifCounters::default();
-        for (d, dir) in [Direction::FromVm, Direction::ToVm].into_iter().enumerate() {
-            for r in Reason::ALL {
-                out.0[d][r as usize] = self.counter(ifindex, dir, r)?;
-            }
-        }
-        Ok(out)
-    }
-
-    /// One counter of a VIF, summed over CPUs.
-    pub fn counter(&self, ifindex: u32, dir: Direction, reason: Reason) -> Result<Counter> {
-        let slot = self
-            .vifs
-            .get(&ifindex)
-            .ok_or(DataplaneError::UnknownIfindex(ifindex))?
-            .slot;
-        let values = self
-            .counters
-            .get(&counter_index(slot, dir as u32, reason as u32), 0)
-            .map_err(map_err(MAP_COUNTERS))?;
-        let mut sum = Counter::default();
-        for v in values.iter() {
-            sum.packets += v.packets;
-            sum.bytes += v.bytes;
-        }
-        Ok(sum)
     }
 
     /// A descriptor of `prog` for `BPF_PROG_TEST_RUN` from any thread.
