@@ -113,7 +113,12 @@ pub fn command(
         "clear" => {
             let uuid =
                 private_key(&record, "vif-uuid").context("extra_private_keys has no vif-uuid")?;
-            Ok(vec!["vif-destroy".into(), format!("uuid={uuid}")])
+            // Unplugging a VIF lockd no longer knows is not an error for the toolstack.
+            Ok(vec![
+                "vif-destroy".into(),
+                format!("uuid={uuid}"),
+                "--if-exists".into(),
+            ])
         }
         other => bail!("action must be filter or clear, not '{other}'"),
     }

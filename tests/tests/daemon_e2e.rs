@@ -382,6 +382,10 @@ fn hook_applies_xenopsd_records() {
 
     hook("clear").ok();
     assert_eq!(d.cli(&["vif-list", "--json"]).json(), serde_json::json!([]));
+    // A second clear (the VIF is already gone) succeeds and changes nothing.
+    let before = d.state_bytes();
+    hook("clear").ok();
+    assert_eq!(d.state_bytes(), before);
     let bad = hook("scrub");
     assert_ne!(bad.code, 0);
     assert!(bad.stderr.contains("scrub"), "{}", bad.stderr);

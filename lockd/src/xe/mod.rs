@@ -93,6 +93,8 @@ struct Args {
     verb: String,
     kv: BTreeMap<String, String>,
     json: bool,
+    /// `--if-exists` (vif-destroy): a missing VIF is not an error (the hook's `clear`).
+    if_exists: bool,
 }
 
 /// Canonical key: lowercase, `_` as `-` (xe accepts both spellings of `ipv4_allowed`).
@@ -109,9 +111,14 @@ fn parse_args(argv: &[String]) -> Result<Args, XeError> {
     }
     let mut kv = BTreeMap::new();
     let mut json = false;
+    let mut if_exists = false;
     for a in rest {
         if a == "--json" {
             json = true;
+            continue;
+        }
+        if a == "--if-exists" && verb == "vif-destroy" {
+            if_exists = true;
             continue;
         }
         let (k, v) = a
@@ -126,6 +133,7 @@ fn parse_args(argv: &[String]) -> Result<Args, XeError> {
         verb: verb.clone(),
         kv,
         json,
+        if_exists,
     })
 }
 
@@ -382,6 +390,9 @@ pub fn execute(state: &State, rt: &dyn Runtime, argv: &[String]) -> Result<Outco
             a.allow(&["uuid"])?;
             let uuid = uuid_arg(a.need("uuid")?)?;
             if s.vifs.remove(&uuid).is_none() {
+                if a.if_exists {
+                    return Ok(Outcome::default());
+                }
                 return Err(XeError::UnknownVif(uuid));
             }
             changed(s, String::new())
