@@ -248,6 +248,8 @@ pub struct Dataplane {
     retired_count: usize,
     ncpus: usize,
     pins: Option<pinning::PinDirs>,
+    /// The from-VM program's descriptor for [`Dataplane::judge`], made on first use.
+    judge_runner: std::sync::OnceLock<Runner>,
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
@@ -327,6 +329,7 @@ impl Dataplane {
             retired_count: 0,
             ncpus,
             pins,
+            judge_runner: std::sync::OnceLock::new(),
         })
     }
 
@@ -529,8 +532,14 @@ impl Dataplane {
 
     /// The verdict the kernel gives `frame` arriving on `ifindex` (XDP_PASS or XDP_DROP).
     pub fn judge(&self, ifindex: u32, frame: &[u8]) -> Result<u32> {
-        let r = self
-            .runner(PROG_VIF_INGRESS)?
+        let runner = match self.judge_runner.get() {
+            Some(r) => r,
+            None => {
+                let r = self.runner(PROG_VIF_INGRESS)?;
+                self.judge_runner.get_or_init(|| r)
+            }
+        };
+        let r = runner
             .run(ifindex, frame, 1, 0, 0)
             .map_err(DataplaneError::TestRun)?;
         Ok(r.action)
