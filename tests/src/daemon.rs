@@ -75,6 +75,19 @@ impl Instance {
         }
     }
 
+    /// `lockd daemon` inside the namespace (nsenter: only the network namespace changes, so
+    /// bpffs pins outlive the process) with this instance's paths.
+    fn daemon_command(&self) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.netns))
+            .arg(lockd_bin())
+            .arg("daemon")
+            .env("LOCKD_STATE_DIR", &self.state_dir)
+            .env("LOCKD_SOCKET", &self.socket)
+            .env("LOCKD_BPFFS", &self.bpffs);
+        c
+    }
+
     /// Starts the daemon (inside the namespace, via nsenter) and waits until it answers.
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "daemon already running");
@@ -84,13 +97,8 @@ impl Instance {
                 std::fs::File::create(self.state_dir.with_file_name("daemon.log"))
             })
             .expect("log file");
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.netns))
-            .arg(lockd_bin())
-            .arg("daemon")
-            .env("LOCKD_STATE_DIR", &self.state_dir)
-            .env("LOCKD_SOCKET", &self.socket)
-            .env("LOCKD_BPFFS", &self.bpffs)
+        let child = self
+            .daemon_command()
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -116,15 +124,7 @@ impl Instance {
 
     /// Starts the daemon expecting it to fail; returns its stderr.
     pub fn start_failing(&self) -> String {
-        let out = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.netns))
-            .arg(lockd_bin())
-            .arg("daemon")
-            .env("LOCKD_STATE_DIR", &self.state_dir)
-            .env("LOCKD_SOCKET", &self.socket)
-            .env("LOCKD_BPFFS", &self.bpffs)
-            .output()
-            .expect("run lockd daemon");
+        let out = self.daemon_command().output().expect("run lockd daemon");
         assert!(!out.status.success(), "daemon was expected to fail");
         String::from_utf8_lossy(&out.stderr).into_owned()
     }

@@ -3,28 +3,36 @@
 use lockd_common::{
     Reason,
     model::{verdict_from_vm, verdict_to_vm},
-    policy::EffectiveMode,
+    policy::{EffectiveMode, VifPolicy},
 };
 use lockd_tests::{
+    Case,
     corpus::{cases, to_vm_cases},
     hex,
 };
 
 #[test]
 fn every_case_gets_its_reason() {
-    let mut failures = Vec::new();
-    for c in cases() {
-        let got = verdict_from_vm(&c.policy, &c.frame);
-        if got != c.expect {
-            failures.push(format!(
-                "{}: expected {}, model says {} (frame {})",
-                c.name,
-                c.expect.name(),
-                got.name(),
-                hex(&c.frame)
-            ));
-        }
-    }
+    assert_cases(&cases(), verdict_from_vm);
+}
+
+/// Every case's reason from `verdict`; all mismatches are listed in one failure.
+fn assert_cases(cs: &[Case], verdict: fn(&VifPolicy, &[u8]) -> Reason) {
+    let failures: Vec<String> = cs
+        .iter()
+        .filter_map(|c| {
+            let got = verdict(&c.policy, &c.frame);
+            (got != c.expect).then(|| {
+                format!(
+                    "{}: expected {}, model says {} (frame {})",
+                    c.name,
+                    c.expect.name(),
+                    got.name(),
+                    hex(&c.frame)
+                )
+            })
+        })
+        .collect();
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
@@ -83,20 +91,7 @@ fn garbage_never_panics() {
 #[test]
 fn every_to_vm_case_gets_its_reason() {
     let cs = to_vm_cases();
-    let mut failures = Vec::new();
-    for c in &cs {
-        let got = verdict_to_vm(&c.policy, &c.frame);
-        if got != c.expect {
-            failures.push(format!(
-                "{}: expected {}, model says {} (frame {})",
-                c.name,
-                c.expect.name(),
-                got.name(),
-                hex(&c.frame)
-            ));
-        }
-    }
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert_cases(&cs, verdict_to_vm);
     for r in [
         Reason::Pass,
         Reason::Disabled,

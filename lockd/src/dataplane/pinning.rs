@@ -13,13 +13,13 @@ use std::{
 
 use aya::programs::{Xdp, links::FdLink, links::PinnedLink, xdp::XdpLink, xdp::XdpLinkId};
 use lockd_common::{
-    Addr4Key, Addr6Key, FLAG_INLINE4, FLAG_INLINE6, INLINE4, INLINE6, MAP_ALLOW4, MAP_ALLOW6,
-    MAP_COUNTERS, MAP_PREFIX4, MAP_PREFIX6, MAP_RATE, MAP_VIF_CONFIG, MAX_VIFS, PROG_VIF_INGRESS,
+    FLAG_INLINE4, FLAG_INLINE6, INLINE4, INLINE6, MAP_ALLOW4, MAP_ALLOW6, MAP_COUNTERS,
+    MAP_PREFIX4, MAP_PREFIX6, MAP_RATE, MAP_VIF_CONFIG, MAX_VIFS, PROG_VIF_INGRESS,
 };
 
 use super::{
-    AttachMode, Dataplane, DataplaneError, Entries, LinkHandle, Result, VifConfig, VifState, lpm4,
-    lpm6, map_err, prog_err,
+    AttachMode, Dataplane, DataplaneError, Entries, LinkHandle, Result, VifConfig, VifState,
+    map_err, prog_err,
 };
 
 /// Every pinned map.
@@ -269,73 +269,41 @@ impl Dataplane {
 
     /// Rebuilds each VIF's current entries from the maps and deletes any other generation's.
     fn adopt_entries(&mut self) -> Result<()> {
-        let current = |vifs: &std::collections::BTreeMap<u32, VifState>, ifx: u32, g: u32| {
-            vifs.get(&ifx).is_some_and(|v| v.generation == g)
+        // For each map: read every key, split it into (ifindex, generation, entry); keep the
+        // entry if it belongs to its VIF's current generation, else delete the key.
+        macro_rules! sweep {
+            ($map:ident, $field:ident, |$k:ident| $split:expr) => {
+                let keys: Vec<_> = self.$map.keys().filter_map(|k| k.ok()).collect();
+                for $k in keys {
+                    let (ifx, generation, entry) = $split;
+                    match self.vifs.get_mut(&ifx) {
+                        Some(v) if v.generation == generation => v.entries.$field.push(entry),
+                        _ => {
+                            let _gone = self.$map.remove(&$k);
+                        }
+                    }
+                }
+            };
+        }
+        let lpm_tag = |ifx: [u8; 4], g: [u8; 4], plen: u32| {
+            (
+                u32::from_be_bytes(ifx),
+                u32::from_be_bytes(g),
+                plen.saturating_sub(lockd_common::LPM_HEADER_BITS),
+            )
         };
-        let keys4: Vec<Addr4Key> = self.allow4.keys().filter_map(|k| k.ok()).collect();
-        for k in keys4 {
-            if current(&self.vifs, k.ifindex, k.generation) {
-                self.vifs
-                    .get_mut(&k.ifindex)
-                    .expect("current")
-                    .entries
-                    .v4
-                    .push(k.addr);
-            } else {
-                let _ = self.allow4.remove(&k);
-            }
-        }
-        let keys6: Vec<Addr6Key> = self.allow6.keys().filter_map(|k| k.ok()).collect();
-        for k in keys6 {
-            if current(&self.vifs, k.ifindex, k.generation) {
-                self.vifs
-                    .get_mut(&k.ifindex)
-                    .expect("current")
-                    .entries
-                    .v6
-                    .push(k.addr);
-            } else {
-                let _ = self.allow6.remove(&k);
-            }
-        }
-        let p4: Vec<_> = self.prefix4.keys().filter_map(|k| k.ok()).collect();
-        for k in p4 {
+        sweep!(allow4, v4, |k| (k.ifindex, k.generation, k.addr));
+        sweep!(allow6, v6, |k| (k.ifindex, k.generation, k.addr));
+        sweep!(prefix4, p4, |k| {
             let d = k.data();
-            let (ifx, g) = (
-                u32::from_be_bytes(d.ifindex_be),
-                u32::from_be_bytes(d.generation_be),
-            );
-            let plen = k.prefix_len().saturating_sub(lockd_common::LPM_HEADER_BITS);
-            if current(&self.vifs, ifx, g) {
-                self.vifs
-                    .get_mut(&ifx)
-                    .expect("current")
-                    .entries
-                    .p4
-                    .push((plen, d.addr));
-            } else {
-                let _ = self.prefix4.remove(&lpm4(ifx, g, plen, d.addr));
-            }
-        }
-        let p6: Vec<_> = self.prefix6.keys().filter_map(|k| k.ok()).collect();
-        for k in p6 {
+            let (ifx, g, plen) = lpm_tag(d.ifindex_be, d.generation_be, k.prefix_len());
+            (ifx, g, (plen, d.addr))
+        });
+        sweep!(prefix6, p6, |k| {
             let d = k.data();
-            let (ifx, g) = (
-                u32::from_be_bytes(d.ifindex_be),
-                u32::from_be_bytes(d.generation_be),
-            );
-            let plen = k.prefix_len().saturating_sub(lockd_common::LPM_HEADER_BITS);
-            if current(&self.vifs, ifx, g) {
-                self.vifs
-                    .get_mut(&ifx)
-                    .expect("current")
-                    .entries
-                    .p6
-                    .push((plen, d.addr));
-            } else {
-                let _ = self.prefix6.remove(&lpm6(ifx, g, plen, d.addr));
-            }
-        }
+            let (ifx, g, plen) = lpm_tag(d.ifindex_be, d.generation_be, k.prefix_len());
+            (ifx, g, (plen, d.addr))
+        });
         Ok(())
     }
 

@@ -274,11 +274,7 @@ pub fn execute(state: &State, rt: &dyn Runtime, argv: &[String]) -> Result<Outco
         }
         "network-param-set" => {
             a.allow(&["uuid", "default-locking-mode", "name-label"])?;
-            let uuid = uuid_arg(a.need("uuid")?)?;
-            let n = s
-                .networks
-                .get_mut(&uuid)
-                .ok_or_else(|| XeError::UnknownNetwork(uuid.clone()))?;
+            let n = network_mut(&mut s, &a)?;
             if a.kv.len() == 1 {
                 return Err(XeError::NothingToDo { verb: a.verb });
             }
@@ -292,11 +288,7 @@ pub fn execute(state: &State, rt: &dyn Runtime, argv: &[String]) -> Result<Outco
         }
         "network-param-get" => {
             a.allow(&["uuid", "param-name"])?;
-            let uuid = uuid_arg(a.need("uuid")?)?;
-            let n = s
-                .networks
-                .get(&uuid)
-                .ok_or_else(|| XeError::UnknownNetwork(uuid.clone()))?;
+            let n = network_mut(&mut s, &a)?;
             let out = match canon(a.need("param-name")?).as_str() {
                 "default-locking-mode" => n.default_locking_mode.to_string(),
                 "name-label" => n.name_label.clone(),
@@ -407,11 +399,7 @@ pub fn execute(state: &State, rt: &dyn Runtime, argv: &[String]) -> Result<Outco
                 "qos-algorithm-params:kbps",
                 "qos-algorithm-params:timeslice-us",
             ])?;
-            let uuid = uuid_arg(a.need("uuid")?)?;
-            let vif = s
-                .vifs
-                .get_mut(&uuid)
-                .ok_or_else(|| XeError::UnknownVif(uuid.clone()))?;
+            let vif = vif_mut(&mut s, &a)?;
             if a.kv.len() == 1 {
                 return Err(XeError::NothingToDo { verb: a.verb });
             }
@@ -458,11 +446,7 @@ pub fn execute(state: &State, rt: &dyn Runtime, argv: &[String]) -> Result<Outco
         }
         "vif-param-add" | "vif-param-remove" => {
             a.allow(&["uuid", "ipv4-allowed", "ipv6-allowed"])?;
-            let uuid = uuid_arg(a.need("uuid")?)?;
-            let vif = s
-                .vifs
-                .get_mut(&uuid)
-                .ok_or_else(|| XeError::UnknownVif(uuid.clone()))?;
+            let vif = vif_mut(&mut s, &a)?;
             if a.kv.len() == 1 {
                 return Err(XeError::NothingToDo { verb: a.verb });
             }
@@ -480,11 +464,7 @@ pub fn execute(state: &State, rt: &dyn Runtime, argv: &[String]) -> Result<Outco
         }
         "vif-param-get" => {
             a.allow(&["uuid", "param-name"])?;
-            let uuid = uuid_arg(a.need("uuid")?)?;
-            let vif = s
-                .vifs
-                .get(&uuid)
-                .ok_or_else(|| XeError::UnknownVif(uuid.clone()))?;
+            let vif = vif_mut(&mut s, &a)?.clone();
             let out = match canon(a.need("param-name")?).as_str() {
                 "uuid" => vif.uuid.clone(),
                 "device" => vif.device.clone(),
@@ -492,7 +472,7 @@ pub fn execute(state: &State, rt: &dyn Runtime, argv: &[String]) -> Result<Outco
                 "network-uuid" => vif.network_uuid.clone(),
                 "vm-uuid" => vif.vm_uuid.clone().unwrap_or_default(),
                 "locking-mode" => vif.locking_mode.to_string(),
-                "effective-locking-mode" => effective(&s, vif),
+                "effective-locking-mode" => effective(&s, &vif),
                 "ipv4-allowed" => vif.ipv4_allowed.join(", "),
                 "ipv6-allowed" => vif.ipv6_allowed.join(", "),
                 "qos-algorithm-type" => vif.qos.algorithm_type.clone(),
@@ -605,6 +585,20 @@ fn vif_apply(a: &Args, mut s: State, rt: &dyn Runtime) -> Result<Outcome, XeErro
         state: Some(s),
         output: format!("{notes}{uuid}\n"),
     })
+}
+
+/// The VIF named by the command's `uuid=`.
+fn vif_mut<'s>(s: &'s mut State, a: &Args) -> Result<&'s mut Vif, XeError> {
+    let uuid = uuid_arg(a.need("uuid")?)?;
+    s.vifs.get_mut(&uuid).ok_or(XeError::UnknownVif(uuid))
+}
+
+/// The network named by the command's `uuid=`.
+fn network_mut<'s>(s: &'s mut State, a: &Args) -> Result<&'s mut Network, XeError> {
+    let uuid = uuid_arg(a.need("uuid")?)?;
+    s.networks
+        .get_mut(&uuid)
+        .ok_or(XeError::UnknownNetwork(uuid))
 }
 
 fn merge(list: &mut Vec<String>, items: Vec<String>, add: bool) {
