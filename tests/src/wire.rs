@@ -90,3 +90,126 @@ impl Capture {
 pub fn delivered(received: &[Vec<u8>], sent: &[Vec<u8>]) -> usize {
     received.iter().filter(|r| sent.contains(r)).count()
 }
+
+/// A wire with a fixed one-way delay between two netdevs of one namespace: every frame that
+/// arrives on one is sent out of the other `delay` later (both ways). It stands for the
+/// network between a VM and a host some milliseconds away — this kernel has no netem.
+/// The endpoints must send finished checksums (`ethtool -K … tx off`): AF_PACKET hands over
+/// a frame whose checksum offload is still pending as it is.
+pub struct DelayLine {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// An AF_PACKET socket bound to `dev` that does not see its own transmissions.
+fn raw_socket(dev: &str) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let last = std::io::Error::last_os_error;
+    let proto = (libc::ETH_P_ALL as u16).to_be();
+    // SAFETY: plain socket(2); the fd is owned right away.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
+    if fd < 0 {
+        return Err(last());
+    }
+    // SAFETY: fd was just returned by socket(2) and is owned by nothing else.
+    let sock = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    let cname = std::ffi::CString::new(dev).map_err(std::io::Error::other)?;
+    // SAFETY: a valid C string.
+    let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
+    if ifindex == 0 {
+        return Err(last());
+    }
+    let one: libc::c_int = 1;
+    let tv = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 50_000,
+    };
+    // SAFETY: sockaddr_ll is plain data; every pointer passed below points to a live local
+    // of the size given.
+    unsafe {
+        let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = proto;
+        sll.sll_ifindex = ifindex as i32;
+        for (opt, val, len) in [
+            (
+                (libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING),
+                (&raw const one).cast(),
+                size_of::<libc::c_int>(),
+            ),
+            (
+                (libc::SOL_SOCKET, libc::SO_RCVTIMEO),
+                (&raw const tv).cast(),
+                size_of::<libc::timeval>(),
+            ),
+        ] {
+            if libc::setsockopt(fd, opt.0, opt.1, val, len as libc::socklen_t) != 0 {
+                return Err(last());
+            }
+        }
+        if libc::bind(
+            fd,
+            (&raw const sll).cast(),
+            size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        ) != 0
+        {
+            return Err(last());
+        }
+    }
+    Ok(sock)
+}
+
+impl DelayLine {
+    /// Starts forwarding between `a` and `b` inside `ns`.
+    pub fn start(ns: &NetNs, a: &str, b: &str, delay: Duration) -> DelayLine {
+        use std::os::fd::AsRawFd;
+        use std::sync::{Arc, atomic::AtomicBool, atomic::Ordering};
+        let (sa, sb) = ns
+            .run(|| (raw_socket(a), raw_socket(b)))
+            .expect("delay line namespace");
+        let sa = Arc::new(sa.unwrap_or_else(|e| panic!("AF_PACKET socket on {a}: {e}")));
+        let sb = Arc::new(sb.unwrap_or_else(|e| panic!("AF_PACKET socket on {b}: {e}")));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        for (from, to) in [(sa.clone(), sb.clone()), (sb, sa)] {
+            let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
+            let halt = stop.clone();
+            threads.push(std::thread::spawn(move || {
+                let mut buf = vec![0u8; 65536];
+                while !halt.load(Ordering::Relaxed) {
+                    // SAFETY: buf is a live buffer of the length given.
+                    let n = unsafe {
+                        libc::recv(from.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0)
+                    };
+                    if let Ok(n) = usize::try_from(n)
+                        && tx.send((Instant::now() + delay, buf[..n].to_vec())).is_err()
+                    {
+                        return;
+                    }
+                }
+            }));
+            // Frames leave in arrival order, each when its delay is up; the channel closes
+            // when the reader stops.
+            threads.push(std::thread::spawn(move || {
+                for (due, frame) in rx {
+                    std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                    // SAFETY: frame is a live buffer of the length given. A frame the link
+                    // refuses is lost, as on a real wire.
+                    let _lost = unsafe {
+                        libc::send(to.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0)
+                    };
+                }
+            }));
+        }
+        DelayLine { stop, threads }
+    }
+}
+
+impl Drop for DelayLine {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}

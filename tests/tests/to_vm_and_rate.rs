@@ -20,7 +20,7 @@ use lockd_common::{
         solicited_node,
     },
 };
-use lockd_tests::wire::{Capture, delivered, send};
+use lockd_tests::wire::{Capture, DelayLine, delivered, send};
 
 const MAC: [Mac; 3] = [
     [0x02, 0, 0, 0, 0, 0x0a],
@@ -284,8 +284,8 @@ fn server(ns: &NetNs, port: u16) -> Child {
     c
 }
 
-/// Runs iperf3 clients in `ns` (one per CPU given) for `secs` and returns their exit status.
-fn clients(ns: &NetNs, cpus: &[u32], load: Load, secs: u32) {
+/// Runs iperf3 clients in `ns` (one per CPU given) toward `dst` for `secs`; each must succeed.
+fn clients(ns: &NetNs, dst: &str, cpus: &[u32], load: Load, secs: u32) {
     let procs: Vec<Child> = cpus
         .iter()
         .enumerate()
@@ -299,7 +299,7 @@ fn clients(ns: &NetNs, cpus: &[u32], load: Load, secs: u32) {
                 &cpu.to_string(),
                 "iperf3",
                 "-c",
-                "10.0.0.1",
+                dst,
                 "-p",
             ]
             .iter()
@@ -344,13 +344,16 @@ fn from_b(lab: &Lab) -> (u64, u64) {
     )
 }
 
+/// Where VM-1's iperf3 traffic goes: a namespace running the servers and its address.
+type Peer<'a> = (&'a NetNs, &'a str);
+
 /// Measures VM-1's achieved rate (frame bytes per second that passed) over one run.
-fn measure(lab: &Lab, cpus: &[u32], load: Load, secs: u32) -> (f64, u64) {
+fn measure(lab: &Lab, peer: Peer<'_>, cpus: &[u32], load: Load, secs: u32) -> (f64, u64) {
     let servers: Vec<Child> = (0..cpus.len())
-        .map(|k| server(lab.ns(0), 5201 + k as u16))
+        .map(|k| server(peer.0, 5201 + k as u16))
         .collect();
     let (b0, r0) = from_b(lab);
-    clients(lab.ns(1), cpus, load, secs);
+    clients(lab.ns(1), peer.1, cpus, load, secs);
     let (b1, r1) = from_b(lab);
     for mut s in servers {
         let _ = s.wait();
@@ -358,6 +361,27 @@ fn measure(lab: &Lab, cpus: &[u32], load: Load, secs: u32) -> (f64, u64) {
     // iperf3 sends for exactly `secs`; besides that only a few control frames pass.
     ((b1 - b0) as f64 / f64::from(secs), r1 - r0)
 }
+
+/// A host 20 ms (round trip) away behind the bridge's uplink, as the far end of a VM's TCP
+/// connection: the uplink port carries no lockd program; a delay line in its own namespace
+/// stands for the network. Returns the namespaces and the line, which live as long as needed.
+fn far_host(lab: &Lab) -> (NetNs, NetNs, DelayLine) {
+    let wan = NetNs::new("rw").expect("ns");
+    let far = NetNs::new("rf").expect("ns");
+    veth(&lab.host, "uplink", &wan, "up0", "02:00:00:00:00:fe", Some("br0")).expect("veth");
+    veth(&wan, "dn0", &far, "eth0", FAR_MAC, None).expect("veth");
+    far.exec(&["ip", "addr", "add", &format!("{FAR_IP}/24"), "dev", "eth0"])
+        .expect("addr");
+    for ns in [&far, lab.ns(1)] {
+        ns.exec(&["ethtool", "-K", "eth0", "tx", "off"])
+            .expect("checksums in software for the delay line");
+    }
+    let line = DelayLine::start(&wan, "up0", "dn0", Duration::from_millis(10));
+    (wan, far, line)
+}
+
+const FAR_MAC: &str = "02:00:00:00:00:0f";
+const FAR_IP: &str = "10.0.0.9";
 
 #[test]
 fn rate_limit_holds_the_configured_rate() {
@@ -374,34 +398,52 @@ fn rate_limit_holds_the_configured_rate() {
         }),
     );
     lab.dp.set_policy(ifx1, &limited).expect("rate");
+    let (_wan, far, _line) = far_host(&lab);
+    let near: Peer<'_> = (lab.ns(0), IPS[0]);
+    let remote: Peer<'_> = (&far, FAR_IP);
     let twice_bits = (2.0 * configured * 8.0) as u64;
     let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
     let mut results = Vec::new();
-    for (name, cpus, udp) in [
-        ("UDP, 1 sender", vec![0], Load::Udp(twice_bits)),
+    for (name, peer, cpus, load) in [
+        ("UDP, 1 sender", near, vec![0], Load::Udp(twice_bits)),
         (
             "UDP, 2 senders on 2 CPUs",
+            near,
             (0..ncpu.min(2)).collect::<Vec<_>>(),
             Load::Udp(twice_bits / 2),
         ),
-        ("TCP, 1 sender", vec![0], Load::Tcp(twice_bits)),
+        (
+            "UDP, 2 senders on 2 CPUs, to a host 20 ms away",
+            remote,
+            (0..ncpu.min(2)).collect::<Vec<_>>(),
+            Load::Udp(twice_bits / 2),
+        ),
+        (
+            "TCP, 1 sender, to a host 20 ms away",
+            remote,
+            vec![0],
+            Load::Tcp(twice_bits),
+        ),
     ] {
-        let (achieved, limited_frames) = measure(&lab, &cpus, udp, 10);
+        let (achieved, limited_frames) = measure(&lab, peer, &cpus, load, 10);
         let ratio = achieved / configured;
         eprintln!(
-            "{name}: achieved {:.0} B/s, configured {configured:.0} B/s, ratio {ratio:.4}, {limited_frames} frames limited",
-            achieved
+            "{name}: achieved {achieved:.0} B/s, configured {configured:.0} B/s, ratio {ratio:.4}, {limited_frames} frames limited"
         );
         results.push((name, ratio, limited_frames));
     }
+    // TCP straight to VM-0 (a round trip of some 20 µs) is shown, not asserted: against any
+    // policer a flow whose whole window fits in microseconds cannot back off below the rate,
+    // loses its tail, and waits out 200 ms retransmission timeouts (docs/benchmarks.md).
+    let (achieved, _) = measure(&lab, near, &[0], Load::Tcp(twice_bits), 5);
+    eprintln!(
+        "TCP, 1 sender, 20 µs round trip (not asserted): ratio {:.4}",
+        achieved / configured
+    );
     for (name, ratio, limited_frames) in &results {
         assert!(*limited_frames > 0, "{name}: the limiter never acted");
-        // The limiter polices (drops) like xapi's; TCP answers drops by backing off and, with
-        // no queue to smooth it, falls well short of the rate. What must hold for TCP is that
-        // it never exceeds it. (A shaper, e.g. EDT on a queue, is what TCP would need.)
-        let low = if name.starts_with("TCP") { 0.05 } else { 0.95 };
         assert!(
-            (low..=1.05).contains(ratio),
+            (0.95..=1.05).contains(ratio),
             "{name}: achieved/configured = {ratio:.4}"
         );
     }
@@ -409,7 +451,8 @@ fn rate_limit_holds_the_configured_rate() {
     lab.dp
         .set_policy(ifx1, &policy(1, EffectiveMode::Locked, None))
         .expect("clear");
-    let (achieved, limited_frames) = measure(&lab, &[0], Load::Udp(twice_bits), 5);
+    let near: Peer<'_> = (lab.ns(0), IPS[0]);
+    let (achieved, limited_frames) = measure(&lab, near, &[0], Load::Udp(twice_bits), 5);
     eprintln!(
         "cleared: achieved {achieved:.0} B/s ({:.2}× the old limit)",
         achieved / configured
