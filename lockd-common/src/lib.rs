@@ -14,8 +14,18 @@ pub mod policy;
 pub const PROG_VIF_INGRESS: &str = "vif_ingress";
 /// Name of the to-VM TC egress program in the object file.
 pub const PROG_VIF_EGRESS: &str = "vif_egress";
-/// Map: ifindex (u32) → [`VifConfig`].
+/// Map: ifindex (u32) → [`VifConfig`]. Every VIF's config, the one the programs read for a
+/// VIF whose [`MAP_VIF_SLOTS`] position another VIF holds, and the record a restarted daemon
+/// adopts.
 pub const MAP_VIF_CONFIG: &str = "VIF_CONFIG";
+/// Array (`BPF_F_MMAPABLE`) of u64, [`POSITIONS`] long, indexed by `ifindex % POSITIONS`:
+/// `ifindex << 32 | copy`, naming the [`MAP_CONFIGS`] element in force for that VIF, or 0.
+/// Userspace stores it through a shared mapping with one atomic 8-byte store.
+pub const MAP_VIF_SLOTS: &str = "VIF_SLOTS";
+/// Array of [`VifConfig`], [`CONFIG_COPIES`] long: configs the programs reach through
+/// [`MAP_VIF_SLOTS`] with two array lookups (which the verifier inlines) instead of a hash
+/// lookup. A copy is written only while no slot names it and no packet can still hold it.
+pub const MAP_CONFIGS: &str = "CONFIGS";
 /// Map: [`Addr4Key`] → u8, exact IPv4 addresses allowed per VIF and generation.
 pub const MAP_ALLOW4: &str = "ALLOW4";
 /// Map: [`Addr6Key`] → u8, exact IPv6 addresses allowed per VIF and generation.
@@ -36,6 +46,15 @@ pub const RATE_SHIFT: u32 = 16;
 
 /// Most VIFs one host enforces at once (counter slots are allocated per VIF).
 pub const MAX_VIFS: u32 = 4096;
+/// Positions of [`MAP_VIF_SLOTS`] (a power of two).
+pub const POSITIONS: u32 = 8192;
+/// Elements of [`MAP_CONFIGS`]: one in force per VIF, the rest free or waiting out a grace
+/// period after being replaced.
+pub const CONFIG_COPIES: u32 = 4 * MAX_VIFS;
+/// The [`MAP_VIF_SLOTS`] position of `ifindex`.
+pub const fn position(ifindex: u32) -> u32 {
+    ifindex & (POSITIONS - 1)
+}
 /// Most allowed entries (both families together) on one VIF.
 pub const MAX_ALLOWED_PER_VIF: usize = 65_536;
 /// Capacity of the address maps: every entry of every VIF, twice (old and new generation
@@ -163,8 +182,9 @@ pub const fn counter_index(slot: u32, dir: u32, reason: u32) -> u32 {
     (slot * DIRECTIONS + dir) * REASON_SLOTS + reason
 }
 
-/// Per-VIF policy header. Replaced as one hash element (the map is `BPF_F_NO_PREALLOC`, so an
-/// update swaps in a new element under RCU and a reader sees the old or the new one whole).
+/// Per-VIF policy header. Never written where a packet can read it: an update writes a free
+/// [`MAP_CONFIGS`] copy and swaps the slot to it, or swaps a new `BPF_F_NO_PREALLOC` hash
+/// element in under RCU; either way a reader sees the old or the new one whole.
 /// `generation` names which entries of the address maps belong to this policy.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -18,19 +18,27 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lockd_common::{
-    Addr4Key, Addr6Key, Counter, DIRECTIONS, Direction, FLAG_HAS_A4, FLAG_HAS_S6, FLAG_INLINE4,
-    FLAG_INLINE6, FLAG_PREFIX4, FLAG_PREFIX6, INLINE4, INLINE6, LPM_HEADER_BITS, Lpm4Data,
-    Lpm6Data, MAX_ADDR_ENTRIES, MAX_EXT_HEADERS, MAX_ND_OPTIONS, MAX_PREFIX_ENTRIES, MAX_VIFS,
-    MODE_DISABLED, MODE_UNLOCKED, REASON_SLOTS, RateState, Reason, VifConfig, counter_index,
+    Addr4Key, Addr6Key, CONFIG_COPIES, Counter, DIRECTIONS, Direction, FLAG_HAS_A4, FLAG_HAS_S6,
+    FLAG_INLINE4, FLAG_INLINE6, FLAG_PREFIX4, FLAG_PREFIX6, INLINE4, INLINE6, LPM_HEADER_BITS,
+    Lpm4Data, Lpm6Data, MAX_ADDR_ENTRIES, MAX_EXT_HEADERS, MAX_ND_OPTIONS, MAX_PREFIX_ENTRIES,
+    MAX_VIFS, MODE_DISABLED, MODE_UNLOCKED, POSITIONS, REASON_SLOTS, RateState, Reason, VifConfig,
+    counter_index, position,
 };
 
 /// `BPF_F_NO_PREALLOC`: updates allocate a fresh element and free the old one after an RCU
 /// grace period, so a program holding a pointer to a config never sees it rewritten in place.
 const NO_PREALLOC: u32 = 1;
 
+/// `BPF_F_MMAPABLE`: userspace flips a slot with one atomic store through a shared mapping
+/// (a map update may copy bytewise).
+const MMAPABLE: u32 = 1 << 10;
+
 #[map]
-pub(crate) static VIF_CONFIG: HashMap<u32, VifConfig> =
-    HashMap::with_max_entries(MAX_VIFS, NO_PREALLOC);
+static VIF_CONFIG: HashMap<u32, VifConfig> = HashMap::with_max_entries(MAX_VIFS, NO_PREALLOC);
+#[map]
+static VIF_SLOTS: Array<u64> = Array::with_max_entries(POSITIONS, MMAPABLE);
+#[map]
+static CONFIGS: Array<VifConfig> = Array::with_max_entries(CONFIG_COPIES, 0);
 #[map]
 static ALLOW4: HashMap<Addr4Key, u8> = HashMap::with_max_entries(MAX_ADDR_ENTRIES, NO_PREALLOC);
 #[map]
@@ -60,13 +68,9 @@ const MAX_OFF: usize = 4096;
 #[xdp]
 pub fn vif_ingress(ctx: XdpContext) -> u32 {
     let ifindex = ctx.ingress_ifindex() as u32;
-    let Some(cfg) = VIF_CONFIG.get_ptr(ifindex) else {
+    let Some(cfg) = config(ifindex) else {
         return XDP_PASS;
     };
-    // The element is never written in place (NO_PREALLOC: an update swaps in a new one and
-    // frees this after a grace period), so every field read through it belongs to one policy.
-    // SAFETY: valid for this program run (RCU read side).
-    let cfg = unsafe { &*cfg };
     let mut reason = match cfg.mode {
         MODE_UNLOCKED => Reason::Pass,
         MODE_DISABLED => Reason::Disabled,
@@ -112,6 +116,24 @@ pub fn xdp_gen(_ctx: XdpContext) -> u32 {
 
 #[map]
 static GEN_TARGET: Array<u32> = Array::with_max_entries(1, 0);
+
+/// The policy in force for `ifindex`, or None if lockd does not manage it. Neither place is
+/// ever written while a packet can read it (see `lockd_common::VifConfig`), so every field
+/// read through the reference belongs to one policy.
+#[inline(always)]
+pub(crate) fn config(ifindex: u32) -> Option<&'static VifConfig> {
+    if let Some(slot) = VIF_SLOTS.get_ptr(position(ifindex)) {
+        // An aligned 8-byte load is single-copy atomic; userspace stores the slot likewise.
+        // SAFETY: points into the map element, valid for this program run.
+        let slot = unsafe { core::ptr::read_volatile(slot) };
+        if slot >> 32 == u64::from(ifindex) {
+            // SAFETY: a CONFIGS element, valid for this program run (RCU read side).
+            return CONFIGS.get_ptr(slot as u32).map(|c| unsafe { &*c });
+        }
+    }
+    // SAFETY: a NO_PREALLOC element: replaced, never rewritten; valid for this RCU section.
+    VIF_CONFIG.get_ptr(ifindex).map(|c| unsafe { &*c })
+}
 
 #[inline(always)]
 pub(crate) fn count(slot: u32, dir: Direction, reason: Reason, bytes: u64) {
@@ -164,7 +186,9 @@ fn is_zero16(a: &[u8; 16]) -> bool {
     acc == 0
 }
 
-#[inline(never)]
+/// Membership in A4. The inline set is checked in place; only a VIF with more addresses or
+/// with prefixes pays a call (each call and return is dear on a kernel with return thunks).
+#[inline(always)]
 pub(crate) fn allowed4(cfg: &VifConfig, ifindex: u32, addr: [u8; 4]) -> bool {
     if cfg.flags & FLAG_HAS_A4 == 0 {
         return false;
@@ -176,7 +200,17 @@ pub(crate) fn allowed4(cfg: &VifConfig, ifindex: u32, addr: [u8; 4]) -> bool {
                 return true;
             }
         }
-    } else {
+        if cfg.flags & FLAG_PREFIX4 == 0 {
+            return false;
+        }
+    }
+    allowed4_maps(cfg, ifindex, addr)
+}
+
+/// The map part of [`allowed4`]: the exact set (unless inline) and the prefixes.
+#[inline(never)]
+fn allowed4_maps(cfg: &VifConfig, ifindex: u32, addr: [u8; 4]) -> bool {
+    if cfg.flags & FLAG_INLINE4 == 0 {
         let key = Addr4Key {
             ifindex,
             generation: cfg.generation,
@@ -209,8 +243,9 @@ fn halves(a: &[u8; 16]) -> (u64, u64) {
     (u64::from_ne_bytes(lo), u64::from_ne_bytes(hi))
 }
 
-/// Membership in S6. The derived link-local address is an ordinary exact entry.
-#[inline(never)]
+/// Membership in S6 (the derived link-local address is an ordinary exact entry); inline set
+/// in place, maps in a call, as for [`allowed4`].
+#[inline(always)]
 pub(crate) fn allowed6(cfg: &VifConfig, ifindex: u32, addr: [u8; 16]) -> bool {
     if cfg.flags & FLAG_HAS_S6 == 0 {
         return false;
@@ -222,7 +257,17 @@ pub(crate) fn allowed6(cfg: &VifConfig, ifindex: u32, addr: [u8; 16]) -> bool {
                 return true;
             }
         }
-    } else {
+        if cfg.flags & FLAG_PREFIX6 == 0 {
+            return false;
+        }
+    }
+    allowed6_maps(cfg, ifindex, addr)
+}
+
+/// The map part of [`allowed6`].
+#[inline(never)]
+fn allowed6_maps(cfg: &VifConfig, ifindex: u32, addr: [u8; 16]) -> bool {
+    if cfg.flags & FLAG_INLINE6 == 0 {
         let key = Addr6Key {
             ifindex,
             generation: cfg.generation,

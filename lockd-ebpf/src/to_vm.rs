@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use lockd_common::{Direction, MODE_DISABLED, MODE_UNLOCKED, Reason, VifConfig};
 
-use crate::{VIF_CONFIG, allowed4, allowed6, count};
+use crate::{allowed4, allowed6, config, count};
 
 const ETH_HLEN: usize = 14;
 
@@ -19,11 +19,9 @@ const ETH_HLEN: usize = 14;
 pub fn vif_egress(ctx: TcContext) -> i32 {
     // SAFETY: reading a field of the program's own context.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let Some(cfg) = VIF_CONFIG.get_ptr(ifindex) else {
+    let Some(cfg) = config(ifindex) else {
         return TC_ACT_UNSPEC;
     };
-    // SAFETY: NO_PREALLOC element, never written in place, valid for this RCU section.
-    let cfg = unsafe { &*cfg };
     let reason = match cfg.mode {
         MODE_UNLOCKED => Reason::Pass,
         MODE_DISABLED => Reason::Disabled,

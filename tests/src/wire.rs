@@ -182,7 +182,9 @@ impl DelayLine {
                         libc::recv(from.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0)
                     };
                     if let Ok(n) = usize::try_from(n)
-                        && tx.send((Instant::now() + delay, buf[..n].to_vec())).is_err()
+                        && tx
+                            .send((Instant::now() + delay, buf[..n].to_vec()))
+                            .is_err()
                     {
                         return;
                     }

@@ -13,7 +13,7 @@ use lockd::{
     netlab::{NetNs, veth},
 };
 use lockd_common::{
-    PROG_VIF_INGRESS, Reason,
+    POSITIONS, PROG_VIF_INGRESS, Reason,
     model::verdict_from_vm,
     policy::{EffectiveMode, VifPolicy},
 };
@@ -23,6 +23,17 @@ const FLIPS: usize = 400;
 
 #[test]
 fn readers_never_see_a_mixed_policy() {
+    flip_under_load(false);
+}
+
+/// The same with the VIF's slot position taken by another VIF, so packets read its policy from
+/// the hash — until, halfway, that VIF goes and the flips continue through the slot.
+#[test]
+fn readers_never_see_a_mixed_policy_when_displaced() {
+    flip_under_load(true);
+}
+
+fn flip_under_load(displaced: bool) {
     let host = NetNs::new("ah").expect("namespace");
     let vm = NetNs::new("av").expect("namespace");
     veth(&host, "v0", &vm, "e0", "02:00:00:00:00:0b", None).expect("veth");
@@ -60,7 +71,12 @@ fn readers_never_see_a_mixed_policy() {
 
     host.run(|| {
         let mut dp = Dataplane::load().expect("load");
+        let squatter = ifindex + POSITIONS;
+        if displaced {
+            dp.set_policy(squatter, &b).expect("squatter");
+        }
         dp.set_policy(ifindex, &a).expect("policy a");
+        assert_eq!(dp.is_slotted(ifindex), !displaced);
         let runner = dp.runner(PROG_VIF_INGRESS).expect("runner");
         assert!(dp.runner(PROG_EMPTY).is_ok());
         let done = AtomicBool::new(false);
@@ -84,6 +100,10 @@ fn readers_never_see_a_mixed_policy() {
             for i in 0..FLIPS {
                 let p = if i % 2 == 0 { &b } else { &a };
                 dp.set_policy(ifindex, p).expect("flip");
+                if displaced && i == FLIPS / 2 {
+                    assert!(!dp.is_slotted(ifindex));
+                    dp.remove_policy(squatter).expect("the squatter goes");
+                }
                 // Retired generations are deleted while readers run, too.
                 if i % 3 == 0 {
                     dp.collect_garbage().expect("collect");
@@ -103,6 +123,7 @@ fn readers_never_see_a_mixed_policy() {
             0,
             "a frame saw a mixed policy"
         );
+        assert!(dp.is_slotted(ifindex));
         // The genuine frame of the final policy still passes.
         let genuine = udp4_from(GUEST, ip_a, 1, 2);
         assert_eq!(dp.judge(ifindex, &genuine).expect("judge"), XDP_PASS);

@@ -368,7 +368,15 @@ fn measure(lab: &Lab, peer: Peer<'_>, cpus: &[u32], load: Load, secs: u32) -> (f
 fn far_host(lab: &Lab) -> (NetNs, NetNs, DelayLine) {
     let wan = NetNs::new("rw").expect("ns");
     let far = NetNs::new("rf").expect("ns");
-    veth(&lab.host, "uplink", &wan, "up0", "02:00:00:00:00:fe", Some("br0")).expect("veth");
+    veth(
+        &lab.host,
+        "uplink",
+        &wan,
+        "up0",
+        "02:00:00:00:00:fe",
+        Some("br0"),
+    )
+    .expect("veth");
     veth(&wan, "dn0", &far, "eth0", FAR_MAC, None).expect("veth");
     far.exec(&["ip", "addr", "add", &format!("{FAR_IP}/24"), "dev", "eth0"])
         .expect("addr");

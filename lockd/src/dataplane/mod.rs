@@ -2,18 +2,21 @@
 //! that is replaced atomically.
 //!
 //! ## How a policy update stays atomic
-//! A packet reads the VIF's [`VifConfig`] (mode, MAC, flags, generation) as one hash element and
-//! then looks up only address entries tagged with that generation. An update
+//! A packet reads the VIF's [`VifConfig`] (mode, MAC, flags, generation) whole — a `CONFIGS`
+//! copy its slot names, or else its `VIF_CONFIG` hash element (see [`slots`]) — and then looks
+//! up only address entries tagged with that generation. An update
 //! 1. inserts the new entries under generation `g + 1` (invisible: nothing points at it yet),
-//! 2. replaces the config element (the map is `BPF_F_NO_PREALLOC`: readers see old or new whole),
-//! 3. waits one RCU grace period ([`RcuBarrier`]), after which no packet can hold generation `g`,
-//! 4. deletes the generation-`g` entries.
+//! 2. writes the new config into a free copy and the hash (a `BPF_F_NO_PREALLOC` element is
+//!    swapped, not rewritten), then flips the VIF's slot to the copy with one atomic store,
+//! 3. after one RCU grace period ([`RcuBarrier`]), when no packet can hold generation `g` or the
+//!    old copy, deletes the generation-`g` entries and frees the copy — later, when idle.
 //!
 //! A failure in step 1 or 2 removes what step 1 added and leaves the old policy in force.
 
 mod attach;
 mod counters;
 mod pinning;
+mod slots;
 
 pub use counters::VifCounters;
 
@@ -33,12 +36,13 @@ use aya::{
     },
 };
 use lockd_common::{
-    Addr4Key, Addr6Key, Counter, FLAG_HAS_A4, FLAG_HAS_S6, FLAG_INLINE4, FLAG_INLINE6,
-    FLAG_PREFIX4, FLAG_PREFIX6, INLINE4, INLINE6, LPM_HEADER_BITS, Lpm4Data, Lpm6Data, MAP_ALLOW4,
-    MAP_ALLOW6, MAP_COUNTERS, MAP_PREFIX4, MAP_PREFIX6, MAP_RATE, MAP_VIF_CONFIG, MAX_VIFS,
-    PROG_VIF_EGRESS, PROG_VIF_INGRESS, RateState, VifConfig,
+    Addr4Key, Addr6Key, CONFIG_COPIES, Counter, FLAG_HAS_A4, FLAG_HAS_S6, FLAG_INLINE4,
+    FLAG_INLINE6, FLAG_PREFIX4, FLAG_PREFIX6, INLINE4, INLINE6, LPM_HEADER_BITS, Lpm4Data,
+    Lpm6Data, MAP_ALLOW4, MAP_ALLOW6, MAP_CONFIGS, MAP_COUNTERS, MAP_PREFIX4, MAP_PREFIX6,
+    MAP_RATE, MAP_VIF_CONFIG, MAP_VIF_SLOTS, MAX_VIFS, PROG_VIF_EGRESS, PROG_VIF_INGRESS,
+    RateState, VifConfig,
     policy::{EffectiveMode, VifPolicy, link_local},
-    rate_params,
+    position, rate_params,
 };
 use serde::Serialize;
 
@@ -101,6 +105,9 @@ pub enum DataplaneError {
         #[source]
         source: std::io::Error,
     },
+    /// The slot array could not be mapped into this process.
+    #[error("mapping {MAP_VIF_SLOTS} into memory failed: {0}")]
+    Mmap(#[source] std::io::Error),
     /// Reading the number of CPUs failed.
     #[error("reading the possible CPUs failed: {0}")]
     Cpus(#[source] std::io::Error),
@@ -232,6 +239,12 @@ pub const XDP_PASS: u32 = 2;
 pub struct Dataplane {
     ebpf: Ebpf,
     config: HashMap<MapData, u32, VifConfig>,
+    slots: slots::Slots,
+    configs: Array<MapData, VifConfig>,
+    /// `CONFIGS` copies nothing names and no packet can still read.
+    free_copies: Vec<u32>,
+    /// Copies replaced since the last grace period.
+    retired_copies: Vec<u32>,
     allow4: HashMap<MapData, Addr4Key, u8>,
     allow6: HashMap<MapData, Addr6Key, u8>,
     prefix4: LpmTrie<MapData, Lpm4Data, u8>,
@@ -314,6 +327,20 @@ impl Dataplane {
         let ncpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Cpus(e))?;
         Ok(Self {
             config: take(&mut ebpf, MAP_VIF_CONFIG)?,
+            slots: slots::Slots::new(take(&mut ebpf, MAP_VIF_SLOTS)?)?,
+            configs: take(&mut ebpf, MAP_CONFIGS)?,
+            // Reused pinned maps may have copies a previous daemon replaced just now: none is
+            // free before a grace period (adoption takes out the ones in force).
+            free_copies: if pins.is_some() {
+                Vec::new()
+            } else {
+                (0..CONFIG_COPIES).rev().collect()
+            },
+            retired_copies: if pins.is_some() {
+                (0..CONFIG_COPIES).collect()
+            } else {
+                Vec::new()
+            },
             allow4: take(&mut ebpf, MAP_ALLOW4)?,
             allow6: take(&mut ebpf, MAP_ALLOW6)?,
             prefix4: take(&mut ebpf, MAP_PREFIX4)?,
@@ -392,9 +419,9 @@ impl Dataplane {
             self.remove_entries(ifindex, new_gen, &entries);
             return Err(e);
         }
-        if let Err(e) = self.config.insert(ifindex, cfg, 0) {
+        if let Err(e) = self.publish(ifindex, &cfg) {
             self.remove_entries(ifindex, new_gen, &entries);
-            return Err(map_err(MAP_VIF_CONFIG)(e));
+            return Err(e);
         }
         self.next_generation = self.next_generation.wrapping_add(1).max(1);
         let state = self.vifs.get_mut(&ifindex).expect("inserted above");
@@ -407,6 +434,61 @@ impl Dataplane {
         // The new policy is in force now. The old generation's entries go after a grace
         // period, in `collect_garbage`, off the caller's latency path.
         self.retire(ifindex, old_gen, old)
+    }
+
+    /// Puts `cfg` in force for `ifindex`: into the hash, and — where the VIF's slot position
+    /// is free or already its own — into a free copy that the slot is then flipped to. On an
+    /// error nothing a packet reads has changed.
+    fn publish(&mut self, ifindex: u32, cfg: &VifConfig) -> Result<()> {
+        let pos = position(ifindex);
+        let held = slots::split(self.slots.get(pos));
+        let direct = held.is_none_or(|(ifx, _)| ifx == ifindex);
+        let copy = if direct {
+            let copy = self.take_copy()?;
+            if let Err(e) = self.configs.set(copy, cfg, 0) {
+                self.free_copies.push(copy);
+                return Err(map_err(MAP_CONFIGS)(e));
+            }
+            Some(copy)
+        } else {
+            None
+        };
+        if let Err(e) = self.config.insert(ifindex, cfg, 0) {
+            self.free_copies.extend(copy);
+            return Err(map_err(MAP_VIF_CONFIG)(e));
+        }
+        if let Some(copy) = copy {
+            self.slots.set(pos, Some((ifindex, copy)));
+            self.retired_copies.extend(held.map(|(_, old)| old));
+        }
+        Ok(())
+    }
+
+    /// A free `CONFIGS` copy, after a grace period if every one is waiting for one.
+    fn take_copy(&mut self) -> Result<u32> {
+        if self.free_copies.is_empty() {
+            self.collect_garbage()?;
+        }
+        // At most MAX_VIFS copies are in force, so a grace period frees the rest.
+        Ok(self.free_copies.pop().expect("copies outnumber VIFs"))
+    }
+
+    /// Takes `ifindex` out of the place packets read it from (slot and hash).
+    fn unpublish(&mut self, ifindex: u32) {
+        let pos = position(ifindex);
+        if let Some((ifx, copy)) = slots::split(self.slots.get(pos))
+            && ifx == ifindex
+        {
+            self.slots.set(pos, None);
+            self.retired_copies.push(copy);
+        }
+        let _gone = self.config.remove(&ifindex);
+    }
+
+    /// Whether packets of `ifindex` find its config through its slot (two array lookups)
+    /// rather than the hash (another VIF holds the position).
+    pub fn is_slotted(&self, ifindex: u32) -> bool {
+        slots::split(self.slots.get(position(ifindex))).is_some_and(|(ifx, _)| ifx == ifindex)
     }
 
     fn retire(&mut self, ifindex: u32, generation: u32, entries: Entries) -> Result<()> {
@@ -422,7 +504,7 @@ impl Dataplane {
     /// every retired entry. The daemon calls this when idle; `set_policy` calls it itself if
     /// too many entries are waiting.
     pub fn collect_garbage(&mut self) -> Result<()> {
-        if self.retired.is_empty() {
+        if !self.has_garbage() {
             return Ok(());
         }
         self.barrier.wait().map_err(DataplaneError::Barrier)?;
@@ -430,12 +512,13 @@ impl Dataplane {
             self.remove_entries(ifindex, generation, &entries);
         }
         self.retired_count = 0;
+        self.free_copies.append(&mut self.retired_copies);
         Ok(())
     }
 
-    /// Whether retired entries wait for [`Dataplane::collect_garbage`].
+    /// Whether retired entries or copies wait for [`Dataplane::collect_garbage`].
     pub fn has_garbage(&self) -> bool {
-        !self.retired.is_empty()
+        !self.retired.is_empty() || !self.retired_copies.is_empty()
     }
 
     fn insert_entries(&mut self, ifindex: u32, generation: u32, e: &Entries) -> Result<()> {
@@ -500,7 +583,7 @@ impl Dataplane {
             return Err(DataplaneError::UnknownIfindex(ifindex));
         }
         self.detach(ifindex)?;
-        let _gone = self.config.remove(&ifindex);
+        self.unpublish(ifindex);
         let state = self.vifs.remove(&ifindex).expect("checked above");
         self.free_slots.push(state.slot);
         self.retire(ifindex, state.generation, state.entries)

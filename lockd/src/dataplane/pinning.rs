@@ -13,18 +13,21 @@ use std::{
 
 use aya::programs::{Xdp, links::FdLink, links::PinnedLink, xdp::XdpLink, xdp::XdpLinkId};
 use lockd_common::{
-    FLAG_INLINE4, FLAG_INLINE6, INLINE4, INLINE6, MAP_ALLOW4, MAP_ALLOW6, MAP_COUNTERS,
-    MAP_PREFIX4, MAP_PREFIX6, MAP_RATE, MAP_VIF_CONFIG, MAX_VIFS, PROG_VIF_INGRESS,
+    CONFIG_COPIES, FLAG_INLINE4, FLAG_INLINE6, INLINE4, INLINE6, MAP_ALLOW4, MAP_ALLOW6,
+    MAP_CONFIGS, MAP_COUNTERS, MAP_PREFIX4, MAP_PREFIX6, MAP_RATE, MAP_VIF_CONFIG, MAP_VIF_SLOTS,
+    MAX_VIFS, POSITIONS, PROG_VIF_INGRESS, position,
 };
 
 use super::{
     AttachMode, Dataplane, DataplaneError, Entries, LinkHandle, Result, VifConfig, VifState,
-    map_err, prog_err,
+    map_err, prog_err, slots,
 };
 
 /// Every pinned map.
-pub(super) const MAPS: [&str; 7] = [
+pub(super) const MAPS: [&str; 9] = [
     MAP_VIF_CONFIG,
+    MAP_VIF_SLOTS,
+    MAP_CONFIGS,
     MAP_ALLOW4,
     MAP_ALLOW6,
     MAP_PREFIX4,
@@ -229,6 +232,7 @@ impl Dataplane {
             .wrapping_add(1)
             .max(1);
         self.adopt_entries()?;
+        self.adopt_slots(&configs)?;
         let mut adopted = Vec::new();
         let rd = fs::read_dir(&links_dir).map_err(pin_err(&links_dir))?;
         for e in rd.flatten() {
@@ -265,6 +269,37 @@ impl Dataplane {
             }
         }
         Ok(adopted)
+    }
+
+    /// Takes over the slots: a slot naming an adopted VIF keeps its copy (rewritten through a
+    /// fresh copy if it differs from the hash, which a daemon killed between the two writes
+    /// leaves); any other slot is emptied. Every other copy waits a grace period before reuse.
+    fn adopt_slots(&mut self, configs: &[(u32, VifConfig)]) -> Result<()> {
+        let mut stale = Vec::new();
+        let mut in_use = vec![false; CONFIG_COPIES as usize];
+        for pos in 0..POSITIONS {
+            let Some((ifx, copy)) = slots::split(self.slots.get(pos)) else {
+                continue;
+            };
+            let cfg = configs.iter().find(|(i, _)| *i == ifx).map(|(_, c)| *c);
+            match (cfg, in_use.get_mut(copy as usize)) {
+                (Some(cfg), Some(used))
+                    if !*used && position(ifx) == pos && self.vifs.contains_key(&ifx) =>
+                {
+                    *used = true;
+                    if self.configs.get(&copy, 0).map_err(map_err(MAP_CONFIGS))? != cfg {
+                        stale.push((ifx, cfg));
+                    }
+                }
+                _ => self.slots.set(pos, None),
+            }
+        }
+        // Copies in force stay out of the retired ones (all of them, since load).
+        self.retired_copies.retain(|c| !in_use[*c as usize]);
+        for (ifx, cfg) in stale {
+            self.publish(ifx, &cfg)?;
+        }
+        Ok(())
     }
 
     /// Rebuilds each VIF's current entries from the maps and deletes any other generation's.
