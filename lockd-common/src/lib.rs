@@ -82,14 +82,18 @@ pub const MODE_LOCKED: u32 = 2;
 pub const FLAG_HAS_A4: u32 = 1;
 /// [`VifConfig::flags`]: S6 is non-empty (ipv6-allowed non-empty; S6 then also holds LL).
 pub const FLAG_HAS_S6: u32 = 2;
-/// [`VifConfig::flags`]: some IPv4 entry is a prefix shorter than /32 (the trie must be asked).
+/// [`VifConfig::flags`]: IPv4 prefixes shorter than /32 are in the trie (it must be asked).
 pub const FLAG_PREFIX4: u32 = 4;
-/// [`VifConfig::flags`]: some IPv6 entry is a prefix shorter than /128.
+/// [`VifConfig::flags`]: IPv6 prefixes shorter than /128 are in the trie.
 pub const FLAG_PREFIX6: u32 = 8;
 /// [`VifConfig::flags`]: the exact IPv4 set is `inline4[..n4]` (not in the map).
 pub const FLAG_INLINE4: u32 = 16;
 /// [`VifConfig::flags`]: the exact IPv6 set is `inline6[..n6]` (not in the map).
 pub const FLAG_INLINE6: u32 = 32;
+/// [`VifConfig::flags`]: the IPv4 prefixes are `pfx4[..np4]` (not in the trie).
+pub const FLAG_INLINE_P4: u32 = 64;
+/// [`VifConfig::flags`]: the IPv6 prefixes are `pfx6[..np6]` (not in the trie).
+pub const FLAG_INLINE_P6: u32 = 128;
 
 /// Why a frame was passed or dropped. The discriminant indexes the kernel counters and the
 /// names returned by [`Reason::name`] are stable API; add new reasons at the end.
@@ -212,7 +216,37 @@ pub struct VifConfig {
     pub inline4: [[u8; 4]; INLINE4],
     /// A small exact IPv6 set (S6's addresses, link-local included) kept likewise.
     pub inline6: [[u8; 16]; INLINE6],
+    /// Entries of `pfx4` in use (with `FLAG_INLINE_P4`).
+    pub np4: u8,
+    /// Entries of `pfx6` in use (with `FLAG_INLINE_P6`).
+    pub np6: u8,
+    pub _pad: [u8; 6],
+    /// A few IPv4 prefixes kept in the config, matched with a mask instead of a trie lookup.
+    pub pfx4: [Prefix4; INLINE_P4],
+    /// A few IPv6 prefixes kept likewise.
+    pub pfx6: [Prefix6; INLINE_P6],
 }
+
+/// An IPv4 prefix as a network and a mask, both in network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Prefix4 {
+    pub net: [u8; 4],
+    pub mask: [u8; 4],
+}
+
+/// An IPv6 prefix as a network and a mask, both in network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Prefix6 {
+    pub net: [u8; 16],
+    pub mask: [u8; 16],
+}
+
+/// IPv4 prefixes a config holds inline; more go to the `PREFIX4` trie.
+pub const INLINE_P4: usize = 4;
+/// IPv6 prefixes a config holds inline; more go to the `PREFIX6` trie.
+pub const INLINE_P6: usize = 2;
 
 /// Exact IPv4 addresses a config holds inline; more go to the `ALLOW4` map.
 pub const INLINE4: usize = 4;

@@ -19,10 +19,10 @@ use aya_ebpf::{
 };
 use lockd_common::{
     Addr4Key, Addr6Key, CONFIG_COPIES, Counter, DIRECTIONS, Direction, FLAG_HAS_A4, FLAG_HAS_S6,
-    FLAG_INLINE4, FLAG_INLINE6, FLAG_PREFIX4, FLAG_PREFIX6, INLINE4, INLINE6, LPM_HEADER_BITS,
-    Lpm4Data, Lpm6Data, MAX_ADDR_ENTRIES, MAX_EXT_HEADERS, MAX_ND_OPTIONS, MAX_PREFIX_ENTRIES,
-    MAX_VIFS, MODE_DISABLED, MODE_UNLOCKED, POSITIONS, REASON_SLOTS, RateState, Reason, VifConfig,
-    counter_index, position,
+    FLAG_INLINE_P4, FLAG_INLINE_P6, FLAG_INLINE4, FLAG_INLINE6, FLAG_PREFIX4, FLAG_PREFIX6,
+    INLINE_P4, INLINE_P6, INLINE4, INLINE6, LPM_HEADER_BITS, Lpm4Data, Lpm6Data, MAX_ADDR_ENTRIES,
+    MAX_EXT_HEADERS, MAX_ND_OPTIONS, MAX_PREFIX_ENTRIES, MAX_VIFS, MODE_DISABLED, MODE_UNLOCKED,
+    POSITIONS, REASON_SLOTS, RateState, Reason, VifConfig, counter_index, position,
 };
 
 /// `BPF_F_NO_PREALLOC`: updates allocate a fresh element and free the old one after an RCU
@@ -186,23 +186,32 @@ fn is_zero16(a: &[u8; 16]) -> bool {
     acc == 0
 }
 
-/// Membership in A4. The inline set is checked in place; only a VIF with more addresses or
-/// with prefixes pays a call (each call and return is dear on a kernel with return thunks).
+/// Membership in A4. Inline sets (exact and prefix) are checked in place; only a VIF with
+/// more entries than fit pays a call and a map lookup (each call and return is dear on a
+/// kernel with return thunks).
 #[inline(always)]
 pub(crate) fn allowed4(cfg: &VifConfig, ifindex: u32, addr: [u8; 4]) -> bool {
     if cfg.flags & FLAG_HAS_A4 == 0 {
         return false;
     }
+    let a = u32::from_ne_bytes(addr);
     if cfg.flags & FLAG_INLINE4 != 0 {
-        let a = u32::from_ne_bytes(addr);
         for i in 0..INLINE4 {
             if i < cfg.n4 as usize && u32::from_ne_bytes(cfg.inline4[i]) == a {
                 return true;
             }
         }
-        if cfg.flags & FLAG_PREFIX4 == 0 {
-            return false;
+    }
+    if cfg.flags & FLAG_INLINE_P4 != 0 {
+        for i in 0..INLINE_P4 {
+            let p = &cfg.pfx4[i];
+            if i < cfg.np4 as usize && a & u32::from_ne_bytes(p.mask) == u32::from_ne_bytes(p.net) {
+                return true;
+            }
         }
+    }
+    if cfg.flags & FLAG_INLINE4 != 0 && cfg.flags & FLAG_PREFIX4 == 0 {
+        return false;
     }
     allowed4_maps(cfg, ifindex, addr)
 }
@@ -243,23 +252,32 @@ fn halves(a: &[u8; 16]) -> (u64, u64) {
     (u64::from_ne_bytes(lo), u64::from_ne_bytes(hi))
 }
 
-/// Membership in S6 (the derived link-local address is an ordinary exact entry); inline set
+/// Membership in S6 (the derived link-local address is an ordinary exact entry); inline sets
 /// in place, maps in a call, as for [`allowed4`].
 #[inline(always)]
 pub(crate) fn allowed6(cfg: &VifConfig, ifindex: u32, addr: [u8; 16]) -> bool {
     if cfg.flags & FLAG_HAS_S6 == 0 {
         return false;
     }
+    let (lo, hi) = halves(&addr);
     if cfg.flags & FLAG_INLINE6 != 0 {
-        let a = halves(&addr);
         for i in 0..INLINE6 {
-            if i < cfg.n6 as usize && halves(&cfg.inline6[i]) == a {
+            if i < cfg.n6 as usize && halves(&cfg.inline6[i]) == (lo, hi) {
                 return true;
             }
         }
-        if cfg.flags & FLAG_PREFIX6 == 0 {
-            return false;
+    }
+    if cfg.flags & FLAG_INLINE_P6 != 0 {
+        for i in 0..INLINE_P6 {
+            let p = &cfg.pfx6[i];
+            let (mlo, mhi) = halves(&p.mask);
+            if i < cfg.np6 as usize && (lo & mlo, hi & mhi) == halves(&p.net) {
+                return true;
+            }
         }
+    }
+    if cfg.flags & FLAG_INLINE6 != 0 && cfg.flags & FLAG_PREFIX6 == 0 {
+        return false;
     }
     allowed6_maps(cfg, ifindex, addr)
 }

@@ -67,6 +67,19 @@ pub fn policy(rng: &mut impl Rng) -> VifPolicy {
             );
         }
     }
+    // Likewise prefixes: with the pool's, sometimes more than fit inline, so the tries are used.
+    if rng.random_bool(0.25) {
+        for i in 0..rng.random_range(2..6u8) {
+            ipv4.push(Ipv4Network::new(Ipv4Addr::new(10, 8, i, 0), 24).unwrap());
+            ipv6.push(
+                Ipv6Network::new(
+                    Ipv6Addr::new(0x2001, 0xdb8, 8, u16::from(i), 0, 0, 0, 0),
+                    64,
+                )
+                .unwrap(),
+            );
+        }
+    }
     VifPolicy {
         mode,
         mac,

@@ -36,11 +36,11 @@ use aya::{
     },
 };
 use lockd_common::{
-    Addr4Key, Addr6Key, CONFIG_COPIES, Counter, FLAG_HAS_A4, FLAG_HAS_S6, FLAG_INLINE4,
-    FLAG_INLINE6, FLAG_PREFIX4, FLAG_PREFIX6, INLINE4, INLINE6, LPM_HEADER_BITS, Lpm4Data,
-    Lpm6Data, MAP_ALLOW4, MAP_ALLOW6, MAP_CONFIGS, MAP_COUNTERS, MAP_PREFIX4, MAP_PREFIX6,
-    MAP_RATE, MAP_VIF_CONFIG, MAP_VIF_SLOTS, MAX_VIFS, PROG_VIF_EGRESS, PROG_VIF_INGRESS,
-    RateState, VifConfig,
+    Addr4Key, Addr6Key, CONFIG_COPIES, Counter, FLAG_HAS_A4, FLAG_HAS_S6, FLAG_INLINE_P4,
+    FLAG_INLINE_P6, FLAG_INLINE4, FLAG_INLINE6, FLAG_PREFIX4, FLAG_PREFIX6, INLINE_P4, INLINE_P6,
+    INLINE4, INLINE6, LPM_HEADER_BITS, Lpm4Data, Lpm6Data, MAP_ALLOW4, MAP_ALLOW6, MAP_CONFIGS,
+    MAP_COUNTERS, MAP_PREFIX4, MAP_PREFIX6, MAP_RATE, MAP_VIF_CONFIG, MAP_VIF_SLOTS, MAX_VIFS,
+    PROG_VIF_EGRESS, PROG_VIF_INGRESS, Prefix4, Prefix6, RateState, VifConfig,
     policy::{EffectiveMode, VifPolicy, link_local},
     position, rate_params,
 };
@@ -195,6 +195,24 @@ impl Entries {
 
     fn mapped6(&self) -> &[[u8; 16]] {
         if self.inline6() { &[] } else { &self.v6 }
+    }
+
+    /// Prefixes that live in the config rather than the trie.
+    fn inline_p4(&self) -> bool {
+        self.p4.len() <= INLINE_P4
+    }
+
+    fn inline_p6(&self) -> bool {
+        self.p6.len() <= INLINE_P6
+    }
+
+    /// The prefixes that go into the tries (none when they fit inline).
+    fn trie4(&self) -> &[(u32, [u8; 4])] {
+        if self.inline_p4() { &[] } else { &self.p4 }
+    }
+
+    fn trie6(&self) -> &[(u32, [u8; 16])] {
+        if self.inline_p6() { &[] } else { &self.p6 }
     }
 
     /// Same entries, in any order.
@@ -538,13 +556,13 @@ impl Dataplane {
             };
             self.allow6.insert(key, 1, 0).map_err(map_err(MAP_ALLOW6))?;
         }
-        for &(plen, addr) in &e.p4 {
+        for &(plen, addr) in e.trie4() {
             let key = lpm4(ifindex, generation, plen, addr);
             self.prefix4
                 .insert(&key, 1, 0)
                 .map_err(map_err(MAP_PREFIX4))?;
         }
-        for &(plen, addr) in &e.p6 {
+        for &(plen, addr) in e.trie6() {
             let key = lpm6(ifindex, generation, plen, addr);
             self.prefix6
                 .insert(&key, 1, 0)
@@ -569,10 +587,10 @@ impl Dataplane {
                 addr,
             });
         }
-        for &(plen, addr) in &e.p4 {
+        for &(plen, addr) in e.trie4() {
             let _gone = self.prefix4.remove(&lpm4(ifindex, generation, plen, addr));
         }
-        for &(plen, addr) in &e.p6 {
+        for &(plen, addr) in e.trie6() {
             let _gone = self.prefix6.remove(&lpm6(ifindex, generation, plen, addr));
         }
     }
@@ -638,12 +656,6 @@ fn config_of(policy: &VifPolicy, entries: &Entries, slot: u32) -> VifConfig {
     if policy.has_s6() {
         flags |= FLAG_HAS_S6;
     }
-    if !entries.p4.is_empty() {
-        flags |= FLAG_PREFIX4;
-    }
-    if !entries.p6.is_empty() {
-        flags |= FLAG_PREFIX6;
-    }
     let mut inline4 = [[0u8; 4]; INLINE4];
     let mut inline6 = [[0u8; 16]; INLINE6];
     if entries.inline4() {
@@ -653,6 +665,34 @@ fn config_of(policy: &VifPolicy, entries: &Entries, slot: u32) -> VifConfig {
     if entries.inline6() {
         flags |= FLAG_INLINE6;
         inline6[..entries.v6.len()].copy_from_slice(&entries.v6);
+    }
+    let mut pfx4 = [Prefix4::default(); INLINE_P4];
+    let mut pfx6 = [Prefix6::default(); INLINE_P6];
+    if !entries.p4.is_empty() {
+        if entries.inline_p4() {
+            flags |= FLAG_INLINE_P4;
+            for (p, &(plen, net)) in pfx4.iter_mut().zip(&entries.p4) {
+                *p = Prefix4 {
+                    net,
+                    mask: mask::<4>(plen),
+                };
+            }
+        } else {
+            flags |= FLAG_PREFIX4;
+        }
+    }
+    if !entries.p6.is_empty() {
+        if entries.inline_p6() {
+            flags |= FLAG_INLINE_P6;
+            for (p, &(plen, net)) in pfx6.iter_mut().zip(&entries.p6) {
+                *p = Prefix6 {
+                    net,
+                    mask: mask::<16>(plen),
+                };
+            }
+        } else {
+            flags |= FLAG_PREFIX6;
+        }
     }
     let (rate_ns_per_byte_q16, burst_ns) = policy
         .rate
@@ -678,7 +718,30 @@ fn config_of(policy: &VifPolicy, entries: &Entries, slot: u32) -> VifConfig {
         burst_ns,
         inline4,
         inline6,
+        np4: if flags & FLAG_INLINE_P4 != 0 {
+            entries.p4.len() as u8
+        } else {
+            0
+        },
+        np6: if flags & FLAG_INLINE_P6 != 0 {
+            entries.p6.len() as u8
+        } else {
+            0
+        },
+        _pad: [0; 6],
+        pfx4,
+        pfx6,
     }
+}
+
+/// The network-order mask of a `plen`-bit prefix of an `N`-byte address.
+fn mask<const N: usize>(plen: u32) -> [u8; N] {
+    let mut m = [0u8; N];
+    for (i, b) in m.iter_mut().enumerate() {
+        let bits = plen.saturating_sub(8 * i as u32).min(8);
+        *b = (0xff_u16 << (8 - bits)) as u8;
+    }
+    m
 }
 
 fn lpm4(ifindex: u32, generation: u32, plen: u32, addr: [u8; 4]) -> Key<Lpm4Data> {

@@ -13,15 +13,21 @@ use std::{
 
 use aya::programs::{Xdp, links::FdLink, links::PinnedLink, xdp::XdpLink, xdp::XdpLinkId};
 use lockd_common::{
-    CONFIG_COPIES, FLAG_INLINE4, FLAG_INLINE6, INLINE4, INLINE6, MAP_ALLOW4, MAP_ALLOW6,
-    MAP_CONFIGS, MAP_COUNTERS, MAP_PREFIX4, MAP_PREFIX6, MAP_RATE, MAP_VIF_CONFIG, MAP_VIF_SLOTS,
-    MAX_VIFS, POSITIONS, PROG_VIF_INGRESS, position,
+    CONFIG_COPIES, FLAG_INLINE_P4, FLAG_INLINE_P6, FLAG_INLINE4, FLAG_INLINE6, INLINE_P4,
+    INLINE_P6, INLINE4, INLINE6, MAP_ALLOW4, MAP_ALLOW6, MAP_CONFIGS, MAP_COUNTERS, MAP_PREFIX4,
+    MAP_PREFIX6, MAP_RATE, MAP_VIF_CONFIG, MAP_VIF_SLOTS, MAX_VIFS, POSITIONS, PROG_VIF_INGRESS,
+    position,
 };
 
 use super::{
     AttachMode, Dataplane, DataplaneError, Entries, LinkHandle, Result, VifConfig, VifState,
     map_err, prog_err, slots,
 };
+
+/// The length of the prefix a network-order mask stands for.
+fn prefix_len(mask: &[u8]) -> u32 {
+    mask.iter().map(|b| b.count_ones()).sum()
+}
 
 /// Every pinned map.
 pub(super) const MAPS: [&str; 9] = [
@@ -213,7 +219,22 @@ impl Dataplane {
                         } else {
                             Vec::new()
                         },
-                        ..Entries::default()
+                        p4: if cfg.flags & FLAG_INLINE_P4 != 0 {
+                            cfg.pfx4[..usize::from(cfg.np4).min(INLINE_P4)]
+                                .iter()
+                                .map(|p| (prefix_len(&p.mask), p.net))
+                                .collect()
+                        } else {
+                            Vec::new()
+                        },
+                        p6: if cfg.flags & FLAG_INLINE_P6 != 0 {
+                            cfg.pfx6[..usize::from(cfg.np6).min(INLINE_P6)]
+                                .iter()
+                                .map(|p| (prefix_len(&p.mask), p.net))
+                                .collect()
+                        } else {
+                            Vec::new()
+                        },
                     },
                     config: VifConfig {
                         generation: 0,
