@@ -26,10 +26,12 @@ pub const MAP_VIF_SLOTS: &str = "VIF_SLOTS";
 /// [`MAP_VIF_SLOTS`] with two array lookups (which the verifier inlines) instead of a hash
 /// lookup. A copy is written only while no slot names it and no packet can still hold it.
 pub const MAP_CONFIGS: &str = "CONFIGS";
-/// Map: [`Addr4Key`] → u8, exact IPv4 addresses allowed per VIF and generation.
-pub const MAP_ALLOW4: &str = "ALLOW4";
-/// Map: [`Addr6Key`] → u8, exact IPv6 addresses allowed per VIF and generation.
-pub const MAP_ALLOW6: &str = "ALLOW6";
+/// Array (`BPF_F_MMAPABLE`) of [`Slot4`], [`TABLE_SLOTS`] long: per VIF and generation, a
+/// region (a power-of-two run of slots) holding an open-addressing table of the exact IPv4
+/// addresses that do not fit inline; see [`table_home4`].
+pub const MAP_TABLE4: &str = "TABLE4";
+/// Array (`BPF_F_MMAPABLE`) of [`Slot6`]: the same for IPv6.
+pub const MAP_TABLE6: &str = "TABLE6";
 /// LPM trie: [`Lpm4Data`] → u8, IPv4 prefixes shorter than /32.
 pub const MAP_PREFIX4: &str = "PREFIX4";
 /// LPM trie: [`Lpm6Data`] → u8, IPv6 prefixes shorter than /128.
@@ -57,9 +59,12 @@ pub const fn position(ifindex: u32) -> u32 {
 }
 /// Most allowed entries (both families together) on one VIF.
 pub const MAX_ALLOWED_PER_VIF: usize = 65_536;
-/// Capacity of the address maps: every entry of every VIF, twice (old and new generation
-/// coexist during an update).
-pub const MAX_ADDR_ENTRIES: u32 = 262_144;
+/// Slots of each address table array: room for every VIF's tables at a load of at most one
+/// half, twice over (old and new generation coexist during an update).
+pub const TABLE_SLOTS: u32 = 1 << 19;
+/// Slots a lookup probes from an address's home slot; a table is built so that every entry
+/// lies within this many of its home (else it is built bigger).
+pub const MAX_PROBES: u32 = 8;
 /// Capacity of the prefix tries.
 pub const MAX_PREFIX_ENTRIES: u32 = 65_536;
 /// Counter slots reserved per reason and direction (a power of two, ≥ [`Reason::COUNT`]).
@@ -86,9 +91,10 @@ pub const FLAG_HAS_S6: u32 = 2;
 pub const FLAG_PREFIX4: u32 = 4;
 /// [`VifConfig::flags`]: IPv6 prefixes shorter than /128 are in the trie.
 pub const FLAG_PREFIX6: u32 = 8;
-/// [`VifConfig::flags`]: the exact IPv4 set is `inline4[..n4]` (not in the map).
+/// [`VifConfig::flags`]: the exact IPv4 set is `inline4[..n4]` (else the table region
+/// `t4_base ..= t4_base + t4_mask` of [`MAP_TABLE4`]).
 pub const FLAG_INLINE4: u32 = 16;
-/// [`VifConfig::flags`]: the exact IPv6 set is `inline6[..n6]` (not in the map).
+/// [`VifConfig::flags`]: the exact IPv6 set is `inline6[..n6]` (else its [`MAP_TABLE6`] region).
 pub const FLAG_INLINE6: u32 = 32;
 /// [`VifConfig::flags`]: the IPv4 prefixes are `pfx4[..np4]` (not in the trie).
 pub const FLAG_INLINE_P4: u32 = 64;
@@ -225,6 +231,13 @@ pub struct VifConfig {
     pub pfx4: [Prefix4; INLINE_P4],
     /// A few IPv6 prefixes kept likewise.
     pub pfx6: [Prefix6; INLINE_P6],
+    /// First slot of the IPv4 table region (without `FLAG_INLINE4`).
+    pub t4_base: u32,
+    /// Region size − 1 (a power of two − 1).
+    pub t4_mask: u32,
+    /// First slot of the IPv6 table region (without `FLAG_INLINE6`).
+    pub t6_base: u32,
+    pub t6_mask: u32,
 }
 
 /// An IPv4 prefix as a network and a mask, both in network byte order.
@@ -248,9 +261,9 @@ pub const INLINE_P4: usize = 4;
 /// IPv6 prefixes a config holds inline; more go to the `PREFIX6` trie.
 pub const INLINE_P6: usize = 2;
 
-/// Exact IPv4 addresses a config holds inline; more go to the `ALLOW4` map.
+/// Exact IPv4 addresses a config holds inline; more go to a table region.
 pub const INLINE4: usize = 4;
-/// Exact IPv6 addresses a config holds inline; more go to the `ALLOW6` map.
+/// Exact IPv6 addresses a config holds inline; more go to a table region.
 pub const INLINE6: usize = 4;
 
 /// Rate limiter state of one VIF (GCRA): the theoretical arrival time, in `bpf_ktime_get_ns`
@@ -272,22 +285,48 @@ pub const fn rate_params(kbps: u64, timeslice_us: u64) -> (u64, u64) {
     )
 }
 
-/// Key of the exact IPv4 address map.
+/// One slot of [`MAP_TABLE4`]; `used` 0 marks an empty slot (it ends a probe).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct Addr4Key {
-    pub ifindex: u32,
-    pub generation: u32,
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Slot4 {
     pub addr: [u8; 4],
+    pub used: u32,
 }
 
-/// Key of the exact IPv6 address map.
+/// One slot of [`MAP_TABLE6`].
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct Addr6Key {
-    pub ifindex: u32,
-    pub generation: u32,
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Slot6 {
     pub addr: [u8; 16],
+    pub used: u32,
+    pub _pad: u32,
+}
+
+/// The murmur3 finaliser: every input bit moves every output bit.
+#[inline(always)]
+const fn mix32(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+/// Home slot (before masking) of an IPv4 address in a table, from its bytes in network order.
+#[inline(always)]
+pub const fn table_home4(addr: [u8; 4]) -> u32 {
+    mix32(u32::from_le_bytes(addr))
+}
+
+/// Home slot (before masking) of an IPv6 address.
+#[inline(always)]
+pub const fn table_home6(addr: [u8; 16]) -> u32 {
+    let a = addr;
+    let w0 = u32::from_le_bytes([a[0], a[1], a[2], a[3]]);
+    let w1 = u32::from_le_bytes([a[4], a[5], a[6], a[7]]);
+    let w2 = u32::from_le_bytes([a[8], a[9], a[10], a[11]]);
+    let w3 = u32::from_le_bytes([a[12], a[13], a[14], a[15]]);
+    mix32(w0 ^ mix32(w1 ^ mix32(w2 ^ mix32(w3))))
 }
 
 /// Data part of an IPv4 LPM key. The trie matches bytes most significant bit first, so
@@ -325,8 +364,8 @@ pub struct Counter {
 mod pod {
     // SAFETY: all are #[repr(C)], Copy, integer/array fields with no implicit padding.
     unsafe impl aya::Pod for super::VifConfig {}
-    unsafe impl aya::Pod for super::Addr4Key {}
-    unsafe impl aya::Pod for super::Addr6Key {}
+    unsafe impl aya::Pod for super::Slot4 {}
+    unsafe impl aya::Pod for super::Slot6 {}
     unsafe impl aya::Pod for super::Lpm4Data {}
     unsafe impl aya::Pod for super::Lpm6Data {}
     unsafe impl aya::Pod for super::Counter {}

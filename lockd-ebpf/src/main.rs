@@ -18,11 +18,12 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lockd_common::{
-    Addr4Key, Addr6Key, CONFIG_COPIES, Counter, DIRECTIONS, Direction, FLAG_HAS_A4, FLAG_HAS_S6,
-    FLAG_INLINE_P4, FLAG_INLINE_P6, FLAG_INLINE4, FLAG_INLINE6, FLAG_PREFIX4, FLAG_PREFIX6,
-    INLINE_P4, INLINE_P6, INLINE4, INLINE6, LPM_HEADER_BITS, Lpm4Data, Lpm6Data, MAX_ADDR_ENTRIES,
-    MAX_EXT_HEADERS, MAX_ND_OPTIONS, MAX_PREFIX_ENTRIES, MAX_VIFS, MODE_DISABLED, MODE_UNLOCKED,
-    POSITIONS, REASON_SLOTS, RateState, Reason, VifConfig, counter_index, position,
+    CONFIG_COPIES, Counter, DIRECTIONS, Direction, FLAG_HAS_A4, FLAG_HAS_S6, FLAG_INLINE_P4,
+    FLAG_INLINE_P6, FLAG_INLINE4, FLAG_INLINE6, FLAG_PREFIX4, FLAG_PREFIX6, INLINE_P4, INLINE_P6,
+    INLINE4, INLINE6, LPM_HEADER_BITS, Lpm4Data, Lpm6Data, MAX_EXT_HEADERS, MAX_ND_OPTIONS,
+    MAX_PREFIX_ENTRIES, MAX_PROBES, MAX_VIFS, MODE_DISABLED, MODE_UNLOCKED, POSITIONS,
+    REASON_SLOTS, RateState, Reason, Slot4, Slot6, TABLE_SLOTS, VifConfig, counter_index, position,
+    table_home4, table_home6,
 };
 
 /// `BPF_F_NO_PREALLOC`: updates allocate a fresh element and free the old one after an RCU
@@ -40,9 +41,9 @@ static VIF_SLOTS: Array<u64> = Array::with_max_entries(POSITIONS, MMAPABLE);
 #[map]
 static CONFIGS: Array<VifConfig> = Array::with_max_entries(CONFIG_COPIES, 0);
 #[map]
-static ALLOW4: HashMap<Addr4Key, u8> = HashMap::with_max_entries(MAX_ADDR_ENTRIES, NO_PREALLOC);
+static TABLE4: Array<Slot4> = Array::with_max_entries(TABLE_SLOTS, MMAPABLE);
 #[map]
-static ALLOW6: HashMap<Addr6Key, u8> = HashMap::with_max_entries(MAX_ADDR_ENTRIES, NO_PREALLOC);
+static TABLE6: Array<Slot6> = Array::with_max_entries(TABLE_SLOTS, MMAPABLE);
 #[map]
 static PREFIX4: LpmTrie<Lpm4Data, u8> = LpmTrie::with_max_entries(MAX_PREFIX_ENTRIES, 0);
 #[map]
@@ -186,9 +187,9 @@ fn is_zero16(a: &[u8; 16]) -> bool {
     acc == 0
 }
 
-/// Membership in A4. Inline sets (exact and prefix) are checked in place; only a VIF with
-/// more entries than fit pays a call and a map lookup (each call and return is dear on a
-/// kernel with return thunks).
+/// Membership in A4. Inline sets (exact and prefix) are checked in place, a larger exact set
+/// by probing its table (inlined array lookups); only prefixes beyond the inline ones pay a
+/// call and a trie lookup (each call and return is dear on a kernel with return thunks).
 #[inline(always)]
 pub(crate) fn allowed4(cfg: &VifConfig, ifindex: u32, addr: [u8; 4]) -> bool {
     if cfg.flags & FLAG_HAS_A4 == 0 {
@@ -210,28 +211,37 @@ pub(crate) fn allowed4(cfg: &VifConfig, ifindex: u32, addr: [u8; 4]) -> bool {
             }
         }
     }
-    if cfg.flags & FLAG_INLINE4 != 0 && cfg.flags & FLAG_PREFIX4 == 0 {
-        return false;
+    if cfg.flags & FLAG_INLINE4 == 0 && in_table4(cfg, addr) {
+        return true;
     }
-    allowed4_maps(cfg, ifindex, addr)
+    cfg.flags & FLAG_PREFIX4 != 0 && in_trie4(cfg, ifindex, addr)
 }
 
-/// The map part of [`allowed4`]: the exact set (unless inline) and the prefixes.
-#[inline(never)]
-fn allowed4_maps(cfg: &VifConfig, ifindex: u32, addr: [u8; 4]) -> bool {
-    if cfg.flags & FLAG_INLINE4 == 0 {
-        let key = Addr4Key {
-            ifindex,
-            generation: cfg.generation,
-            addr,
+/// Linear probing from the address's home slot; an empty slot or [`MAX_PROBES`] slots end it
+/// (userspace builds every table so that each entry lies within that many of its home).
+#[inline(always)]
+fn in_table4(cfg: &VifConfig, addr: [u8; 4]) -> bool {
+    let a = u32::from_ne_bytes(addr);
+    let mut i = table_home4(addr);
+    for _ in 0..MAX_PROBES {
+        let Some(s) = TABLE4.get(cfg.t4_base + (i & cfg.t4_mask)) else {
+            return false;
         };
-        if ALLOW4.get_ptr(&key).is_some() {
+        if s.used == 0 {
+            return false;
+        }
+        if u32::from_ne_bytes(s.addr) == a {
             return true;
         }
+        i = i.wrapping_add(1);
     }
-    if cfg.flags & FLAG_PREFIX4 == 0 {
-        return false;
-    }
+    false
+}
+
+/// The IPv4 prefixes that do not fit inline: one LPM trie lookup, out of line (its key is
+/// stack the callers cannot spare).
+#[inline(never)]
+fn in_trie4(cfg: &VifConfig, ifindex: u32, addr: [u8; 4]) -> bool {
     let key = Key::new(
         LPM_HEADER_BITS + 32,
         Lpm4Data {
@@ -276,28 +286,35 @@ pub(crate) fn allowed6(cfg: &VifConfig, ifindex: u32, addr: [u8; 16]) -> bool {
             }
         }
     }
-    if cfg.flags & FLAG_INLINE6 != 0 && cfg.flags & FLAG_PREFIX6 == 0 {
-        return false;
+    if cfg.flags & FLAG_INLINE6 == 0 && in_table6(cfg, addr) {
+        return true;
     }
-    allowed6_maps(cfg, ifindex, addr)
+    cfg.flags & FLAG_PREFIX6 != 0 && in_trie6(cfg, ifindex, addr)
 }
 
-/// The map part of [`allowed6`].
-#[inline(never)]
-fn allowed6_maps(cfg: &VifConfig, ifindex: u32, addr: [u8; 16]) -> bool {
-    if cfg.flags & FLAG_INLINE6 == 0 {
-        let key = Addr6Key {
-            ifindex,
-            generation: cfg.generation,
-            addr,
+/// As [`in_table4`].
+#[inline(always)]
+fn in_table6(cfg: &VifConfig, addr: [u8; 16]) -> bool {
+    let a = halves(&addr);
+    let mut i = table_home6(addr);
+    for _ in 0..MAX_PROBES {
+        let Some(s) = TABLE6.get(cfg.t6_base + (i & cfg.t6_mask)) else {
+            return false;
         };
-        if ALLOW6.get_ptr(&key).is_some() {
+        if s.used == 0 {
+            return false;
+        }
+        if halves(&s.addr) == a {
             return true;
         }
+        i = i.wrapping_add(1);
     }
-    if cfg.flags & FLAG_PREFIX6 == 0 {
-        return false;
-    }
+    false
+}
+
+/// As [`in_trie4`].
+#[inline(never)]
+fn in_trie6(cfg: &VifConfig, ifindex: u32, addr: [u8; 16]) -> bool {
     let key = Key::new(
         LPM_HEADER_BITS + 128,
         Lpm6Data {

@@ -17,6 +17,7 @@ mod attach;
 mod counters;
 mod pinning;
 mod slots;
+mod tables;
 
 pub use counters::VifCounters;
 
@@ -36,11 +37,11 @@ use aya::{
     },
 };
 use lockd_common::{
-    Addr4Key, Addr6Key, CONFIG_COPIES, Counter, FLAG_HAS_A4, FLAG_HAS_S6, FLAG_INLINE_P4,
-    FLAG_INLINE_P6, FLAG_INLINE4, FLAG_INLINE6, FLAG_PREFIX4, FLAG_PREFIX6, INLINE_P4, INLINE_P6,
-    INLINE4, INLINE6, LPM_HEADER_BITS, Lpm4Data, Lpm6Data, MAP_ALLOW4, MAP_ALLOW6, MAP_CONFIGS,
-    MAP_COUNTERS, MAP_PREFIX4, MAP_PREFIX6, MAP_RATE, MAP_VIF_CONFIG, MAP_VIF_SLOTS, MAX_VIFS,
-    PROG_VIF_EGRESS, PROG_VIF_INGRESS, Prefix4, Prefix6, RateState, VifConfig,
+    CONFIG_COPIES, Counter, FLAG_HAS_A4, FLAG_HAS_S6, FLAG_INLINE_P4, FLAG_INLINE_P6, FLAG_INLINE4,
+    FLAG_INLINE6, FLAG_PREFIX4, FLAG_PREFIX6, INLINE_P4, INLINE_P6, INLINE4, INLINE6,
+    LPM_HEADER_BITS, Lpm4Data, Lpm6Data, MAP_CONFIGS, MAP_COUNTERS, MAP_PREFIX4, MAP_PREFIX6,
+    MAP_RATE, MAP_TABLE4, MAP_TABLE6, MAP_VIF_CONFIG, MAP_VIF_SLOTS, MAX_VIFS, PROG_VIF_EGRESS,
+    PROG_VIF_INGRESS, Prefix4, Prefix6, RateState, VifConfig,
     policy::{EffectiveMode, VifPolicy, link_local},
     position, rate_params,
 };
@@ -105,6 +106,9 @@ pub enum DataplaneError {
         #[source]
         source: std::io::Error,
     },
+    /// The address table arrays have no free region big enough.
+    #[error("the address tables are full (too many allowed addresses across all VIFs)")]
+    TableFull,
     /// The slot array could not be mapped into this process.
     #[error("mapping {MAP_VIF_SLOTS} into memory failed: {0}")]
     Mmap(#[source] std::io::Error),
@@ -142,6 +146,9 @@ struct Entries {
     p4: Vec<(u32, [u8; 4])>,
     v6: Vec<[u8; 16]>,
     p6: Vec<(u32, [u8; 16])>,
+    /// Where `v4` / `v6` are, when they do not fit inline (set by `insert_entries`).
+    r4: Option<tables::Region>,
+    r6: Option<tables::Region>,
 }
 
 impl Entries {
@@ -188,13 +195,14 @@ impl Entries {
         self.v6.len() <= INLINE6
     }
 
-    /// The exact addresses that go into the hash maps (none when they fit inline).
-    fn mapped4(&self) -> &[[u8; 4]] {
-        if self.inline4() { &[] } else { &self.v4 }
-    }
-
-    fn mapped6(&self) -> &[[u8; 16]] {
-        if self.inline6() { &[] } else { &self.v6 }
+    /// Names the table regions in a config about to be published.
+    fn place(&self, cfg: &mut VifConfig) {
+        if let Some(r) = self.r4 {
+            (cfg.t4_base, cfg.t4_mask) = (r.base, r.mask());
+        }
+        if let Some(r) = self.r6 {
+            (cfg.t6_base, cfg.t6_mask) = (r.base, r.mask());
+        }
     }
 
     /// Prefixes that live in the config rather than the trie.
@@ -263,8 +271,8 @@ pub struct Dataplane {
     free_copies: Vec<u32>,
     /// Copies replaced since the last grace period.
     retired_copies: Vec<u32>,
-    allow4: HashMap<MapData, Addr4Key, u8>,
-    allow6: HashMap<MapData, Addr6Key, u8>,
+    table4: tables::Table<[u8; 4]>,
+    table6: tables::Table<[u8; 16]>,
     prefix4: LpmTrie<MapData, Lpm4Data, u8>,
     prefix6: LpmTrie<MapData, Lpm6Data, u8>,
     counters: PerCpuArray<MapData, Counter>,
@@ -359,8 +367,8 @@ impl Dataplane {
             } else {
                 Vec::new()
             },
-            allow4: take(&mut ebpf, MAP_ALLOW4)?,
-            allow6: take(&mut ebpf, MAP_ALLOW6)?,
+            table4: tables::Table::new(take(&mut ebpf, MAP_TABLE4)?)?,
+            table6: tables::Table::new(take(&mut ebpf, MAP_TABLE6)?)?,
             prefix4: take(&mut ebpf, MAP_PREFIX4)?,
             prefix6: take(&mut ebpf, MAP_PREFIX6)?,
             counters: take(&mut ebpf, MAP_COUNTERS)?,
@@ -427,17 +435,21 @@ impl Dataplane {
         // Generations are unique across all VIFs and never 0, so retired entries of a removed
         // VIF can never be mistaken for a later VIF's on the same ifindex.
         let new_gen = self.next_generation;
-        let entries = Entries::of(policy);
-        let mut cfg = config_of(policy, &entries, slot);
+        let mut entries = Entries::of(policy);
+        let cfg = config_of(policy, &entries, slot);
         if old_gen != 0 && cfg == state.config && entries.same_as(&state.entries) {
             return Ok(()); // Nothing changes; keep the running generation.
         }
-        cfg.generation = new_gen;
-        if let Err(e) = self.insert_entries(ifindex, new_gen, &entries) {
+        if let Err(e) = self.insert_entries(ifindex, new_gen, &mut entries) {
             self.remove_entries(ifindex, new_gen, &entries);
             return Err(e);
         }
-        if let Err(e) = self.publish(ifindex, &cfg) {
+        let mut live = VifConfig {
+            generation: new_gen,
+            ..cfg
+        };
+        entries.place(&mut live);
+        if let Err(e) = self.publish(ifindex, &live) {
             self.remove_entries(ifindex, new_gen, &entries);
             return Err(e);
         }
@@ -445,10 +457,8 @@ impl Dataplane {
         let state = self.vifs.get_mut(&ifindex).expect("inserted above");
         let old = std::mem::replace(&mut state.entries, entries);
         state.generation = new_gen;
-        state.config = VifConfig {
-            generation: 0,
-            ..cfg
-        };
+        // Kept without generation and regions, as `config_of` makes it, to spot no-op updates.
+        state.config = cfg;
         // The new policy is in force now. The old generation's entries go after a grace
         // period, in `collect_garbage`, off the caller's latency path.
         self.retire(ifindex, old_gen, old)
@@ -539,22 +549,15 @@ impl Dataplane {
         !self.retired.is_empty() || !self.retired_copies.is_empty()
     }
 
-    fn insert_entries(&mut self, ifindex: u32, generation: u32, e: &Entries) -> Result<()> {
-        for &addr in e.mapped4() {
-            let key = Addr4Key {
-                ifindex,
-                generation,
-                addr,
-            };
-            self.allow4.insert(key, 1, 0).map_err(map_err(MAP_ALLOW4))?;
+    /// Writes the entries of a new generation where packets will look for them: table
+    /// regions for exact sets too large to sit inline, trie entries for prefixes that do not.
+    /// On an error, what was written is recorded in `e` for `remove_entries`.
+    fn insert_entries(&mut self, ifindex: u32, generation: u32, e: &mut Entries) -> Result<()> {
+        if !e.inline4() {
+            e.r4 = Some(self.table4.build(&e.v4)?);
         }
-        for &addr in e.mapped6() {
-            let key = Addr6Key {
-                ifindex,
-                generation,
-                addr,
-            };
-            self.allow6.insert(key, 1, 0).map_err(map_err(MAP_ALLOW6))?;
+        if !e.inline6() {
+            e.r6 = Some(self.table6.build(&e.v6)?);
         }
         for &(plen, addr) in e.trie4() {
             let key = lpm4(ifindex, generation, plen, addr);
@@ -571,21 +574,14 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Best-effort removal: an entry that is already gone is fine.
+    /// Takes a generation's entries away; no packet may still read them. Best effort: an
+    /// entry that is already gone is fine.
     fn remove_entries(&mut self, ifindex: u32, generation: u32, e: &Entries) {
-        for &addr in e.mapped4() {
-            let _gone = self.allow4.remove(&Addr4Key {
-                ifindex,
-                generation,
-                addr,
-            });
+        if let Some(r) = e.r4 {
+            self.table4.release(r);
         }
-        for &addr in e.mapped6() {
-            let _gone = self.allow6.remove(&Addr6Key {
-                ifindex,
-                generation,
-                addr,
-            });
+        if let Some(r) = e.r6 {
+            self.table6.release(r);
         }
         for &(plen, addr) in e.trie4() {
             let _gone = self.prefix4.remove(&lpm4(ifindex, generation, plen, addr));
@@ -731,6 +727,10 @@ fn config_of(policy: &VifPolicy, entries: &Entries, slot: u32) -> VifConfig {
         _pad: [0; 6],
         pfx4,
         pfx6,
+        t4_base: 0,
+        t4_mask: 0,
+        t6_base: 0,
+        t6_mask: 0,
     }
 }
 

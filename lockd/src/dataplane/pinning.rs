@@ -14,14 +14,14 @@ use std::{
 use aya::programs::{Xdp, links::FdLink, links::PinnedLink, xdp::XdpLink, xdp::XdpLinkId};
 use lockd_common::{
     CONFIG_COPIES, FLAG_INLINE_P4, FLAG_INLINE_P6, FLAG_INLINE4, FLAG_INLINE6, INLINE_P4,
-    INLINE_P6, INLINE4, INLINE6, MAP_ALLOW4, MAP_ALLOW6, MAP_CONFIGS, MAP_COUNTERS, MAP_PREFIX4,
-    MAP_PREFIX6, MAP_RATE, MAP_VIF_CONFIG, MAP_VIF_SLOTS, MAX_VIFS, POSITIONS, PROG_VIF_INGRESS,
+    INLINE_P6, INLINE4, INLINE6, MAP_CONFIGS, MAP_COUNTERS, MAP_PREFIX4, MAP_PREFIX6, MAP_RATE,
+    MAP_TABLE4, MAP_TABLE6, MAP_VIF_CONFIG, MAP_VIF_SLOTS, MAX_VIFS, POSITIONS, PROG_VIF_INGRESS,
     position,
 };
 
 use super::{
     AttachMode, Dataplane, DataplaneError, Entries, LinkHandle, Result, VifConfig, VifState,
-    map_err, prog_err, slots,
+    map_err, prog_err, slots, tables::Region,
 };
 
 /// The length of the prefix a network-order mask stands for.
@@ -34,8 +34,8 @@ pub(super) const MAPS: [&str; 9] = [
     MAP_VIF_CONFIG,
     MAP_VIF_SLOTS,
     MAP_CONFIGS,
-    MAP_ALLOW4,
-    MAP_ALLOW6,
+    MAP_TABLE4,
+    MAP_TABLE6,
     MAP_PREFIX4,
     MAP_PREFIX6,
     MAP_COUNTERS,
@@ -195,49 +195,54 @@ impl Dataplane {
             .iter()
             .collect::<std::result::Result<_, _>>()
             .map_err(map_err(MAP_VIF_CONFIG))?;
+        // A previous daemon may have released regions and copies just now.
+        self.barrier.wait().map_err(DataplaneError::Barrier)?;
         for (ifindex, cfg) in &configs {
-            if cfg.slot >= MAX_VIFS || self.vifs.values().any(|v| v.slot == cfg.slot) {
-                // Not ours to trust; drop it rather than share counters.
+            let tables = if cfg.slot >= MAX_VIFS || self.vifs.values().any(|v| v.slot == cfg.slot) {
+                None
+            } else {
+                self.adopt_tables(cfg)
+            };
+            let Some((r4, v4, r6, v6)) = tables else {
+                // Not ours to trust; drop it rather than share counters or table space.
                 let _ = self.config.remove(ifindex);
                 continue;
-            }
+            };
             self.free_slots.retain(|s| *s != cfg.slot);
+            let inline_prefixes = |n: u8, cap: usize, flag: u32| {
+                if cfg.flags & flag != 0 {
+                    usize::from(n).min(cap)
+                } else {
+                    0
+                }
+            };
             self.vifs.insert(
                 *ifindex,
                 VifState {
                     slot: cfg.slot,
                     generation: cfg.generation,
-                    // Inline sets are only in the config; mapped ones are read below.
+                    // Inline sets and tables are read here; trie entries in `adopt_entries`.
                     entries: Entries {
-                        v4: if cfg.flags & FLAG_INLINE4 != 0 {
-                            cfg.inline4[..usize::from(cfg.n4).min(INLINE4)].to_vec()
-                        } else {
-                            Vec::new()
-                        },
-                        v6: if cfg.flags & FLAG_INLINE6 != 0 {
-                            cfg.inline6[..usize::from(cfg.n6).min(INLINE6)].to_vec()
-                        } else {
-                            Vec::new()
-                        },
-                        p4: if cfg.flags & FLAG_INLINE_P4 != 0 {
-                            cfg.pfx4[..usize::from(cfg.np4).min(INLINE_P4)]
-                                .iter()
-                                .map(|p| (prefix_len(&p.mask), p.net))
-                                .collect()
-                        } else {
-                            Vec::new()
-                        },
-                        p6: if cfg.flags & FLAG_INLINE_P6 != 0 {
-                            cfg.pfx6[..usize::from(cfg.np6).min(INLINE_P6)]
-                                .iter()
-                                .map(|p| (prefix_len(&p.mask), p.net))
-                                .collect()
-                        } else {
-                            Vec::new()
-                        },
+                        v4,
+                        v6,
+                        p4: cfg.pfx4[..inline_prefixes(cfg.np4, INLINE_P4, FLAG_INLINE_P4)]
+                            .iter()
+                            .map(|p| (prefix_len(&p.mask), p.net))
+                            .collect(),
+                        p6: cfg.pfx6[..inline_prefixes(cfg.np6, INLINE_P6, FLAG_INLINE_P6)]
+                            .iter()
+                            .map(|p| (prefix_len(&p.mask), p.net))
+                            .collect(),
+                        r4,
+                        r6,
                     },
+                    // As `config_of` makes it: no generation, no regions.
                     config: VifConfig {
                         generation: 0,
+                        t4_base: 0,
+                        t4_mask: 0,
+                        t6_base: 0,
+                        t6_mask: 0,
                         ..*cfg
                     },
                     xdp: None,
@@ -290,6 +295,40 @@ impl Dataplane {
             }
         }
         Ok(adopted)
+    }
+
+    /// A config's exact sets: inline, or read from the table regions it names (which are
+    /// then reserved). None if a region is invalid or overlaps one already taken.
+    #[expect(clippy::type_complexity, reason = "one use, destructured at once")]
+    fn adopt_tables(
+        &mut self,
+        cfg: &VifConfig,
+    ) -> Option<(Option<Region>, Vec<[u8; 4]>, Option<Region>, Vec<[u8; 16]>)> {
+        let (r4, v4) = if cfg.flags & FLAG_INLINE4 != 0 {
+            (
+                None,
+                cfg.inline4[..usize::from(cfg.n4).min(INLINE4)].to_vec(),
+            )
+        } else {
+            let r = Region::of(cfg.t4_base, cfg.t4_mask)?;
+            (Some(r), self.table4.adopt(r)?)
+        };
+        let (r6, v6) = if cfg.flags & FLAG_INLINE6 != 0 {
+            (
+                None,
+                cfg.inline6[..usize::from(cfg.n6).min(INLINE6)].to_vec(),
+            )
+        } else {
+            let adopted = Region::of(cfg.t6_base, cfg.t6_mask)
+                .and_then(|r| Some((Some(r), self.table6.adopt(r)?)));
+            if adopted.is_none()
+                && let Some(r) = r4
+            {
+                self.table4.release(r);
+            }
+            adopted?
+        };
+        Some((r4, v4, r6, v6))
     }
 
     /// Takes over the slots: a slot naming an adopted VIF keeps its copy (rewritten through a
@@ -348,8 +387,6 @@ impl Dataplane {
                 plen.saturating_sub(lockd_common::LPM_HEADER_BITS),
             )
         };
-        sweep!(allow4, v4, |k| (k.ifindex, k.generation, k.addr));
-        sweep!(allow6, v6, |k| (k.ifindex, k.generation, k.addr));
         sweep!(prefix4, p4, |k| {
             let d = k.data();
             let (ifx, g, plen) = lpm_tag(d.ifindex_be, d.generation_be, k.prefix_len());

@@ -10,7 +10,7 @@
 
 use std::{
     io,
-    os::fd::AsFd as _,
+    os::fd::{AsFd as _, AsRawFd as _},
     ptr::NonNull,
     sync::atomic::{AtomicU64, Ordering},
 };
@@ -20,51 +20,70 @@ use lockd_common::POSITIONS;
 
 use super::{DataplaneError, Result};
 
-/// The slot array, mapped into this process.
-pub(super) struct Slots {
-    base: NonNull<AtomicU64>,
+/// A shared mapping of an mmapable array map, unmapped on drop.
+pub(super) struct Mapping {
+    ptr: NonNull<u8>,
     len: usize,
-    /// Keeps the map (and so the mapping's backing) alive.
-    _map: Array<MapData, u64>,
 }
 
-// SAFETY: the mapping is shared memory accessed only through atomics; the pointer stays valid
-// until Drop.
-unsafe impl Send for Slots {}
-// SAFETY: as above; every access is an atomic load or store.
-unsafe impl Sync for Slots {}
+// SAFETY: plain shared memory; the users (`Slots`, `Table`) decide how it is accessed.
+unsafe impl Send for Mapping {}
+// SAFETY: as above.
+unsafe impl Sync for Mapping {}
 
-impl Slots {
-    pub(super) fn new(map: Array<MapData, u64>) -> Result<Self> {
-        let len = POSITIONS as usize * size_of::<u64>();
-        let fd = map.map().fd().as_fd();
-        use std::os::fd::AsRawFd as _;
-        // SAFETY: a fresh shared mapping of an mmapable array map of exactly this size (u64
-        // values have an 8-byte stride); checked for failure below.
+impl Mapping {
+    pub(super) fn new(map: &MapData, len: usize) -> Result<Self> {
+        // SAFETY: a fresh shared mapping of an mmapable array map whose values fill exactly
+        // `len` bytes (the callers' value sizes are multiples of 8); checked for failure below.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
-                fd.as_raw_fd(),
+                map.fd().as_fd().as_raw_fd(),
                 0,
             )
         };
         if ptr == libc::MAP_FAILED {
             return Err(DataplaneError::Mmap(io::Error::last_os_error()));
         }
-        Ok(Self {
-            base: NonNull::new(ptr.cast()).expect("mmap returned a non-null address"),
-            len: POSITIONS as usize,
-            _map: map,
-        })
+        let ptr = NonNull::new(ptr.cast()).expect("mmap returned a non-null address");
+        Ok(Mapping { ptr, len })
+    }
+
+    pub(super) fn ptr<T>(&self) -> NonNull<T> {
+        self.ptr.cast()
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: exactly the mapping made in `new`, not used after this.
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), self.len);
+        }
+    }
+}
+
+/// The slot array, mapped into this process.
+pub(super) struct Slots {
+    mapping: Mapping,
+    /// Keeps the map alive as long as the mapping.
+    _map: Array<MapData, u64>,
+}
+
+impl Slots {
+    pub(super) fn new(map: Array<MapData, u64>) -> Result<Self> {
+        let mapping = Mapping::new(map.map(), POSITIONS as usize * size_of::<u64>())?;
+        Ok(Self { mapping, _map: map })
     }
 
     fn at(&self, pos: u32) -> &AtomicU64 {
-        assert!((pos as usize) < self.len, "slot position out of range");
-        // SAFETY: in bounds (checked), 8-byte aligned (page-aligned base), valid until Drop.
-        unsafe { self.base.add(pos as usize).as_ref() }
+        assert!(pos < POSITIONS, "slot position out of range");
+        // SAFETY: in bounds (checked), 8-byte aligned (page-aligned base), valid while the
+        // mapping lives; every access is atomic.
+        unsafe { self.mapping.ptr::<AtomicU64>().add(pos as usize).as_ref() }
     }
 
     /// The value at `pos`: `ifindex << 32 | copy`, or 0.
@@ -79,15 +98,6 @@ impl Slots {
             u64::from(ifindex) << 32 | u64::from(copy)
         });
         self.at(pos).store(v, Ordering::Release);
-    }
-}
-
-impl Drop for Slots {
-    fn drop(&mut self) {
-        // SAFETY: exactly the mapping made in `new`, not used after this.
-        unsafe {
-            libc::munmap(self.base.as_ptr().cast(), self.len * size_of::<u64>());
-        }
     }
 }
 
