@@ -292,8 +292,9 @@ pub(crate) fn allowed6(cfg: &VifConfig, ifindex: u32, addr: [u8; 16]) -> bool {
     cfg.flags & FLAG_PREFIX6 != 0 && in_trie6(cfg, ifindex, addr)
 }
 
-/// As [`in_table4`].
-#[inline(always)]
+/// As [`in_table4`]; out of line, as the IPv6 probe is long and NDP checks up to three
+/// addresses.
+#[inline(never)]
 fn in_table6(cfg: &VifConfig, addr: [u8; 16]) -> bool {
     let a = halves(&addr);
     let mut i = table_home6(addr);
