@@ -27,6 +27,12 @@ fn main() -> anyhow::Result<()> {
     // SAFETY: build scripts are single-threaded at this point.
     unsafe { env::set_var("PATH", env::join_paths(paths)?) };
     let ebpf_dir = workspace.join("lockd-ebpf");
+    // The programs also compile lockd-common (map types, limits); aya-build only watches the
+    // eBPF crate itself.
+    println!(
+        "cargo:rerun-if-changed={}",
+        workspace.join("lockd-common").display()
+    );
     aya_build::build_ebpf(
         [aya_build::Package {
             name: "lockd-ebpf",

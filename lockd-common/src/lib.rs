@@ -64,7 +64,7 @@ pub const MAX_ALLOWED_PER_VIF: usize = 65_536;
 pub const TABLE_SLOTS: u32 = 1 << 19;
 /// Slots a lookup probes from an address's home slot; a table is built so that every entry
 /// lies within this many of its home (else it is built bigger).
-pub const MAX_PROBES: u32 = 8;
+pub const MAX_PROBES: u32 = 64;
 /// Capacity of the prefix tries.
 pub const MAX_PREFIX_ENTRIES: u32 = 65_536;
 /// Counter slots reserved per reason and direction (a power of two, ≥ [`Reason::COUNT`]).
@@ -195,7 +195,8 @@ pub const fn counter_index(slot: u32, dir: u32, reason: u32) -> u32 {
 /// Per-VIF policy header. Never written where a packet can read it: an update writes a free
 /// [`MAP_CONFIGS`] copy and swaps the slot to it, or swaps a new `BPF_F_NO_PREALLOC` hash
 /// element in under RCU; either way a reader sees the old or the new one whole.
-/// `generation` names which entries of the address maps belong to this policy.
+/// `generation` names which trie entries belong to this policy (table regions are named by
+/// `t4_base`/`t6_base`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VifConfig {

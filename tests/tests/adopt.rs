@@ -81,3 +81,35 @@ fn a_new_dataplane_adopts_slots_and_tables() {
     .expect("enter namespace");
     cleanup(&dir).expect("cleanup");
 }
+
+/// Replacing the largest allowed set again and again finds room: regions of replaced
+/// generations are collected when the tables would otherwise be full.
+#[test]
+fn repeated_large_updates_find_room() {
+    let host = NetNs::new("ph").expect("namespace");
+    let vm = NetNs::new("pv").expect("namespace");
+    veth(&host, "v0", &vm, "e0", "02:00:00:00:00:0b", None).expect("veth");
+    let a = host.ifindex("v0").expect("ifindex");
+    let big = |k: u32| VifPolicy {
+        ipv4: (0..65_535)
+            .map(|i| Ipv4Network::new(Ipv4Addr::from((k << 24) + i), 32).unwrap())
+            .collect(),
+        ..locked_policy()
+    };
+    host.run(|| {
+        let mut dp = Dataplane::load().expect("load");
+        for k in 1..=6 {
+            dp.set_policy(a, &big(k))
+                .expect("a table for the largest set");
+            assert_eq!(
+                verdict(&dp, a, Ipv4Addr::from((k << 24) + 65_534)),
+                XDP_PASS
+            );
+            assert_eq!(
+                verdict(&dp, a, Ipv4Addr::from(((k - 1) << 24) + 7)),
+                XDP_DROP
+            );
+        }
+    })
+    .expect("enter namespace");
+}

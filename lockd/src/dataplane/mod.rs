@@ -55,7 +55,7 @@ use crate::{rcu::RcuBarrier, testrun::Runner};
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lockd"));
 
 /// Retired entries allowed to wait for a grace period before `set_policy` collects them itself
-/// (the address maps are sized for two generations of everything).
+/// (it also does when a table region or config copy is wanted and only garbage holds one).
 const RETIRED_LIMIT: usize = 65_536;
 
 /// Name of the do-nothing XDP program used as the benchmark floor.
@@ -554,10 +554,10 @@ impl Dataplane {
     /// On an error, what was written is recorded in `e` for `remove_entries`.
     fn insert_entries(&mut self, ifindex: u32, generation: u32, e: &mut Entries) -> Result<()> {
         if !e.inline4() {
-            e.r4 = Some(self.table4.build(&e.v4)?);
+            e.r4 = Some(self.with_room(|dp| dp.table4.build(&e.v4))?);
         }
         if !e.inline6() {
-            e.r6 = Some(self.table6.build(&e.v6)?);
+            e.r6 = Some(self.with_room(|dp| dp.table6.build(&e.v6))?);
         }
         for &(plen, addr) in e.trie4() {
             let key = lpm4(ifindex, generation, plen, addr);
@@ -572,6 +572,18 @@ impl Dataplane {
                 .map_err(map_err(MAP_PREFIX6))?;
         }
         Ok(())
+    }
+
+    /// Runs `build`; if the tables are full while retired regions wait for a grace period,
+    /// collects them and runs it once more.
+    fn with_room<T>(&mut self, build: impl Fn(&mut Self) -> Result<T>) -> Result<T> {
+        match build(self) {
+            Err(DataplaneError::TableFull) if self.has_garbage() => {
+                self.collect_garbage()?;
+                build(self)
+            }
+            r => r,
+        }
     }
 
     /// Takes a generation's entries away; no packet may still read them. Best effort: an

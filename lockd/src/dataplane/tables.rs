@@ -245,6 +245,19 @@ mod tests {
         assert!(b.alloc(3).is_none());
     }
 
+    /// The largest set a VIF may have fits at a load of one half (a quarter of the array).
+    #[test]
+    fn the_largest_set_fits_at_half_load() {
+        let addrs: Vec<[u8; 4]> = (0..65_535u32)
+            .map(|i| (0x0a10_0000 + i).to_be_bytes())
+            .collect();
+        assert!(layout(&addrs, 17).is_some());
+        let addrs: Vec<[u8; 16]> = (0..65_535u128)
+            .map(|i| (0x2001_0db8_u128 << 96 | i).to_be_bytes())
+            .collect();
+        assert!(layout(&addrs, 17).is_some());
+    }
+
     #[test]
     fn layout_keeps_every_entry_near_its_home() {
         let addrs: Vec<[u8; 4]> = (0..1000u32)
