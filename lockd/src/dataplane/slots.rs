@@ -32,9 +32,11 @@ unsafe impl Send for Mapping {}
 unsafe impl Sync for Mapping {}
 
 impl Mapping {
-    pub(super) fn new(map: &MapData, len: usize) -> Result<Self> {
-        // SAFETY: a fresh shared mapping of an mmapable array map whose values fill exactly
-        // `len` bytes (the callers' value sizes are multiples of 8); checked for failure below.
+    /// Maps `len` bytes of the map's values from byte `offset` (page-aligned; the kernel
+    /// refuses a range outside the values).
+    pub(super) fn new(map: &MapData, offset: usize, len: usize) -> Result<Self> {
+        // SAFETY: a fresh shared mapping of an mmapable array map's values (the callers' value
+        // sizes are multiples of 8, so values are contiguous); checked for failure below.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -42,7 +44,7 @@ impl Mapping {
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
                 map.fd().as_fd().as_raw_fd(),
-                0,
+                offset as libc::off_t,
             )
         };
         if ptr == libc::MAP_FAILED {
@@ -75,7 +77,7 @@ pub(super) struct Slots {
 
 impl Slots {
     pub(super) fn new(map: Array<MapData, u64>) -> Result<Self> {
-        let mapping = Mapping::new(map.map(), POSITIONS as usize * size_of::<u64>())?;
+        let mapping = Mapping::new(map.map(), 0, POSITIONS as usize * size_of::<u64>())?;
         Ok(Self { mapping, _map: map })
     }
 

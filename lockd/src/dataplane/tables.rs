@@ -7,7 +7,7 @@
 //! before any config names it; the program probes with inlined array lookups. A replaced
 //! generation's region returns to the allocator after a grace period, like its config copy.
 
-use std::{collections::BTreeSet, ptr::NonNull};
+use std::collections::BTreeSet;
 
 use aya::maps::{Array, IterableMap as _, MapData};
 use lockd_common::{MAX_PROBES, Slot4, Slot6, TABLE_SLOTS, table_home4, table_home6};
@@ -137,34 +137,45 @@ impl TableAddr for [u8; 16] {
     }
 }
 
-/// One family's slot array, mapped into this process, and its allocator.
+/// One family's slot array and its allocator. A region is mapped into this process only
+/// while it is written or read, so the daemon does not carry the whole array in its memory.
 pub(super) struct Table<A: TableAddr> {
-    base: NonNull<A::Slot>,
     buddy: Buddy,
-    _mapping: Mapping,
-    _map: Array<MapData, A::Slot>,
+    map: Array<MapData, A::Slot>,
 }
-
-// SAFETY: the mapping is written only by the owner (`&mut self`) and read by the kernel.
-unsafe impl<A: TableAddr> Send for Table<A> {}
-// SAFETY: `&self` methods only read.
-unsafe impl<A: TableAddr> Sync for Table<A> {}
 
 impl<A: TableAddr> Table<A> {
     pub(super) fn new(map: Array<MapData, A::Slot>) -> Result<Self> {
-        let mapping = Mapping::new(map.map(), TABLE_SLOTS as usize * size_of::<A::Slot>())?;
         Ok(Table {
-            base: mapping.ptr(),
             buddy: Buddy::new(),
-            _mapping: mapping,
-            _map: map,
+            map,
         })
     }
 
-    fn region(&self, r: Region) -> &[A::Slot] {
-        // SAFETY: `Region` stays inside 0..TABLE_SLOTS (built by the allocator or checked by
-        // `Region::of`); the mapping lives as long as self.
-        unsafe { std::slice::from_raw_parts(self.base.as_ptr().add(r.base as usize), 1 << r.order) }
+    /// Runs `f` on the slots of `r`, mapped for the call.
+    fn with_region<T>(&self, r: Region, f: impl FnOnce(&mut [A::Slot]) -> T) -> Result<T> {
+        let page = page_size();
+        let start = r.base as usize * size_of::<A::Slot>();
+        let len = (1usize << r.order) * size_of::<A::Slot>();
+        let first = start / page * page;
+        let span = (start + len).div_ceil(page) * page - first;
+        let mapping = Mapping::new(self.map.map(), first, span)?;
+        // SAFETY: `r` lies inside the array (built by the allocator or checked by
+        // `Region::of`), so [start, start + len) lies inside the mapped pages; slot sizes
+        // are multiples of 8 and pages are aligned, so the slots are aligned. The mapping
+        // lives until the end of this call, and no one else writes this region: a region
+        // being built is ours alone, and one in force is only read.
+        let slots = unsafe {
+            std::slice::from_raw_parts_mut(
+                mapping
+                    .ptr::<u8>()
+                    .as_ptr()
+                    .add(start - first)
+                    .cast::<A::Slot>(),
+                1 << r.order,
+            )
+        };
+        Ok(f(slots))
     }
 
     /// Builds a table of `addrs` in a fresh region. No packet reads the region until a config
@@ -176,14 +187,10 @@ impl<A: TableAddr> Table<A> {
                 continue;
             };
             let r = self.buddy.alloc(order).ok_or(DataplaneError::TableFull)?;
-            // SAFETY: the region is ours alone (just allocated) and inside the mapping.
-            let dst = unsafe {
-                std::slice::from_raw_parts_mut(
-                    self.base.as_ptr().add(r.base as usize),
-                    1 << r.order,
-                )
-            };
-            dst.copy_from_slice(&slots);
+            if let Err(e) = self.with_region(r, |dst| dst.copy_from_slice(&slots)) {
+                self.buddy.release(r);
+                return Err(e);
+            }
             return Ok(r);
         }
         Err(DataplaneError::TableFull)
@@ -197,10 +204,22 @@ impl<A: TableAddr> Table<A> {
     /// Takes over a region a config in force names (adoption) and returns its addresses;
     /// None if the region overlaps another.
     pub(super) fn adopt(&mut self, r: Region) -> Option<Vec<A>> {
-        self.buddy
-            .reserve(r)
-            .then(|| self.region(r).iter().filter_map(A::of_slot).collect())
+        if !self.buddy.reserve(r) {
+            return None;
+        }
+        let addrs = self
+            .with_region(r, |slots| slots.iter().filter_map(A::of_slot).collect())
+            .ok();
+        if addrs.is_none() {
+            self.buddy.release(r);
+        }
+        addrs
     }
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096)
 }
 
 /// `addrs` placed by linear probing in `1 << order` slots, or None if some entry would land
