@@ -674,34 +674,21 @@ fn config_of(policy: &VifPolicy, entries: &Entries, slot: u32) -> VifConfig {
         flags |= FLAG_INLINE6;
         inline6[..entries.v6.len()].copy_from_slice(&entries.v6);
     }
-    let mut pfx4 = [Prefix4::default(); INLINE_P4];
-    let mut pfx6 = [Prefix6::default(); INLINE_P6];
-    if !entries.p4.is_empty() {
-        if entries.inline_p4() {
-            flags |= FLAG_INLINE_P4;
-            for (p, &(plen, net)) in pfx4.iter_mut().zip(&entries.p4) {
-                *p = Prefix4 {
-                    net,
-                    mask: mask::<4>(plen),
-                };
-            }
-        } else {
-            flags |= FLAG_PREFIX4;
-        }
-    }
-    if !entries.p6.is_empty() {
-        if entries.inline_p6() {
-            flags |= FLAG_INLINE_P6;
-            for (p, &(plen, net)) in pfx6.iter_mut().zip(&entries.p6) {
-                *p = Prefix6 {
-                    net,
-                    mask: mask::<16>(plen),
-                };
-            }
-        } else {
-            flags |= FLAG_PREFIX6;
-        }
-    }
+    let (pfx4, np4, f4) =
+        prefixes::<4, INLINE_P4, _>(&entries.p4, |net, mask| Prefix4 { net, mask });
+    let (pfx6, np6, f6) =
+        prefixes::<16, INLINE_P6, _>(&entries.p6, |net, mask| Prefix6 { net, mask });
+    flags |= if f4 { FLAG_INLINE_P4 } else { 0 } | if f6 { FLAG_INLINE_P6 } else { 0 };
+    flags |= if !f4 && !entries.p4.is_empty() {
+        FLAG_PREFIX4
+    } else {
+        0
+    };
+    flags |= if !f6 && !entries.p6.is_empty() {
+        FLAG_PREFIX6
+    } else {
+        0
+    };
     let (rate_ns_per_byte_q16, burst_ns) = policy
         .rate
         .map(|r| rate_params(r.kbps, r.timeslice_us))
@@ -726,16 +713,8 @@ fn config_of(policy: &VifPolicy, entries: &Entries, slot: u32) -> VifConfig {
         burst_ns,
         inline4,
         inline6,
-        np4: if flags & FLAG_INLINE_P4 != 0 {
-            entries.p4.len() as u8
-        } else {
-            0
-        },
-        np6: if flags & FLAG_INLINE_P6 != 0 {
-            entries.p6.len() as u8
-        } else {
-            0
-        },
+        np4,
+        np6,
         _pad: [0; 6],
         pfx4,
         pfx6,
@@ -744,6 +723,22 @@ fn config_of(policy: &VifPolicy, entries: &Entries, slot: u32) -> VifConfig {
         t6_base: 0,
         t6_mask: 0,
     }
+}
+
+/// A family's prefixes as inline (network, mask) pairs, their count, and whether they fit
+/// (else they go to the trie and the inline slots stay empty).
+fn prefixes<const N: usize, const K: usize, P: Copy + Default>(
+    p: &[(u32, [u8; N])],
+    make: impl Fn([u8; N], [u8; N]) -> P,
+) -> ([P; K], u8, bool) {
+    let mut out = [P::default(); K];
+    if p.is_empty() || p.len() > K {
+        return (out, 0, false);
+    }
+    for (o, &(plen, net)) in out.iter_mut().zip(p) {
+        *o = make(net, mask::<N>(plen));
+    }
+    (out, p.len() as u8, true)
 }
 
 /// The network-order mask of a `plen`-bit prefix of an `N`-byte address.
