@@ -41,6 +41,7 @@ fn a_new_dataplane_adopts_slots_and_tables() {
     let b = host.ifindex("v1").expect("ifindex");
     let dir = std::path::PathBuf::from(format!("/sys/fs/bpf/lockd-adopt-{}", std::process::id()));
     ensure_bpffs(dir.parent().expect("parent")).expect("bpffs");
+    let _pins = Pins(dir.clone());
     host.run(|| {
         {
             let mut dp = Dataplane::load_with(Some(&dir)).expect("load");
@@ -79,7 +80,18 @@ fn a_new_dataplane_adopts_slots_and_tables() {
         dp.collect_garbage().expect("collect");
     })
     .expect("enter namespace");
-    cleanup(&dir).expect("cleanup");
+}
+
+/// Removes the test's pins however the test ends.
+struct Pins(std::path::PathBuf);
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        if let Err(e) = cleanup(&self.0) {
+            eprintln!("removing {}: {e}", self.0.display());
+        }
+        let _ = std::fs::remove_dir(&self.0);
+    }
 }
 
 /// Replacing the largest allowed set again and again finds room: regions of replaced
