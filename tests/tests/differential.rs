@@ -17,6 +17,7 @@ use lockd_tests::{
     corpus::{cases, to_vm_cases},
     hex, random, seeded_rng,
 };
+use rand::rngs::SmallRng;
 
 /// Devices to spread policies over (test_run needs a real ingress device).
 const DEVICES: usize = 8;
@@ -71,6 +72,47 @@ impl Bench {
     fn check(&self, ifindex: u32, policy: &VifPolicy, frame: &[u8], what: &str) -> Reason {
         self.check_dir(Direction::FromVm, ifindex, policy, frame, what)
             .expect("XDP test_run takes every frame of 14 bytes or more")
+    }
+
+    /// `total` generated frames through the program of `dir`, each on a random device, every
+    /// device with a random policy that is re-drawn now and then (updates are part of what is
+    /// tested). Returns how often each reason came up and how many frames the kernel refused
+    /// as test input.
+    fn random_run(
+        &mut self,
+        dir: Direction,
+        rng: &mut SmallRng,
+        total: usize,
+        frame: impl Fn(&mut SmallRng) -> Vec<u8>,
+    ) -> ([usize; Reason::COUNT], usize) {
+        let mut policies: Vec<VifPolicy> = Vec::new();
+        for &ifx in &self.ifindexes {
+            let p = random::policy(rng);
+            self.dp.set_policy(ifx, &p).expect("set policy");
+            policies.push(p);
+        }
+        let mut seen = [0usize; Reason::COUNT];
+        let mut refused = 0;
+        for i in 0..total {
+            if i % 500 == 0 {
+                let d = i / 500 % DEVICES;
+                policies[d] = random::policy(rng);
+                self.dp
+                    .set_policy(self.ifindexes[d], &policies[d])
+                    .expect("set policy");
+            }
+            let d = rand::Rng::random_range(rng, 0..DEVICES);
+            let f = frame(rng);
+            let what = format!("random {dir:?} frame #{i}");
+            match self.check_dir(dir, self.ifindexes[d], &policies[d], &f, &what) {
+                Some(r) => seen[r as usize] += 1,
+                None => refused += 1,
+            }
+            if i > 0 && i % 25_000 == 0 {
+                eprintln!("  {i}/{total} frames run");
+            }
+        }
+        (seen, refused)
     }
 
     /// Runs `frame` through the program of `dir` on `ifindex`.
@@ -188,34 +230,13 @@ fn random_frames_match_model() {
     let ifx = ifindexes(&host);
     host.run(|| {
         let mut b = Bench::new(ifx);
-        let mut policies: Vec<VifPolicy> = Vec::new();
-        let mut seen = [0usize; Reason::COUNT];
-        for &ifx in &b.ifindexes {
-            let p = random::policy(&mut rng);
-            b.dp.set_policy(ifx, &p).expect("set policy");
-            policies.push(p);
-        }
-        for i in 0..total {
-            // Re-draw one device's policy now and then: updates are part of what is tested.
-            if i % 500 == 0 {
-                let d = i / 500 % DEVICES;
-                policies[d] = random::policy(&mut rng);
-                b.dp.set_policy(b.ifindexes[d], &policies[d])
-                    .expect("set policy");
-            }
-            let d = rand::Rng::random_range(&mut rng, 0..DEVICES);
-            let f = random::frame(&mut rng, &corpus);
-            let r = b.check(
-                b.ifindexes[d],
-                &policies[d],
-                &f,
-                &format!("random frame #{i}"),
-            );
-            seen[r as usize] += 1;
-            if i > 0 && i % 25_000 == 0 {
-                eprintln!("  {i}/{total} frames agree");
-            }
-        }
+        let (seen, refused) = b.random_run(Direction::FromVm, &mut rng, total, |rng| {
+            random::frame(rng, &corpus)
+        });
+        assert_eq!(
+            refused, 0,
+            "XDP test_run takes every frame of 14 bytes or more"
+        );
         eprintln!("  {total}/{total} frames agree");
         let tally: Vec<String> = Reason::ALL
             .iter()
@@ -266,34 +287,9 @@ fn to_vm_corpus_and_random_frames_match_model() {
                 eprintln!("  {name}: the kernel refuses this frame as a test skb; model only");
             }
         }
-        let mut policies: Vec<VifPolicy> = Vec::new();
-        for &i in &b.ifindexes {
-            let p = random::policy(&mut rng);
-            b.dp.set_policy(i, &p).expect("set policy");
-            policies.push(p);
-        }
-        let mut seen = [0usize; Reason::COUNT];
-        let mut refused = 0;
-        for i in 0..total {
-            if i % 500 == 0 {
-                let d = i / 500 % DEVICES;
-                policies[d] = random::policy(&mut rng);
-                b.dp.set_policy(b.ifindexes[d], &policies[d])
-                    .expect("set policy");
-            }
-            let d = rand::Rng::random_range(&mut rng, 0..DEVICES);
-            let f = random::to_vm_frame(&mut rng, &corpus);
-            match b.check_dir(
-                Direction::ToVm,
-                b.ifindexes[d],
-                &policies[d],
-                &f,
-                &format!("random to-VM frame #{i}"),
-            ) {
-                Some(r) => seen[r as usize] += 1,
-                None => refused += 1,
-            }
-        }
+        let (seen, refused) = b.random_run(Direction::ToVm, &mut rng, total, |rng| {
+            random::to_vm_frame(rng, &corpus)
+        });
         eprintln!(
             "  {} to-VM frames agree; {refused} with a cut IP header were refused by the kernel as test input",
             total - refused

@@ -115,23 +115,20 @@ impl Lab {
     }
 }
 
+/// `n` UDP datagrams from VM `from` to VM `to` (their MACs and addresses), source ports from
+/// `port`.
+fn udp_between(from: usize, to: usize, n: u16, port: u16, payload: &[u8]) -> Vec<Vec<u8>> {
+    let ip = |i: usize| IPS[i].parse::<Ipv4Addr>().expect("VM address");
+    (0..n)
+        .map(|i| frames::udp4(MAC[from], MAC[to], ip(from), ip(to), port + i, 9, payload))
+        .collect()
+}
+
 #[test]
 fn flooded_unicast_does_not_reach_a_locked_vm() {
     let mut lab = Lab::new(false);
     // The bridge has learnt no MAC yet: unicast from VM-0 to VM-1 floods to every port.
-    let to_b: Vec<_> = (0..10)
-        .map(|i| {
-            frames::udp4(
-                MAC[0],
-                MAC[1],
-                Ipv4Addr::new(10, 0, 0, 1),
-                Ipv4Addr::new(10, 0, 0, 2),
-                4000 + i,
-                9,
-                b"for b",
-            )
-        })
-        .collect();
+    let to_b = udp_between(0, 1, 10, 4000, b"for b");
     let foreign_before = lab.to_vm(2, Reason::RxForeignMac);
     let got = lab.flood(0, &to_b);
     assert_eq!(got[1], 10, "VM-1 must receive its own unicast");
@@ -195,19 +192,7 @@ fn disabled_vif_is_dead_both_ways_and_recovers_without_a_flap() {
     lab.dp
         .set_policy(ifx1, &policy(1, EffectiveMode::Disabled, None))
         .expect("disable");
-    let to_b: Vec<_> = (0..5)
-        .map(|i| {
-            frames::udp4(
-                MAC[0],
-                MAC[1],
-                Ipv4Addr::new(10, 0, 0, 1),
-                Ipv4Addr::new(10, 0, 0, 2),
-                100 + i,
-                9,
-                b"in",
-            )
-        })
-        .collect();
+    let to_b = udp_between(0, 1, 5, 100, b"in");
     let bcast = vec![frames::arp(
         MAC[0],
         BROADCAST,
@@ -217,19 +202,7 @@ fn disabled_vif_is_dead_both_ways_and_recovers_without_a_flap() {
         [0; 6],
         Ipv4Addr::new(10, 0, 0, 2),
     )];
-    let from_b: Vec<_> = (0..5)
-        .map(|i| {
-            frames::udp4(
-                MAC[1],
-                MAC[0],
-                Ipv4Addr::new(10, 0, 0, 2),
-                Ipv4Addr::new(10, 0, 0, 1),
-                200 + i,
-                9,
-                b"out",
-            )
-        })
-        .collect();
+    let from_b = udp_between(1, 0, 5, 200, b"out");
     assert_eq!(lab.flood(0, &to_b)[1], 0, "disabled VIF received unicast");
     assert_eq!(
         lab.flood(0, &bcast)[1],

@@ -61,14 +61,7 @@ impl Dataplane {
     }
 
     pub(super) fn tc(&mut self) -> Result<&mut SchedClassifier> {
-        self.ebpf
-            .program_mut(PROG_VIF_EGRESS)
-            .ok_or(DataplaneError::Program {
-                name: PROG_VIF_EGRESS,
-                source: aya::programs::ProgramError::NotLoaded,
-            })?
-            .try_into()
-            .map_err(prog_err(PROG_VIF_EGRESS))
+        super::program(&mut self.ebpf, PROG_VIF_EGRESS)
     }
 
     /// Attaches whichever of the two programs `ifindex` lacks. The VIF must already have a

@@ -299,6 +299,20 @@ fn prog_err(name: &'static str) -> impl FnOnce(ProgramError) -> DataplaneError {
     move |source| DataplaneError::Program { name, source }
 }
 
+/// The program `name` of the object, as its kind `T`.
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or(DataplaneError::Program {
+            name,
+            source: ProgramError::NotLoaded,
+        })?
+        .try_into()
+        .map_err(prog_err(name))
+}
+
 fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
     ebpf: &mut Ebpf,
     name: &'static str,
@@ -330,25 +344,13 @@ impl Dataplane {
             }
         }
         let mut ebpf = loader.load(EBPF_OBJECT)?;
-        let egress: &mut SchedClassifier = ebpf
-            .program_mut(PROG_VIF_EGRESS)
-            .ok_or(DataplaneError::Program {
-                name: PROG_VIF_EGRESS,
-                source: ProgramError::NotLoaded,
-            })?
-            .try_into()
+        program::<SchedClassifier>(&mut ebpf, PROG_VIF_EGRESS)?
+            .load()
             .map_err(prog_err(PROG_VIF_EGRESS))?;
-        egress.load().map_err(prog_err(PROG_VIF_EGRESS))?;
         for name in [PROG_VIF_INGRESS, PROG_EMPTY] {
-            let prog: &mut Xdp = ebpf
-                .program_mut(name)
-                .ok_or(DataplaneError::Program {
-                    name,
-                    source: ProgramError::NotLoaded,
-                })?
-                .try_into()
+            program::<Xdp>(&mut ebpf, name)?
+                .load()
                 .map_err(prog_err(name))?;
-            prog.load().map_err(prog_err(name))?;
         }
         let ncpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Cpus(e))?;
         Ok(Self {
@@ -387,14 +389,7 @@ impl Dataplane {
     }
 
     fn xdp(&mut self, name: &'static str) -> Result<&mut Xdp> {
-        self.ebpf
-            .program_mut(name)
-            .ok_or(DataplaneError::Program {
-                name,
-                source: ProgramError::NotLoaded,
-            })?
-            .try_into()
-            .map_err(prog_err(name))
+        program(&mut self.ebpf, name)
     }
 
     fn xdp_ref(&self, name: &'static str) -> Result<&Xdp> {
