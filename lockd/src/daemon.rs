@@ -95,9 +95,14 @@ impl Core {
             }
         }
         for (ifx, (uuid, policy)) in &desired {
-            self.dp.set_policy(*ifx, policy)?;
+            self.dp
+                .set_policy(*ifx, policy)
+                .with_context(|| format!("VIF {uuid} (ifindex {ifx})"))?;
             if self.dp.attach_mode(*ifx).is_none() {
-                let mode = self.dp.attach(*ifx, self.xdp_mode)?;
+                let mode = self
+                    .dp
+                    .attach(*ifx, self.xdp_mode)
+                    .with_context(|| format!("attaching VIF {uuid} (ifindex {ifx})"))?;
                 tracing::info!(vif = %uuid, ifindex = ifx, ?mode, "attached");
             }
         }

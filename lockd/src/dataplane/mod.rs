@@ -107,11 +107,17 @@ pub enum DataplaneError {
         source: std::io::Error,
     },
     /// The address table arrays have no free region big enough.
-    #[error("the address tables are full (too many allowed addresses across all VIFs)")]
+    #[error(
+        "the {MAP_TABLE4}/{MAP_TABLE6} address tables are full (too many allowed addresses across all VIFs)"
+    )]
     TableFull,
-    /// The slot array could not be mapped into this process.
-    #[error("mapping {MAP_VIF_SLOTS} into memory failed: {0}")]
-    Mmap(#[source] std::io::Error),
+    /// A map could not be mapped into this process.
+    #[error("mapping {name} into memory failed: {source}")]
+    Mmap {
+        name: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     /// Reading the number of CPUs failed.
     #[error("reading the possible CPUs failed: {0}")]
     Cpus(#[source] std::io::Error),

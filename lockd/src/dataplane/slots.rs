@@ -16,7 +16,7 @@ use std::{
 };
 
 use aya::maps::{Array, IterableMap as _, MapData};
-use lockd_common::POSITIONS;
+use lockd_common::{MAP_VIF_SLOTS, POSITIONS};
 
 use super::{DataplaneError, Result};
 
@@ -34,7 +34,12 @@ unsafe impl Sync for Mapping {}
 impl Mapping {
     /// Maps `len` bytes of the map's values from byte `offset` (page-aligned; the kernel
     /// refuses a range outside the values).
-    pub(super) fn new(map: &MapData, offset: usize, len: usize) -> Result<Self> {
+    pub(super) fn new(
+        map: &MapData,
+        name: &'static str,
+        offset: usize,
+        len: usize,
+    ) -> Result<Self> {
         // SAFETY: a fresh shared mapping of an mmapable array map's values (the callers' value
         // sizes are multiples of 8, so values are contiguous); checked for failure below.
         let ptr = unsafe {
@@ -48,7 +53,10 @@ impl Mapping {
             )
         };
         if ptr == libc::MAP_FAILED {
-            return Err(DataplaneError::Mmap(io::Error::last_os_error()));
+            return Err(DataplaneError::Mmap {
+                name,
+                source: io::Error::last_os_error(),
+            });
         }
         let ptr = NonNull::new(ptr.cast()).expect("mmap returned a non-null address");
         Ok(Mapping { ptr, len })
@@ -77,7 +85,12 @@ pub(super) struct Slots {
 
 impl Slots {
     pub(super) fn new(map: Array<MapData, u64>) -> Result<Self> {
-        let mapping = Mapping::new(map.map(), 0, POSITIONS as usize * size_of::<u64>())?;
+        let mapping = Mapping::new(
+            map.map(),
+            MAP_VIF_SLOTS,
+            0,
+            POSITIONS as usize * size_of::<u64>(),
+        )?;
         Ok(Self { mapping, _map: map })
     }
 

@@ -10,7 +10,9 @@
 use std::collections::BTreeSet;
 
 use aya::maps::{Array, IterableMap as _, MapData};
-use lockd_common::{MAX_PROBES, Slot4, Slot6, TABLE_SLOTS, table_home4, table_home6};
+use lockd_common::{
+    MAP_TABLE4, MAP_TABLE6, MAX_PROBES, Slot4, Slot6, TABLE_SLOTS, table_home4, table_home6,
+};
 
 use super::{DataplaneError, Result, slots::Mapping};
 
@@ -99,6 +101,8 @@ impl Buddy {
 /// An address that can live in a table.
 pub(super) trait TableAddr: Copy + PartialEq {
     type Slot: Copy + Default + aya::Pod;
+    /// The map holding this family's tables.
+    const MAP: &'static str;
     fn home(&self) -> u32;
     fn slot(self) -> Self::Slot;
     fn of_slot(s: &Self::Slot) -> Option<Self>;
@@ -106,6 +110,7 @@ pub(super) trait TableAddr: Copy + PartialEq {
 
 impl TableAddr for [u8; 4] {
     type Slot = Slot4;
+    const MAP: &'static str = MAP_TABLE4;
     fn home(&self) -> u32 {
         table_home4(*self)
     }
@@ -122,6 +127,7 @@ impl TableAddr for [u8; 4] {
 
 impl TableAddr for [u8; 16] {
     type Slot = Slot6;
+    const MAP: &'static str = MAP_TABLE6;
     fn home(&self) -> u32 {
         table_home6(*self)
     }
@@ -159,7 +165,7 @@ impl<A: TableAddr> Table<A> {
         let len = (1usize << r.order) * size_of::<A::Slot>();
         let first = start / page * page;
         let span = (start + len).div_ceil(page) * page - first;
-        let mapping = Mapping::new(self.map.map(), first, span)?;
+        let mapping = Mapping::new(self.map.map(), A::MAP, first, span)?;
         // SAFETY: `r` lies inside the array (built by the allocator or checked by
         // `Region::of`), so [start, start + len) lies inside the mapped pages; slot sizes
         // are multiples of 8 and pages are aligned, so the slots are aligned. The mapping
