@@ -9,6 +9,8 @@
 pub mod model;
 #[cfg(feature = "user")]
 pub mod policy;
+#[cfg(feature = "user")]
+pub mod settings;
 
 /// Name of the from-VM XDP program in the object file.
 pub const PROG_VIF_INGRESS: &str = "vif_ingress";

@@ -94,30 +94,6 @@ pub fn vif_ingress(ctx: XdpContext) -> u32 {
     }
 }
 
-/// The floor for benchmarks: an XDP program that does nothing.
-#[xdp]
-pub fn xdp_empty(_ctx: XdpContext) -> u32 {
-    XDP_PASS
-}
-
-/// The drop floor for throughput benchmarks.
-#[xdp]
-pub fn xdp_drop(_ctx: XdpContext) -> u32 {
-    XDP_DROP
-}
-
-/// Benchmark traffic generator: with `BPF_F_TEST_XDP_LIVE_FRAMES`, every frame is redirected
-/// out of the device in `GEN_TARGET[0]` (the VM end of a veth, so it arrives on the VIF).
-#[xdp]
-pub fn xdp_gen(_ctx: XdpContext) -> u32 {
-    let target = GEN_TARGET.get(0).copied().unwrap_or(0);
-    // SAFETY: helper without memory arguments.
-    unsafe { aya_ebpf::helpers::bpf_redirect(target, 0) as u32 }
-}
-
-#[map]
-static GEN_TARGET: Array<u32> = Array::with_max_entries(1, 0);
-
 /// The policy in force for `ifindex`, or None if lockd does not manage it. Neither place is
 /// ever written while a packet can read it (see `lockd_common::VifConfig`), so every field
 /// read through the reference belongs to one policy.

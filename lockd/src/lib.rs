@@ -2,10 +2,7 @@
 
 pub mod daemon;
 pub mod dataplane;
-pub mod demo;
-pub mod frames;
 pub mod hook;
-pub mod netlab;
 pub mod netlink;
 pub mod rcu;
 pub mod state;

@@ -1,4 +1,4 @@
-//! The `lockd` command: the daemon, its `xe`-style client, the toolstack hook, the demo.
+//! The `lockd` command: the daemon, its `xe`-style client, the toolstack hook.
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use lockd::{
     daemon::{self, Config},
     dataplane::{XdpModeRequest, cleanup},
-    demo, hook, xe,
+    hook, xe,
 };
 
 #[derive(Parser)]
@@ -50,14 +50,6 @@ enum Cmd {
     Hook {
         #[command(subcommand)]
         hook: HookCmd,
-    },
-    /// Build a namespace topology, lock its VIFs, send genuine and spoofed traffic, show counters.
-    Demo {
-        /// Print the counters as JSON.
-        #[arg(long)]
-        json: bool,
-        #[arg(long, value_enum, default_value_t = XdpModeRequest::Auto)]
-        xdp_mode: XdpModeRequest,
     },
     #[command(external_subcommand)]
     Xe(Vec<String>),
@@ -125,10 +117,6 @@ fn run(cli: Cli) -> Result<u8> {
         } => {
             let argv = hook::command(&xenopsd_dir, &backend, &vif_name, &vm_uuid, &devid, &action)?;
             relay(&cli.socket, &argv)
-        }
-        Cmd::Demo { json, xdp_mode } => {
-            demo::run(json, xdp_mode)?;
-            Ok(0)
         }
         Cmd::Xe(argv) => {
             if !xe::VERBS.contains(&argv[0].as_str()) {

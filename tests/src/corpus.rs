@@ -3,7 +3,7 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use lockd::frames::{self, BROADCAST, ethernet, icmpv6_msg, ll_option, multicast_mac, nd_body};
+use lockd_kit::frames::{self, BROADCAST, ethernet, icmpv6_msg, ll_option, multicast_mac, nd_body};
 use lockd_common::{
     Reason::{self, *},
     policy::{EffectiveMode, VifPolicy, solicited_node},

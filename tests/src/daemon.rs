@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lockd::netlab::NetNs;
+use lockd_kit::netlab::NetNs;
 use serde_json::Value;
 
 static N: AtomicU32 = AtomicU32::new(0);

@@ -4,7 +4,7 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ipnetwork::{Ipv4Network, Ipv6Network};
-use lockd::frames::{self, BROADCAST, Mac, multicast_mac};
+use lockd_kit::frames::{self, BROADCAST, Mac, multicast_mac};
 use lockd_common::{
     Reason,
     policy::{EffectiveMode, VifPolicy, link_local, solicited_node},

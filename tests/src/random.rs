@@ -5,7 +5,7 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ipnetwork::{Ipv4Network, Ipv6Network};
-use lockd::frames::{self, BROADCAST, ll_option, multicast_mac, nd_body};
+use lockd_kit::frames::{self, BROADCAST, ll_option, multicast_mac, nd_body};
 use lockd_common::policy::{EffectiveMode, RateLimit, VifPolicy, solicited_node};
 use rand::{Rng, seq::SliceRandom};
 

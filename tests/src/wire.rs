@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lockd::netlab::{NetNs, NetlabError};
+use lockd_kit::netlab::{NetNs, NetlabError};
 use pnet::datalink::{self, Channel, Config};
 
 fn channel(
@@ -32,7 +32,7 @@ fn channel(
 
 /// Sends every frame once, in order, from `dev` inside `ns`.
 pub fn send(ns: &NetNs, dev: &str, frames: &[Vec<u8>]) {
-    lockd::netlab::send_frames(ns, dev, frames).expect("send frames");
+    lockd_kit::netlab::send_frames(ns, dev, frames).expect("send frames");
 }
 
 /// A capture running on `dev` inside a namespace; [`Capture::finish`] returns what arrived.

@@ -1,7 +1,7 @@
 //! The daemon's CLI: every verb round-trips, `--json` parses back, and every error path names
 //! the offending item and leaves the state file byte-identical.
 
-use lockd::netlab::NetNs;
+use lockd_kit::netlab::NetNs;
 use lockd_tests::daemon::Instance;
 
 const NET_UUID: &str = "0d6b2f77-3c8a-4a4e-8b47-2f1d7c3e9b02";

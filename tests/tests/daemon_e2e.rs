@@ -11,10 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lockd::{
-    frames::{self, Mac},
-    netlab::{NetNs, bridge, send_frames, veth},
-};
+use lockd_kit::{frames::{self, Mac}, netlab::{NetNs, bridge, send_frames, veth}};
 use lockd_common::policy::format_mac;
 use lockd_tests::{
     daemon::Instance,

@@ -3,10 +3,8 @@
 //! reason is read from the VIF's counter, so a mismatch in reason fails as well as one in action.
 
 use lockd::testrun::Runner;
-use lockd::{
-    dataplane::{Dataplane, XDP_DROP, XDP_PASS},
-    netlab::{NetNs, veth},
-};
+use lockd::{dataplane::{Dataplane, XDP_DROP, XDP_PASS}};
+use lockd_kit::{netlab::{NetNs, veth}};
 use lockd_common::{
     Direction, POSITIONS, Reason,
     model::{verdict_from_vm, verdict_to_vm},

@@ -5,11 +5,8 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use lockd::{
-    dataplane::{AttachMode, Dataplane, VifCounters, XdpModeRequest},
-    frames::{self, BROADCAST, Mac, ll_option, multicast_mac, nd_body},
-    netlab::{NetNs, bridge, veth},
-};
+use lockd::{dataplane::{AttachMode, Dataplane, VifCounters, XdpModeRequest}};
+use lockd_kit::{frames::{self, BROADCAST, Mac, ll_option, multicast_mac, nd_body}, netlab::{NetNs, bridge, veth}};
 use lockd_common::{
     Counter, Direction, Reason,
     policy::{

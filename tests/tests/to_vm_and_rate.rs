@@ -8,11 +8,8 @@ use std::{
     time::Duration,
 };
 
-use lockd::{
-    dataplane::{Dataplane, XdpModeRequest},
-    frames::{self, BROADCAST, Mac, multicast_mac, nd_body},
-    netlab::{NetNs, bridge, veth},
-};
+use lockd::{dataplane::{Dataplane, XdpModeRequest}};
+use lockd_kit::{frames::{self, BROADCAST, Mac, multicast_mac, nd_body}, netlab::{NetNs, bridge, veth}};
 use lockd_common::{
     Direction, Reason,
     policy::{

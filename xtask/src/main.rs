@@ -27,7 +27,7 @@ struct Cli {
 enum Cmd {
     /// Install what building and testing lockd needs (idempotent).
     Bootstrap,
-    /// Bootstrap, build lockd (release) and run it with the given arguments.
+    /// Bootstrap, build lockd (release) and run it with the given arguments (`demo`: the demo).
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -104,8 +104,13 @@ fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Bootstrap => Ok(()),
         Cmd::Run { args } => {
-            cargo(&["build", "--release", "-p", "lockd"], &[])?;
-            let bin = workspace().join("target/release/lockd");
+            // The demo is the test kit's binary (it links pnet, which the product does not).
+            let (package, bin, args) = match args.split_first() {
+                Some((first, rest)) if first == "demo" => ("lockd-kit", "lockd-demo", rest),
+                _ => ("lockd", "lockd", &args[..]),
+            };
+            cargo(&["build", "--release", "-p", package, "--bin", bin], &[])?;
+            let bin = workspace().join("target/release").join(bin);
             status(Command::new(bin).args(args))
         }
         Cmd::Test { args } => {

@@ -54,12 +54,17 @@ use crate::{rcu::RcuBarrier, testrun::Runner};
 /// The eBPF object built from `lockd-ebpf`.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lockd"));
 
+/// The test kit's helper programs (`lockd-ebpf/src/kit.rs`): the benchmark floor and traffic
+/// generator. A separate object that nothing in the daemon references or loads; it is built
+/// here only because this crate's build script builds the eBPF crate.
+#[doc(hidden)]
+pub static KIT_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lockd-kit"));
+
 /// Retired entries allowed to wait for a grace period before `set_policy` collects them itself
 /// (it also does when a table region or config copy is wanted and only garbage holds one).
 const RETIRED_LIMIT: usize = 65_536;
 
-/// Name of the do-nothing XDP program used as the benchmark floor.
-pub const PROG_EMPTY: &str = "xdp_empty";
 
 /// Errors of the dataplane loader.
 #[derive(Debug, thiserror::Error)]
@@ -258,7 +263,7 @@ struct VifState {
 
 #[derive(Debug)]
 enum LinkHandle<Id> {
-    /// Owned by the program object; detached when the dataplane is dropped (tests, demo).
+    /// Owned by the program object; detached when the dataplane is dropped (tests, the demo).
     Owned(Id),
     /// Pinned on bpffs; stays attached when the daemon exits, until the pin is removed.
     Pinned { link: FdLink, path: PathBuf },
@@ -353,11 +358,9 @@ impl Dataplane {
         program::<SchedClassifier>(&mut ebpf, PROG_VIF_EGRESS)?
             .load()
             .map_err(prog_err(PROG_VIF_EGRESS))?;
-        for name in [PROG_VIF_INGRESS, PROG_EMPTY] {
-            program::<Xdp>(&mut ebpf, name)?
-                .load()
-                .map_err(prog_err(name))?;
-        }
+        program::<Xdp>(&mut ebpf, PROG_VIF_INGRESS)?
+            .load()
+            .map_err(prog_err(PROG_VIF_INGRESS))?;
         let ncpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Cpus(e))?;
         Ok(Self {
             config: take(&mut ebpf, MAP_VIF_CONFIG)?,

@@ -13,13 +13,14 @@ use std::{
 };
 
 use lockd::{
-    dataplane::{Dataplane, PROG_EMPTY, XDP_PASS, XdpModeRequest},
-    netlab::NetNs,
+    dataplane::{Dataplane, XDP_PASS, XdpModeRequest},
+    testrun::Runner,
 };
 use lockd_common::{
     Direction, PROG_VIF_INGRESS, Reason,
     policy::{RateLimit, VifPolicy},
 };
+use lockd_kit::{netlab::NetNs, programs::PROG_EMPTY};
 use lockd_tests::corpus::cases;
 use serde_json::{Map, Value, json};
 
@@ -65,9 +66,8 @@ fn median(mut v: Vec<u32>) -> f64 {
     f64::from(v[v.len() / 2])
 }
 
-/// Kernel-reported ns per run of `prog` on `frame`: median of 5 runs of `repeat`.
-fn cost(dp: &Dataplane, prog: &'static str, ifindex: u32, frame: &[u8], repeat: u32) -> f64 {
-    let r = dp.runner(prog).expect("runner");
+/// Kernel-reported ns per run of the program behind `r` on `frame`: median of 5 runs of `repeat`.
+fn cost(r: &Runner, ifindex: u32, frame: &[u8], repeat: u32) -> f64 {
     median(
         (0..5)
             .map(|_| {
@@ -93,24 +93,26 @@ const CLASSES: [(&str, &str); 10] = [
 ];
 
 /// 1. Per-packet cost under BPF_PROG_TEST_RUN, lockd vs the empty program.
-fn per_packet(opts: &Opts, dev: (&NetNs, u32)) -> (Value, Value) {
+fn per_packet(opts: &Opts, dev: (&NetNs, u32), helpers: &Helpers) -> (Value, Value) {
     step("per-packet cost (BPF_PROG_TEST_RUN, median of 5, kernel-reported)");
     let repeat = if opts.quick { 1_000_000 } else { 4_000_000 };
     let cs = cases();
     let (ns, ifx) = dev;
+    let floor = helpers.runner(PROG_EMPTY);
     ns.run(|| {
         let mut dp = Dataplane::load().expect("load");
+        let lockd = dp.runner(PROG_VIF_INGRESS).expect("runner");
         let mut rows = Vec::new();
         let mut overhead = Map::new();
         for (key, name) in CLASSES {
             let c = cs.iter().find(|c| c.name == name).expect("corpus case");
             let mut p = c.policy.clone();
             dp.set_policy(ifx, &p).expect("policy");
-            let empty = cost(&dp, PROG_EMPTY, ifx, &c.frame, repeat);
-            let plain = cost(&dp, PROG_VIF_INGRESS, ifx, &c.frame, repeat);
+            let empty = cost(&floor, ifx, &c.frame, repeat);
+            let plain = cost(&lockd, ifx, &c.frame, repeat);
             p.rate = Some(RateLimit { kbps: 1 << 30, timeslice_us: 50_000 });
             dp.set_policy(ifx, &p).expect("policy");
-            let limited = cost(&dp, PROG_VIF_INGRESS, ifx, &c.frame, repeat);
+            let limited = cost(&lockd, ifx, &c.frame, repeat);
             eprintln!("  {key:14} empty {empty:5.1} ns  lockd {plain:5.1} ns  (+{:5.1})  with rate limit {limited:5.1} ns (+{:5.1})", plain - empty, limited - empty);
             overhead.insert(key.into(), json!(plain - empty));
             overhead.insert(format!("{key}_ratelimit"), json!(limited - empty));
@@ -143,7 +145,7 @@ fn scaling(opts: &Opts, dev: (&NetNs, u32)) -> (Value, Value) {
                 configured += 1;
             }
             dp.collect_garbage().expect("gc");
-            let ns_pkt = cost(&dp, PROG_VIF_INGRESS, ifx, &frame, repeat);
+            let ns_pkt = cost(&dp.runner(PROG_VIF_INGRESS).expect("runner"), ifx, &frame, repeat);
             eprintln!("  {n:5} VIFs: {ns_pkt:5.1} ns");
             vifs.push(json!({"n": n, "ns_per_pkt": ns_pkt}));
         }
@@ -167,7 +169,7 @@ fn scaling(opts: &Opts, dev: (&NetNs, u32)) -> (Value, Value) {
             // A cold key: the last address inserted, not the first.
             let src = std::net::Ipv4Addr::from(0x0a10_0000 + (n as u32 - 1));
             let f = lockd_tests::udp4_from(lockd_tests::GUEST, src, 5000, 53);
-            let ns_pkt = cost(&dp, PROG_VIF_INGRESS, ifx, &f, repeat);
+            let ns_pkt = cost(&dp.runner(PROG_VIF_INGRESS).expect("runner"), ifx, &f, repeat);
             eprintln!("  {n:5} allowed entries: {ns_pkt:5.1} ns");
             allowed.push(json!({"n": n, "ns_per_pkt": ns_pkt}));
         }
@@ -421,9 +423,9 @@ fn main() {
     // A device for test_run's ingress ifindex.
     let host = NetNs::new("bt").expect("ns");
     let vm = NetNs::new("bu").expect("ns");
-    lockd::netlab::veth(&host, "v0", &vm, "e0", "02:00:00:00:00:0b", None).expect("veth");
+    lockd_kit::netlab::veth(&host, "v0", &vm, "e0", "02:00:00:00:00:0b", None).expect("veth");
     let ifx = host.ifindex("v0").expect("ifindex");
-    let (classes, overhead) = per_packet(&opts, (&host, ifx));
+    let (classes, overhead) = per_packet(&opts, (&host, ifx), &helpers);
     let (vifs_scaling, allowed_scaling) = scaling(&opts, (&host, ifx));
     drop((host, vm));
 

@@ -3,79 +3,13 @@
 //! every frame out of the VM end of a veth, one thread per vCPU.
 
 use std::{
-    os::fd::AsFd as _,
     path::Path,
     time::{Duration, Instant},
 };
 
-use aya::{Ebpf, maps::Array, programs::Xdp};
-use lockd::{
-    dataplane::EBPF_OBJECT,
-    netlab::NetNs,
-    testrun::{BPF_F_TEST_XDP_LIVE_FRAMES, Runner},
-};
-
-/// The helper programs of the benchmark: the generator and the drop floor.
-pub struct Helpers {
-    ebpf: Ebpf,
-}
-
-impl Helpers {
-    pub fn load() -> Helpers {
-        let mut ebpf = Ebpf::load(EBPF_OBJECT).expect("load the eBPF object");
-        for name in ["xdp_gen", "xdp_drop", "xdp_empty"] {
-            let p: &mut Xdp = ebpf
-                .program_mut(name)
-                .expect("program")
-                .try_into()
-                .expect("xdp");
-            p.load().expect("load helper program");
-        }
-        Helpers { ebpf }
-    }
-
-    pub fn program(&mut self, name: &str) -> &mut Xdp {
-        self.ebpf
-            .program_mut(name)
-            .expect("program")
-            .try_into()
-            .expect("xdp")
-    }
-
-    fn runner(&self, name: &str) -> Runner {
-        let p: &Xdp = self
-            .ebpf
-            .program(name)
-            .expect("program")
-            .try_into()
-            .expect("xdp");
-        Runner::new(
-            p.fd()
-                .expect("fd")
-                .as_fd()
-                .try_clone_to_owned()
-                .expect("dup"),
-        )
-    }
-
-    /// Points the generator at `ifindex` (in the generator's namespace).
-    pub fn set_target(&mut self, ifindex: u32) {
-        let mut m: Array<_, u32> =
-            Array::try_from(self.ebpf.map_mut("GEN_TARGET").expect("map")).expect("array");
-        m.set(0, ifindex, 0).expect("set target");
-    }
-}
-
-impl Helpers {
-    /// Sends `count` frames out of `ifindex` from the calling thread (already in the right
-    /// namespace). Returns the count.
-    pub fn send_here(&self, ifindex: u32, frame: &[u8], count: u32) -> u64 {
-        self.runner("xdp_gen")
-            .run(ifindex, frame, count, BPF_F_TEST_XDP_LIVE_FRAMES, 64)
-            .expect("live-frames test_run");
-        u64::from(count)
-    }
-}
+use lockd::testrun::BPF_F_TEST_XDP_LIVE_FRAMES;
+pub use lockd_kit::programs::Helpers;
+use lockd_kit::{netlab::NetNs, programs::PROG_GEN};
 
 pub fn has_pktgen() -> bool {
     Path::new("/proc/net/pktgen").exists()
@@ -108,7 +42,7 @@ pub fn send(
     let start = Instant::now();
     let handles: Vec<_> = (0..threads)
         .map(|cpu| {
-            let runner = helpers.runner("xdp_gen");
+            let runner = helpers.runner(PROG_GEN);
             let frame = frame.to_vec();
             ns.spawn(move || {
                 pin_to_cpu(cpu);

@@ -1,4 +1,4 @@
-//! `lockd demo`: a small namespace topology showing the from-VM locking at work.
+//! The demo (`lockd-demo`, `cargo xtask run -- demo`): a small namespace topology showing the from-VM locking at work.
 //!
 //! Three VMs share a bridge. Every VIF is locked to its VM's MAC and addresses. VM "good" sends
 //! genuine traffic; VM "evil" poisons ARP for good's address, spoofs the victim's IP and MAC,
@@ -13,8 +13,9 @@ use lockd_common::{
 };
 use serde_json::json;
 
+use lockd::dataplane::{Dataplane, XdpModeRequest};
+
 use crate::{
-    dataplane::{Dataplane, XdpModeRequest},
     frames::{self, BROADCAST, Mac, multicast_mac},
     netlab::{NetNs, bridge, send_frames, veth},
 };

@@ -1,0 +1,45 @@
+//! The test kit's helper programs: a separate object that the benchmark and tests load and the
+//! daemon never does.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    macros::{map, xdp},
+    maps::Array,
+    programs::XdpContext,
+};
+
+/// The floor for benchmarks: an XDP program that does nothing.
+#[xdp]
+pub fn xdp_empty(_ctx: XdpContext) -> u32 {
+    XDP_PASS
+}
+
+/// The drop floor for throughput benchmarks.
+#[xdp]
+pub fn xdp_drop(_ctx: XdpContext) -> u32 {
+    XDP_DROP
+}
+
+/// Benchmark traffic generator: with `BPF_F_TEST_XDP_LIVE_FRAMES`, every frame is redirected
+/// out of the device in `GEN_TARGET[0]` (the VM end of a veth, so it arrives on the VIF).
+#[xdp]
+pub fn xdp_gen(_ctx: XdpContext) -> u32 {
+    let target = GEN_TARGET.get(0).copied().unwrap_or(0);
+    // SAFETY: helper without memory arguments.
+    unsafe { aya_ebpf::helpers::bpf_redirect(target, 0) as u32 }
+}
+
+#[map]
+static GEN_TARGET: Array<u32> = Array::with_max_entries(1, 0);
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
