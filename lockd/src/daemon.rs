@@ -22,10 +22,12 @@ use tokio::{
     sync::oneshot,
 };
 
+use lockd_common::settings::VifSettings;
+
 use crate::{
     dataplane::{AttachMode, Dataplane, VifCounters, XdpModeRequest},
     netlink::{self, LinkEvent},
-    state::{State, Store},
+    store::{self, State, Store},
     xe::{self, Runtime},
 };
 
@@ -38,10 +40,17 @@ pub struct Config {
     pub xdp_mode: XdpModeRequest,
 }
 
-/// A client request: the command line after `lockd`.
+/// A client request.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct Request {
-    pub argv: Vec<String>,
+#[serde(rename_all = "snake_case")]
+pub enum Request {
+    /// An `xe` command: the command line after `lockd`.
+    Xe { argv: Vec<String> },
+    /// The toolstack hook's settings for one VIF, parsed by the hook from xenopsd's record.
+    Apply {
+        vif: VifSettings,
+        network_name_label: String,
+    },
 }
 
 /// The daemon's answer.
@@ -53,13 +62,13 @@ pub struct Reply {
 }
 
 enum Msg {
-    Command(Vec<String>, oneshot::Sender<Reply>),
+    Command(Request, oneshot::Sender<Reply>),
     Links(Vec<LinkEvent>),
 }
 
 struct Core {
     state: State,
-    store: Store,
+    store: Box<dyn Store>,
     dp: Dataplane,
     /// Netdev name → ifindex in the daemon's namespace, kept current from rtnetlink.
     links: HashMap<String, u32>,
@@ -81,27 +90,44 @@ impl Runtime for Core {
 impl Core {
     /// Makes the dataplane match the state for every VIF whose netdev exists: removes
     /// policies nobody wants, replaces changed ones atomically, attaches where missing.
-    fn reconcile(&mut self) -> Result<()> {
-        let mut desired = HashMap::new();
-        for vif in self.state.vifs.values() {
-            if let Some(&ifx) = self.links.get(&vif.device) {
-                desired.insert(ifx, (vif.uuid.clone(), self.state.policy(vif)?));
-            }
-        }
+    fn reconcile_all(&mut self) -> Result<()> {
+        let mut devices: Vec<String> = self.state.vifs().map(|v| v.device.clone()).collect();
+        let wanted: std::collections::HashSet<u32> = devices
+            .iter()
+            .filter_map(|d| self.links.get(d).copied())
+            .collect();
         for ifx in self.dp.ifindexes() {
-            if !desired.contains_key(&ifx) {
+            if !wanted.contains(&ifx) {
                 self.dp.remove_policy(ifx)?;
                 tracing::info!(ifindex = ifx, "policy removed");
             }
         }
-        for (ifx, (uuid, policy)) in &desired {
+        devices.dedup();
+        self.reconcile(&devices)
+    }
+
+    /// Makes the dataplane match the state for the netdevs `devices` only: what a command
+    /// or a link event touched.
+    fn reconcile(&mut self, devices: &[String]) -> Result<()> {
+        for dev in devices {
+            let Some(&ifx) = self.links.get(dev) else {
+                continue;
+            };
+            let Some(vif) = self.state.vif_by_device(dev) else {
+                if self.dp.ifindexes().contains(&ifx) {
+                    self.dp.remove_policy(ifx)?;
+                    tracing::info!(ifindex = ifx, device = %dev, "policy removed");
+                }
+                continue;
+            };
+            let (uuid, policy) = (vif.uuid.clone(), self.state.policy(vif));
             self.dp
-                .set_policy(*ifx, policy)
+                .set_policy(ifx, &policy)
                 .with_context(|| format!("VIF {uuid} (ifindex {ifx})"))?;
-            if self.dp.attach_mode(*ifx).is_none() {
+            if self.dp.attach_mode(ifx).is_none() {
                 let mode = self
                     .dp
-                    .attach(*ifx, self.xdp_mode)
+                    .attach(ifx, self.xdp_mode)
                     .with_context(|| format!("attaching VIF {uuid} (ifindex {ifx})"))?;
                 tracing::info!(vif = %uuid, ifindex = ifx, ?mode, "attached");
             }
@@ -109,28 +135,51 @@ impl Core {
         Ok(())
     }
 
-    fn command(&mut self, argv: &[String]) -> Reply {
+    fn command(&mut self, req: Request) -> Reply {
         let fail = |msg: String| Reply {
             code: 1,
             stdout: String::new(),
             stderr: format!("lockd: {msg}\n"),
         };
-        let out = match xe::execute(&self.state, self, argv) {
+        let started = Instant::now();
+        let out = match req {
+            Request::Xe { argv } => xe::execute(&self.state, self, &argv),
+            Request::Apply {
+                vif,
+                network_name_label,
+            } => xe::vif_apply(&self.state, vif, &network_name_label),
+        };
+        let out = match out {
             Ok(o) => o,
             Err(e) => return fail(e.to_string()),
         };
-        if let Some(new) = out.state {
-            let old = std::mem::replace(&mut self.state, new);
+        if !out.changes.is_empty() {
+            let mut devices = Vec::new();
+            let mut undo = Vec::with_capacity(out.changes.len());
+            for c in &out.changes {
+                self.state.devices_touched(c, &mut devices);
+                undo.push(self.state.apply(c.clone()));
+                self.state.devices_touched(c, &mut devices);
+            }
+            devices.sort();
+            devices.dedup();
             let applied = self
-                .reconcile()
-                .and_then(|()| Ok(self.store.save(&self.state)?));
+                .reconcile(&devices)
+                .and_then(|()| Ok(self.store.commit(&out.changes)?));
             if let Err(e) = applied {
-                self.state = old;
-                if let Err(e2) = self.reconcile() {
+                for u in undo.into_iter().rev() {
+                    self.state.apply(u);
+                }
+                if let Err(e2) = self.reconcile(&devices) {
                     tracing::error!(error = %e2, "restoring the previous policy failed");
                 }
                 return fail(format!("{e:#}; nothing was changed"));
             }
+            tracing::debug!(
+                took_us = started.elapsed().as_micros() as u64,
+                devices = devices.len(),
+                "command applied"
+            );
         }
         Reply {
             code: 0,
@@ -141,11 +190,20 @@ impl Core {
 
     fn links_changed(&mut self, events: Vec<LinkEvent>) {
         let start = Instant::now();
+        let mut devices = Vec::new();
         for e in events {
             match e {
                 LinkEvent::New { ifindex, name } => {
-                    // A rename shows up as NEWLINK with a known ifindex and a new name.
-                    self.links.retain(|n, i| *i != ifindex || *n == name);
+                    // A rename shows up as NEWLINK with a known ifindex and a new name: the
+                    // old name's VIF lost its netdev.
+                    self.links.retain(|n, i| {
+                        let stale = *i == ifindex && *n != name;
+                        if stale {
+                            devices.push(n.clone());
+                        }
+                        !stale
+                    });
+                    devices.push(name.clone());
                     self.links.insert(name, ifindex);
                 }
                 LinkEvent::Del { ifindex, name } => {
@@ -161,7 +219,9 @@ impl Core {
                 }
             }
         }
-        if let Err(e) = self.reconcile() {
+        devices.sort();
+        devices.dedup();
+        if let Err(e) = self.reconcile(&devices) {
             tracing::error!(error = %format!("{e:#}"), "reconcile after link change failed");
         }
         tracing::debug!(
@@ -213,7 +273,7 @@ fn bind(path: &Path) -> Result<UnixListener> {
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(cfg: Config) -> Result<()> {
     let start = Instant::now();
-    let store = Store::new(&cfg.state_dir);
+    let mut store = store::open_default(&cfg.state_dir)?;
     let state = store.load()?;
     let mut dp = Dataplane::load_with(Some(&cfg.bpffs)).context("loading the dataplane")?;
     let adopted = dp.adopt().context("adopting pinned programs and maps")?;
@@ -229,12 +289,12 @@ pub fn run(cfg: Config) -> Result<()> {
         .collect();
     let mut core = Core {
         state,
-        store,
+        store: Box::new(store),
         dp,
         links,
         xdp_mode: cfg.xdp_mode,
     };
-    core.reconcile().context("enforcing the stored state")?;
+    core.reconcile_all().context("enforcing the stored state")?;
 
     let (tx, rx) = mpsc::channel::<Msg>();
     let link_tx = tx.clone();
@@ -275,8 +335,8 @@ pub fn run(cfg: Config) -> Result<()> {
         .name("core".into())
         .spawn(move || {
             let handle = |core: &mut Core, msg| match msg {
-                Msg::Command(argv, reply) => {
-                    let _gone = reply.send(core.command(&argv));
+                Msg::Command(req, reply) => {
+                    let _gone = reply.send(core.command(req));
                 }
                 Msg::Links(ev) => core.links_changed(ev),
             };
@@ -330,7 +390,7 @@ async fn serve(stream: UnixStream, tx: mpsc::Sender<Msg>) -> Result<()> {
     let reply = match serde_json::from_str::<Request>(&line) {
         Ok(req) => {
             let (rtx, rrx) = oneshot::channel();
-            tx.send(Msg::Command(req.argv, rtx))
+            tx.send(Msg::Command(req, rtx))
                 .map_err(|_| anyhow::anyhow!("core stopped"))?;
             rrx.await?
         }
@@ -346,8 +406,18 @@ async fn serve(stream: UnixStream, tx: mpsc::Sender<Msg>) -> Result<()> {
     Ok(())
 }
 
-/// Client side: sends `argv` to the daemon at `socket` and returns its reply.
+/// Client side: sends an `xe` command to the daemon at `socket` and returns its reply.
 pub fn call(socket: &Path, argv: &[String]) -> Result<Reply> {
+    request(
+        socket,
+        &Request::Xe {
+            argv: argv.to_vec(),
+        },
+    )
+}
+
+/// Client side: sends `req` to the daemon at `socket` and returns its reply.
+pub fn request(socket: &Path, req: &Request) -> Result<Reply> {
     use std::io::{BufRead as _, Write as _};
     let mut s = std::os::unix::net::UnixStream::connect(socket).map_err(|e| {
         anyhow::anyhow!(
@@ -356,11 +426,9 @@ pub fn call(socket: &Path, argv: &[String]) -> Result<Reply> {
             socket.display()
         )
     })?;
-    let mut req = serde_json::to_vec(&Request {
-        argv: argv.to_vec(),
-    })?;
-    req.push(b'\n');
-    s.write_all(&req)?;
+    let mut bytes = serde_json::to_vec(req)?;
+    bytes.push(b'\n');
+    s.write_all(&bytes)?;
     let mut line = String::new();
     std::io::BufReader::new(s).read_line(&mut line)?;
     serde_json::from_str(&line).context("reading the daemon's reply")

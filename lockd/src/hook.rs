@@ -1,11 +1,17 @@
 //! The toolstack hook: `lockd hook setup-vif-rules <backend> <vif-name> <vm-uuid> <devid>
 //! filter|clear`, with the argument contract of xapi's `setup-vif-rules`. It reads xenopsd's
-//! per-VIF JSON file and turns it into one daemon command.
+//! per-VIF JSON file, parses it into typed settings and sends them to the daemon in one request.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
+use lockd_common::{
+    policy::{ListError, LockingMode, parse_ipv4_list, parse_ipv6_list, parse_mac},
+    settings::{Qos, QosAlgorithm, VifSettings},
+};
 use serde_json::Value;
+
+use crate::{daemon::Request, xe::params};
 
 /// Where xenopsd keeps its per-VIF files.
 pub const DEFAULT_XENOPSD_DIR: &str = "/var/run/nonpersistent/xenopsd";
@@ -30,64 +36,70 @@ fn private_key<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
     }
 }
 
-fn strings(v: Option<&Value>) -> Result<String> {
-    let Some(v) = v else { return Ok(String::new()) };
-    let items = v.as_array().context("address list is not an array")?;
-    let items: Vec<&str> = items
-        .iter()
-        .map(|i| i.as_str().context("address is not a string"))
-        .collect::<Result<_>>()?;
-    Ok(items.join(","))
+/// An address list of the record, each item parsed with the CLI's parser.
+fn list<N>(
+    v: Option<&Value>,
+    what: &str,
+    parse: impl Fn(&str) -> Result<Vec<N>, ListError>,
+) -> Result<Vec<N>> {
+    let Some(v) = v else { return Ok(Vec::new()) };
+    let items = v
+        .as_array()
+        .with_context(|| format!("{what} is not an array"))?;
+    let mut out = Vec::new();
+    for i in items {
+        let i = i
+            .as_str()
+            .with_context(|| format!("{what}: {i} is not a string"))?;
+        out.extend(parse(i).with_context(|| format!("{what}"))?);
+    }
+    Ok(out)
 }
 
-/// Translates a xenopsd VIF record into `vif-apply` arguments.
-pub fn vif_apply_argv(record: &Value, vif_name: &str, vm_uuid: &str) -> Result<Vec<String>> {
-    let vif_uuid = private_key(record, "vif-uuid").context("extra_private_keys has no vif-uuid")?;
-    let net_uuid =
-        private_key(record, "network-uuid").context("extra_private_keys has no network-uuid")?;
+/// Translates a xenopsd VIF record into the VIF's settings and its network's name label.
+pub fn settings_of(record: &Value, vif_name: &str, vm_uuid: &str) -> Result<(VifSettings, String)> {
+    let uuid = |key: &str| -> Result<String> {
+        let v =
+            private_key(record, key).with_context(|| format!("extra_private_keys has no {key}"))?;
+        params::uuid(v).map_err(|e| anyhow::anyhow!("{key}: {e}"))
+    };
     let mac = record["mac"].as_str().context("no mac")?;
     let bridge = match &record["backend"] {
         Value::Array(b) => b.get(1).and_then(Value::as_str).unwrap_or(""),
         _ => "",
     };
-    let mut argv = vec![
-        "vif-apply".to_string(),
-        format!("uuid={vif_uuid}"),
-        format!("network-uuid={net_uuid}"),
-        format!("network-name-label={bridge}"),
-        format!("device={vif_name}"),
-        format!("mac={mac}"),
-        format!("vm-uuid={vm_uuid}"),
-    ];
+    let mut vif = VifSettings::new(
+        uuid("vif-uuid")?,
+        uuid("network-uuid")?,
+        vif_name.to_string(),
+        parse_mac(mac)?,
+    );
+    vif.vm_uuid = params::uuid(vm_uuid).ok();
     match &record["locking_mode"] {
-        Value::String(m) if m == "Unlocked" => argv.extend([
-            "locking-mode=unlocked".into(),
-            "ipv4-allowed=".into(),
-            "ipv6-allowed=".into(),
-        ]),
-        Value::String(m) if m == "Disabled" => argv.push("locking-mode=disabled".into()),
+        Value::String(m) if m == "Unlocked" => vif.locking_mode = LockingMode::Unlocked,
+        Value::String(m) if m == "Disabled" => vif.locking_mode = LockingMode::Disabled,
         Value::Array(l) if l.first().and_then(Value::as_str) == Some("Locked") => {
             let lists = l.get(1).context("Locked without address lists")?;
-            argv.push("locking-mode=locked".into());
-            argv.push(format!("ipv4-allowed={}", strings(lists.get("ipv4"))?));
-            argv.push(format!("ipv6-allowed={}", strings(lists.get("ipv6"))?));
+            vif.locking_mode = LockingMode::Locked;
+            vif.ipv4_allowed = list(lists.get("ipv4"), "ipv4", parse_ipv4_list)?;
+            vif.ipv6_allowed = list(lists.get("ipv6"), "ipv6", parse_ipv6_list)?;
         }
         Value::Null => {}
         other => bail!("unknown locking_mode {other}"),
     }
     match &record["rate"] {
-        Value::Null => argv.push("qos_algorithm_type=".into()),
+        Value::Null => {}
         Value::Array(r) => {
             let kbps = r.first().and_then(Value::as_u64).context("rate kbps")?;
-            argv.push("qos_algorithm_type=ratelimit".into());
-            argv.push(format!("qos_algorithm_params:kbps={kbps}"));
-            if let Some(ts) = r.get(1).and_then(Value::as_u64) {
-                argv.push(format!("qos_algorithm_params:timeslice_us={ts}"));
-            }
+            vif.qos = Qos {
+                algorithm: QosAlgorithm::Ratelimit,
+                kbps: Some(kbps),
+                timeslice_us: r.get(1).and_then(Value::as_u64),
+            };
         }
         other => bail!("unknown rate {other}"),
     }
-    Ok(argv)
+    Ok((vif, bridge.to_string()))
 }
 
 /// Reads the VIF record for `filter`; `clear` needs only its uuid.
@@ -98,7 +110,7 @@ pub fn read_record(dir: &Path, backend: &str, vm_uuid: &str, devid: &str) -> Res
     serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
-/// The daemon command for a hook call.
+/// The daemon request for a hook call.
 pub fn command(
     dir: &Path,
     backend: &str,
@@ -106,19 +118,27 @@ pub fn command(
     vm_uuid: &str,
     devid: &str,
     action: &str,
-) -> Result<Vec<String>> {
+) -> Result<Request> {
     let record = read_record(dir, backend, vm_uuid, devid)?;
     match action {
-        "filter" => vif_apply_argv(&record, vif_name, vm_uuid),
+        "filter" => {
+            let (vif, network_name_label) = settings_of(&record, vif_name, vm_uuid)?;
+            Ok(Request::Apply {
+                vif,
+                network_name_label,
+            })
+        }
         "clear" => {
             let uuid =
                 private_key(&record, "vif-uuid").context("extra_private_keys has no vif-uuid")?;
             // Unplugging a VIF lockd no longer knows is not an error for the toolstack.
-            Ok(vec![
-                "vif-destroy".into(),
-                format!("uuid={uuid}"),
-                "--if-exists".into(),
-            ])
+            Ok(Request::Xe {
+                argv: vec![
+                    "vif-destroy".into(),
+                    format!("uuid={uuid}"),
+                    "--if-exists".into(),
+                ],
+            })
         }
         other => bail!("action must be filter or clear, not '{other}'"),
     }
@@ -137,22 +157,30 @@ mod tests {
                "extra_private_keys":{"vif-uuid":"6f1c3bd8-0a52-4b8e-9f3e-1f0c2e6b7a01","network-uuid":"0d6b2f77-3c8a-4a4e-8b47-2f1d7c3e9b02"}}"#,
         )
         .unwrap();
-        let a = vif_apply_argv(&r, "vif3.0", "a1b2c3d4-0000-4000-8000-000000000003").unwrap();
-        assert!(a.contains(&"locking-mode=locked".to_string()));
-        assert!(a.contains(&"ipv4-allowed=10.0.0.2,10.0.2.0/24".to_string()));
-        assert!(a.contains(&"qos_algorithm_params:kbps=1024".to_string()));
-        assert!(a.contains(&"network-name-label=xenbr0".to_string()));
+        let (v, bridge) =
+            settings_of(&r, "vif3.0", "a1b2c3d4-0000-4000-8000-000000000003").unwrap();
+        assert_eq!(v.locking_mode, LockingMode::Locked);
+        assert_eq!(
+            v.ipv4_allowed,
+            parse_ipv4_list("10.0.0.2,10.0.2.0/24").unwrap()
+        );
+        assert_eq!(v.qos.rate_limit().unwrap().kbps, 1024);
+        assert_eq!(v.device, "vif3.0");
+        assert_eq!(bridge, "xenbr0");
     }
 
     #[test]
     fn pair_list_keys_and_bad_modes() {
         let r: Value = serde_json::from_str(
             r#"{"mac":"02:00:00:00:00:0b","locking_mode":"Sideways",
-               "extra_private_keys":[["vif-uuid","u"],["network-uuid","n"]]}"#,
+               "extra_private_keys":[["vif-uuid","6f1c3bd8-0a52-4b8e-9f3e-1f0c2e6b7a01"],["network-uuid","0d6b2f77-3c8a-4a4e-8b47-2f1d7c3e9b02"]]}"#,
         )
         .unwrap();
-        assert_eq!(private_key(&r, "vif-uuid"), Some("u"));
-        let e = vif_apply_argv(&r, "vif1.0", "vm").unwrap_err();
+        assert_eq!(
+            private_key(&r, "vif-uuid"),
+            Some("6f1c3bd8-0a52-4b8e-9f3e-1f0c2e6b7a01")
+        );
+        let e = settings_of(&r, "vif1.0", "vm").unwrap_err();
         assert!(e.to_string().contains("Sideways"), "{e}");
     }
 }

@@ -5,6 +5,6 @@ pub mod dataplane;
 pub mod hook;
 pub mod netlink;
 pub mod rcu;
-pub mod state;
+pub mod store;
 pub mod testrun;
 pub mod xe;

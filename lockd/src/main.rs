@@ -3,7 +3,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use lockd::{
     daemon::{self, Config},
     dataplane::{XdpModeRequest, cleanup},
@@ -14,8 +14,7 @@ use lockd::{
 #[command(
     name = "lockd",
     version,
-    about = "Switch-port locking for hypervisor VIFs in XDP",
-    after_help = "xe-style commands (sent to the daemon):\n  network-create name-label=NAME [uuid=UUID] [default-locking-mode=unlocked|disabled]\n  network-destroy uuid=UUID\n  network-param-set uuid=UUID default-locking-mode=unlocked|disabled\n  network-param-get uuid=UUID param-name=default-locking-mode\n  network-list [--json]\n  vif-create network-uuid=UUID device=IFNAME mac=MAC [uuid=UUID] [vm-uuid=UUID]\n  vif-destroy uuid=UUID\n  vif-param-set uuid=UUID [locking-mode=network_default|locked|unlocked|disabled]\n        [ipv4-allowed=LIST] [ipv6-allowed=LIST] [qos_algorithm_type=ratelimit|]\n        [qos_algorithm_params:kbps=N] [qos_algorithm_params:timeslice_us=N]\n  vif-param-add uuid=UUID ipv4-allowed=LIST | ipv6-allowed=LIST\n  vif-param-remove uuid=UUID ipv4-allowed=LIST | ipv6-allowed=LIST\n  vif-param-get uuid=UUID param-name=NAME\n  vif-list [--json]\n  vif-stats [uuid=UUID] [--json]"
+    about = "Switch-port locking for hypervisor VIFs in XDP"
 )]
 struct Cli {
     /// The daemon's control socket.
@@ -115,8 +114,11 @@ fn run(cli: Cli) -> Result<u8> {
                     xenopsd_dir,
                 },
         } => {
-            let argv = hook::command(&xenopsd_dir, &backend, &vif_name, &vm_uuid, &devid, &action)?;
-            relay(&cli.socket, &argv)
+            let req = hook::command(&xenopsd_dir, &backend, &vif_name, &vm_uuid, &devid, &action)?;
+            let r = daemon::request(&cli.socket, &req)?;
+            print!("{}", r.stdout);
+            eprint!("{}", r.stderr);
+            Ok(r.code.clamp(0, 255) as u8)
         }
         Cmd::Xe(argv) => {
             if !xe::VERBS.contains(&argv[0].as_str()) {
@@ -134,7 +136,13 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    match run(Cli::parse()) {
+    // The verbs and parameters are listed from the parameter tables.
+    let matches = Cli::command().after_help(xe::params::help()).get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("lockd: {e:#}");

@@ -3,11 +3,11 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use lockd_kit::frames::{self, BROADCAST, ethernet, icmpv6_msg, ll_option, multicast_mac, nd_body};
 use lockd_common::{
     Reason::{self, *},
     policy::{EffectiveMode, VifPolicy, solicited_node},
 };
+use lockd_kit::frames::{self, BROADCAST, ethernet, icmpv6_msg, ll_option, multicast_mac, nd_body};
 
 use crate::*;
 

@@ -156,9 +156,13 @@ impl Instance {
         }
     }
 
-    /// The state file's bytes (empty if absent).
+    /// Everything the daemon's store holds, read from the database file (empty if absent).
     pub fn state_bytes(&self) -> Vec<u8> {
-        std::fs::read(self.state_dir.join("state.json")).unwrap_or_default()
+        use lockd::store::{SqliteStore, Store as _};
+        match SqliteStore::open_read_only(&self.state_dir) {
+            Ok(mut s) => format!("{:?}", s.load().expect("read the store")).into_bytes(),
+            Err(_) => Vec::new(),
+        }
     }
 
     /// The VIF's counter for a direction and reason, from `vif-stats --json`.

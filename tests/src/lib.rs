@@ -4,11 +4,11 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ipnetwork::{Ipv4Network, Ipv6Network};
-use lockd_kit::frames::{self, BROADCAST, Mac, multicast_mac};
 use lockd_common::{
     Reason,
     policy::{EffectiveMode, VifPolicy, link_local, solicited_node},
 };
+use lockd_kit::frames::{self, BROADCAST, Mac, multicast_mac};
 use rand::{Rng, RngCore, SeedableRng, rngs::SmallRng};
 
 pub mod corpus;

@@ -5,8 +5,8 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ipnetwork::{Ipv4Network, Ipv6Network};
-use lockd_kit::frames::{self, BROADCAST, ll_option, multicast_mac, nd_body};
 use lockd_common::policy::{EffectiveMode, RateLimit, VifPolicy, solicited_node};
+use lockd_kit::frames::{self, BROADCAST, ll_option, multicast_mac, nd_body};
 use rand::{Rng, seq::SliceRandom};
 
 use crate::{corpus, *};

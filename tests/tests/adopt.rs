@@ -5,9 +5,9 @@
 use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
-use lockd::{dataplane::{Dataplane, XDP_DROP, XDP_PASS, XdpModeRequest, cleanup, ensure_bpffs}};
-use lockd_kit::{netlab::{NetNs, veth}};
+use lockd::dataplane::{Dataplane, XDP_DROP, XDP_PASS, XdpModeRequest, cleanup, ensure_bpffs};
 use lockd_common::policy::VifPolicy;
+use lockd_kit::netlab::{NetNs, veth};
 use lockd_tests::{GUEST, locked_policy, udp4_from};
 
 fn member(k: u32, i: u32) -> Ipv4Addr {

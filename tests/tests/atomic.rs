@@ -9,12 +9,12 @@ use std::{
 
 use ipnetwork::Ipv4Network;
 use lockd::dataplane::{Dataplane, XDP_PASS};
-use lockd_kit::{netlab::{NetNs, veth}};
 use lockd_common::{
     POSITIONS, PROG_VIF_INGRESS, Reason,
     model::verdict_from_vm,
     policy::{EffectiveMode, VifPolicy},
 };
+use lockd_kit::netlab::{NetNs, veth};
 use lockd_tests::{FOREIGN, GUEST, udp4_from};
 
 const FLIPS: usize = 400;

@@ -86,7 +86,7 @@ fn every_verb_round_trips() {
             .ok()
     };
     assert_eq!(vget("locking-mode"), "locked");
-    assert_eq!(vget("ipv4-allowed"), "10.0.0.2, 10.0.0.3");
+    assert_eq!(vget("ipv4-allowed"), "10.0.0.2; 10.0.0.3");
     assert_eq!(vget("ipv6-allowed"), "2001:db8::2");
     assert_eq!(vget("mac"), "02:00:00:00:00:0b");
     assert_eq!(vget("device"), "vif3.0");

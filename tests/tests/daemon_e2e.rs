@@ -11,8 +11,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lockd_kit::{frames::{self, Mac}, netlab::{NetNs, bridge, send_frames, veth}};
 use lockd_common::policy::format_mac;
+use lockd_kit::{
+    frames::{self, Mac},
+    netlab::{NetNs, bridge, send_frames, veth},
+};
 use lockd_tests::{
     daemon::Instance,
     wire::{Capture, delivered},

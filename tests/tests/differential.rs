@@ -2,14 +2,14 @@
 //! corpus frame and on seeded random and mutated frames with varied policies. The kernel's
 //! reason is read from the VIF's counter, so a mismatch in reason fails as well as one in action.
 
+use lockd::dataplane::{Dataplane, XDP_DROP, XDP_PASS};
 use lockd::testrun::Runner;
-use lockd::{dataplane::{Dataplane, XDP_DROP, XDP_PASS}};
-use lockd_kit::{netlab::{NetNs, veth}};
 use lockd_common::{
     Direction, POSITIONS, Reason,
     model::{verdict_from_vm, verdict_to_vm},
     policy::VifPolicy,
 };
+use lockd_kit::netlab::{NetNs, veth};
 use lockd_tests::{
     Case,
     corpus::{cases, to_vm_cases},

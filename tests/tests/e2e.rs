@@ -5,14 +5,17 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use lockd::{dataplane::{AttachMode, Dataplane, VifCounters, XdpModeRequest}};
-use lockd_kit::{frames::{self, BROADCAST, Mac, ll_option, multicast_mac, nd_body}, netlab::{NetNs, bridge, veth}};
+use lockd::dataplane::{AttachMode, Dataplane, VifCounters, XdpModeRequest};
 use lockd_common::{
     Counter, Direction, Reason,
     policy::{
         EffectiveMode, VifPolicy, format_mac, link_local, parse_ipv4_list, parse_ipv6_list,
         solicited_node,
     },
+};
+use lockd_kit::{
+    frames::{self, BROADCAST, Mac, ll_option, multicast_mac, nd_body},
+    netlab::{NetNs, bridge, veth},
 };
 use lockd_tests::{
     ALL_NODES, ALL_ROUTERS,

@@ -8,14 +8,17 @@ use std::{
     time::Duration,
 };
 
-use lockd::{dataplane::{Dataplane, XdpModeRequest}};
-use lockd_kit::{frames::{self, BROADCAST, Mac, multicast_mac, nd_body}, netlab::{NetNs, bridge, veth}};
+use lockd::dataplane::{Dataplane, XdpModeRequest};
 use lockd_common::{
     Direction, Reason,
     policy::{
         EffectiveMode, RateLimit, VifPolicy, format_mac, parse_ipv4_list, parse_ipv6_list,
         solicited_node,
     },
+};
+use lockd_kit::{
+    frames::{self, BROADCAST, Mac, multicast_mac, nd_body},
+    netlab::{NetNs, bridge, veth},
 };
 use lockd_tests::wire::{Capture, DelayLine, delivered, send};
 

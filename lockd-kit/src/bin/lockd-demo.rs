@@ -7,7 +7,10 @@ use clap::Parser;
 use lockd::dataplane::XdpModeRequest;
 
 #[derive(Parser)]
-#[command(name = "lockd-demo", about = "Show lockd's from-VM locking on a namespace topology")]
+#[command(
+    name = "lockd-demo",
+    about = "Show lockd's from-VM locking on a namespace topology"
+)]
 struct Cli {
     /// Print the counters as JSON.
     #[arg(long)]

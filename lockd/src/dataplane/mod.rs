@@ -58,13 +58,11 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 /// generator. A separate object that nothing in the daemon references or loads; it is built
 /// here only because this crate's build script builds the eBPF crate.
 #[doc(hidden)]
-pub static KIT_OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lockd-kit"));
+pub static KIT_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lockd-kit"));
 
 /// Retired entries allowed to wait for a grace period before `set_policy` collects them itself
 /// (it also does when a table region or config copy is wanted and only garbage holds one).
 const RETIRED_LIMIT: usize = 65_536;
-
 
 /// Errors of the dataplane loader.
 #[derive(Debug, thiserror::Error)]

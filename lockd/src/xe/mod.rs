@@ -1,24 +1,21 @@
-//! The `xe`-style command layer: verbs with `key=value` arguments, applied to a copy of the
-//! state so that a command is all-or-nothing. Pure: the daemon supplies runtime facts (ifindex,
-//! attach mode, counters) through [`Runtime`] and persists/enforces the returned state.
+//! The `xe`-style command layer: verbs with `key=value` arguments, checked against a read-only
+//! [`State`] and answered with the [`Change`]s to make, so that a command is all-or-nothing.
+//! Parameters are declared once in [`params`]; each verb is a small function over them. The
+//! daemon supplies runtime facts (ifindex, attach mode, counters) through [`Runtime`], and
+//! applies, enforces and commits the changes.
 
 use std::collections::BTreeMap;
 
-use lockd_common::{
-    MAX_ALLOWED_PER_VIF,
-    policy::{
-        DefaultLockingMode, LockingMode, format_mac, parse_ipv4_list, parse_ipv6_list, parse_mac,
-    },
-};
-use serde_json::{Value, json};
+use lockd_common::settings::{NetworkSettings, VifSettings};
 
+pub mod params;
 mod show;
 
-use show::{effective, qos_params, vif_list, vif_stats};
+use params::{Access, Param};
 
 use crate::{
     dataplane::{AttachMode, VifCounters},
-    state::{Network, Qos, State, Vif},
+    store::{Change, State},
 };
 
 /// The verbs the CLI forwards to the daemon.
@@ -36,7 +33,6 @@ pub const VERBS: &[&str] = &[
     "vif-param-get",
     "vif-list",
     "vif-stats",
-    "vif-apply",
 ];
 
 /// A command that cannot be carried out; nothing was changed.
@@ -58,8 +54,6 @@ pub enum XeError {
     UnknownVif(String),
     #[error("{what} {uuid} already exists")]
     Exists { what: &'static str, uuid: String },
-    #[error("'{0}' is not a UUID")]
-    BadUuid(String),
     #[error("invalid value for {key}: {reason}")]
     BadValue { key: String, reason: String },
     #[error("device {device} already belongs to VIF {uuid}")]
@@ -80,25 +74,49 @@ pub trait Runtime {
     fn counters(&self, ifindex: u32) -> Option<VifCounters>;
 }
 
+/// What the views read: the state and the runtime.
+pub struct View<'a> {
+    pub state: &'a State,
+    pub rt: &'a dyn Runtime,
+}
+
+pub(crate) fn attach_word(rt: &dyn Runtime, ifindex: Option<u32>) -> &'static str {
+    match ifindex.and_then(|i| rt.attach_mode(i)) {
+        Some(AttachMode::Native) => "native",
+        Some(AttachMode::Generic) => "generic",
+        None => "absent",
+    }
+}
+
 /// What a command produced.
 #[derive(Debug, Default)]
 pub struct Outcome {
-    /// The state to persist and enforce, when the command changed it.
-    pub state: Option<State>,
+    /// The changes to apply, enforce and commit (none for a read-only verb).
+    pub changes: Vec<Change>,
     /// Text for stdout.
     pub output: String,
 }
 
+impl Outcome {
+    fn print(output: String) -> Result<Self, XeError> {
+        Ok(Self {
+            changes: Vec::new(),
+            output,
+        })
+    }
+}
+
 struct Args {
     verb: String,
+    /// Canonical key (maps: `name:key`) → value.
     kv: BTreeMap<String, String>,
     json: bool,
-    /// `--if-exists` (vif-destroy): a missing VIF is not an error (the hook's `clear`).
+    /// `--if-exists` (vif-destroy): a missing VIF is not an error.
     if_exists: bool,
 }
 
 /// Canonical key: lowercase, `_` as `-` (xe accepts both spellings of `ipv4_allowed`).
-fn canon(key: &str) -> String {
+pub(crate) fn canon(key: &str) -> String {
     key.trim().to_ascii_lowercase().replace('_', "-")
 }
 
@@ -109,45 +127,47 @@ fn parse_args(argv: &[String]) -> Result<Args, XeError> {
     if !VERBS.contains(&verb.as_str()) {
         return Err(XeError::UnknownVerb(verb.clone()));
     }
-    let mut kv = BTreeMap::new();
-    let mut json = false;
-    let mut if_exists = false;
-    for a in rest {
-        if a == "--json" {
-            json = true;
-            continue;
-        }
-        if a == "--if-exists" && verb == "vif-destroy" {
-            if_exists = true;
-            continue;
-        }
-        let (k, v) = a
-            .split_once('=')
-            .ok_or_else(|| XeError::NotKeyValue(a.clone()))?;
-        let k = canon(k);
-        if kv.insert(k.clone(), v.to_string()).is_some() {
-            return Err(XeError::Duplicate(k));
+    let mut a = Args {
+        verb: verb.clone(),
+        kv: BTreeMap::new(),
+        json: false,
+        if_exists: false,
+    };
+    for arg in rest {
+        match arg.as_str() {
+            "--json" => a.json = true,
+            "--if-exists" if verb == "vif-destroy" => a.if_exists = true,
+            _ => {
+                let (k, v) = arg
+                    .split_once('=')
+                    .ok_or_else(|| XeError::NotKeyValue(arg.clone()))?;
+                let k = match k.split_once(':') {
+                    Some((name, sub)) => {
+                        format!(
+                            "{}:{}",
+                            canon(name),
+                            sub.trim().to_ascii_lowercase().replace('-', "_")
+                        )
+                    }
+                    None => canon(k),
+                };
+                if a.kv.insert(k.clone(), v.to_string()).is_some() {
+                    return Err(XeError::Duplicate(k));
+                }
+            }
         }
     }
-    Ok(Args {
-        verb: verb.clone(),
-        kv,
-        json,
-        if_exists,
-    })
+    Ok(a)
+}
+
+fn bad(key: &str, reason: impl ToString) -> XeError {
+    XeError::BadValue {
+        key: key.to_string(),
+        reason: reason.to_string(),
+    }
 }
 
 impl Args {
-    fn allow(&self, keys: &[&str]) -> Result<(), XeError> {
-        match self.kv.keys().find(|k| !keys.contains(&k.as_str())) {
-            Some(k) => Err(XeError::UnknownKey {
-                verb: self.verb.clone(),
-                key: k.clone(),
-            }),
-            None => Ok(()),
-        }
-    }
-
     fn need(&self, key: &'static str) -> Result<&str, XeError> {
         self.kv
             .get(key)
@@ -158,457 +178,258 @@ impl Args {
             })
     }
 
-    fn get(&self, key: &str) -> Option<&str> {
-        self.kv.get(key).map(String::as_str)
+    fn unknown(&self, key: &str) -> XeError {
+        XeError::UnknownKey {
+            verb: self.verb.clone(),
+            key: key.to_string(),
+        }
+    }
+
+    /// Refuses any key but `keys`.
+    fn only(&self, keys: &[&str]) -> Result<(), XeError> {
+        match self.kv.keys().find(|k| !keys.contains(&k.as_str())) {
+            Some(k) => Err(self.unknown(k)),
+            None => Ok(()),
+        }
+    }
+
+    /// The canonical uuid in `uuid=`.
+    fn uuid(&self) -> Result<String, XeError> {
+        params::uuid(self.need("uuid")?).map_err(|e| bad("uuid", e))
+    }
+
+    /// Applies every key but `skip` to `obj` through `table`: `set` for the access levels in
+    /// `settable` (and map keys of MRW parameters), or `add` / `remove`. Counts what it applied.
+    fn apply<T>(
+        &self,
+        table: &[Param<T>],
+        obj: &mut T,
+        skip: &[&str],
+        how: How,
+    ) -> Result<usize, XeError> {
+        let mut n = 0;
+        for (k, v) in self.kv.iter().filter(|(k, _)| !skip.contains(&k.as_str())) {
+            let (name, sub) = match k.split_once(':') {
+                Some((name, sub)) => (name, Some(sub)),
+                None => (k.as_str(), None),
+            };
+            let p = params::find(table, name).ok_or_else(|| self.unknown(k))?;
+            let r = match (how, sub) {
+                (How::Set(levels), None) if levels.contains(&p.access) => p.set.map(|f| f(obj, v)),
+                (How::Set(_), Some(sub)) => p.set_in_map.map(|f| f(obj, sub, v)),
+                (How::Add, None) => p.add.map(|f| f(obj, v)),
+                (How::Remove, None) => p.remove.map(|f| f(obj, v)),
+                _ => None,
+            };
+            r.ok_or_else(|| self.unknown(k))?
+                .map_err(|e| bad(p.name, e))?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    fn param_name(&self) -> Result<String, XeError> {
+        Ok(canon(self.need("param-name")?))
     }
 }
 
-fn uuid_arg(v: &str) -> Result<String, XeError> {
-    uuid::Uuid::parse_str(v.trim())
-        .map(|u| u.hyphenated().to_string())
-        .map_err(|_| XeError::BadUuid(v.to_string()))
+#[derive(Clone, Copy)]
+enum How {
+    Set(&'static [Access]),
+    Add,
+    Remove,
 }
 
-fn bad(key: &str, reason: impl ToString) -> XeError {
-    XeError::BadValue {
-        key: key.to_string(),
-        reason: reason.to_string(),
-    }
-}
-
-fn canonical_list(items: &[impl ToString]) -> Vec<String> {
-    items.iter().map(ToString::to_string).collect()
-}
-
-/// Canonical form of an item: plain address for host prefixes, `addr/len` otherwise.
-fn canon4(l: &[ipnetwork::Ipv4Network]) -> Vec<String> {
-    canonical_list(
-        &l.iter()
-            .map(|n| {
-                if n.prefix() == 32 {
-                    n.ip().to_string()
-                } else {
-                    n.to_string()
-                }
-            })
-            .collect::<Vec<_>>(),
-    )
-}
-
-fn canon6(l: &[ipnetwork::Ipv6Network]) -> Vec<String> {
-    canonical_list(
-        &l.iter()
-            .map(|n| {
-                if n.prefix() == 128 {
-                    n.ip().to_string()
-                } else {
-                    n.to_string()
-                }
-            })
-            .collect::<Vec<_>>(),
-    )
-}
-
-fn check_total(vif: &Vif) -> Result<(), XeError> {
-    let n = vif.ipv4_allowed.len() + vif.ipv6_allowed.len();
-    if n > MAX_ALLOWED_PER_VIF {
-        return Err(bad(
-            "ipv4-allowed/ipv6-allowed",
-            format!("{n} entries exceed the per-VIF limit of {MAX_ALLOWED_PER_VIF}"),
-        ));
-    }
-    Ok(())
-}
+const CHANGEABLE: &[Access] = &[Access::Rw, Access::Srw];
+const AT_CREATE: &[Access] = &[Access::Ro, Access::Rw];
 
 /// Runs one command against `state`.
 pub fn execute(state: &State, rt: &dyn Runtime, argv: &[String]) -> Result<Outcome, XeError> {
     let a = parse_args(argv)?;
-    let mut s = state.clone();
-    let changed = |s: State, output: String| {
-        Ok(Outcome {
-            state: Some(s),
-            output,
-        })
-    };
+    let view = View { state, rt };
     match a.verb.as_str() {
-        "network-create" => {
-            a.allow(&["name-label", "uuid", "default-locking-mode"])?;
-            let name_label = a.need("name-label")?.to_string();
-            let uuid = match a.get("uuid") {
-                Some(u) => uuid_arg(u)?,
-                None => uuid::Uuid::new_v4().to_string(),
-            };
-            if s.networks.contains_key(&uuid) {
-                return Err(XeError::Exists {
-                    what: "network",
-                    uuid,
-                });
-            }
-            let default_locking_mode = match a.get("default-locking-mode") {
-                Some(v) => v
-                    .parse::<DefaultLockingMode>()
-                    .map_err(|e| bad("default-locking-mode", e))?,
-                None => DefaultLockingMode::default(),
-            };
-            s.networks.insert(
-                uuid.clone(),
-                Network {
-                    uuid: uuid.clone(),
-                    name_label,
-                    default_locking_mode,
-                },
-            );
-            changed(s, format!("{uuid}\n"))
-        }
+        "network-create" => network_create(&a, state),
         "network-destroy" => {
-            a.allow(&["uuid"])?;
-            let uuid = uuid_arg(a.need("uuid")?)?;
-            if s.networks.remove(&uuid).is_none() {
-                return Err(XeError::UnknownNetwork(uuid));
-            }
-            let count = s.vifs.values().filter(|v| v.network_uuid == uuid).count();
+            a.only(&["uuid"])?;
+            let uuid = a.uuid()?;
+            state
+                .network(&uuid)
+                .ok_or_else(|| XeError::UnknownNetwork(uuid.clone()))?;
+            let count = state.vifs_on(&uuid).count();
             if count > 0 {
                 return Err(XeError::NetworkInUse { uuid, count });
             }
-            changed(s, String::new())
+            Ok(changed(Change::DeleteNetwork(uuid), String::new()))
         }
         "network-param-set" => {
-            a.allow(&["uuid", "default-locking-mode", "name-label"])?;
-            let n = network_mut(&mut s, &a)?;
-            if a.kv.len() == 1 {
+            let mut n = network(state, &a)?.clone();
+            if a.apply(params::NETWORK, &mut n, &["uuid"], How::Set(CHANGEABLE))? == 0 {
                 return Err(XeError::NothingToDo { verb: a.verb });
             }
-            if let Some(v) = a.get("default-locking-mode") {
-                n.default_locking_mode = v.parse().map_err(|e| bad("default-locking-mode", e))?;
-            }
-            if let Some(v) = a.get("name-label") {
-                n.name_label = v.to_string();
-            }
-            changed(s, String::new())
+            Ok(changed(Change::PutNetwork(n), String::new()))
         }
         "network-param-get" => {
-            a.allow(&["uuid", "param-name"])?;
-            let n = network_mut(&mut s, &a)?;
-            let out = match canon(a.need("param-name")?).as_str() {
-                "default-locking-mode" => n.default_locking_mode.to_string(),
-                "name-label" => n.name_label.clone(),
-                "uuid" => n.uuid.clone(),
-                other => {
-                    return Err(bad(
-                        "param-name",
-                        format!("network has no parameter '{other}'"),
-                    ));
-                }
-            };
-            Ok(Outcome {
-                state: None,
-                output: format!("{out}\n"),
-            })
+            a.only(&["uuid", "param-name"])?;
+            let n = network(state, &a)?;
+            let key = a.param_name()?;
+            let p = params::find(params::NETWORK, &key)
+                .ok_or_else(|| bad("param-name", format!("network has no parameter '{key}'")))?;
+            Outcome::print(format!("{}\n", p.text(n, &view)))
         }
         "network-list" => {
-            a.allow(&[])?;
-            let output = if a.json {
-                let v: Vec<Value> = s
-                    .networks
-                    .values()
-                    .map(|n| {
-                        json!({
-                            "uuid": n.uuid,
-                            "name_label": n.name_label,
-                            "default_locking_mode": n.default_locking_mode,
-                            "vifs": s.vifs.values().filter(|v| v.network_uuid == n.uuid).count(),
-                        })
-                    })
-                    .collect();
-                format!("{}\n", Value::Array(v))
-            } else {
-                s.networks
-                    .values()
-                    .map(|n| {
-                        format!(
-                            "uuid ( RO)                  : {}\n    name-label ( RW)        : {}\n    default-locking-mode ( RW): {}\n\n",
-                            n.uuid, n.name_label, n.default_locking_mode
-                        )
-                    })
-                    .collect()
-            };
-            Ok(Outcome {
-                state: None,
-                output,
-            })
+            a.only(&[])?;
+            Outcome::print(show::list(params::NETWORK, state.networks(), &view, a.json))
         }
-        "vif-create" => {
-            a.allow(&["network-uuid", "device", "mac", "uuid", "vm-uuid"])?;
-            let network_uuid = uuid_arg(a.need("network-uuid")?)?;
-            if !s.networks.contains_key(&network_uuid) {
-                return Err(XeError::UnknownNetwork(network_uuid));
-            }
-            let device = a.need("device")?.trim().to_string();
-            if device.is_empty() || device.len() > 15 || device.contains(['/', ' ']) {
-                return Err(bad("device", format!("'{device}' is not a netdev name")));
-            }
-            if let Some(v) = s.vifs.values().find(|v| v.device == device) {
-                return Err(XeError::DeviceTaken {
-                    device,
-                    uuid: v.uuid.clone(),
-                });
-            }
-            let mac = format_mac(parse_mac(a.need("mac")?).map_err(|e| bad("mac", e))?);
-            let uuid = match a.get("uuid") {
-                Some(u) => uuid_arg(u)?,
-                None => uuid::Uuid::new_v4().to_string(),
-            };
-            if s.vifs.contains_key(&uuid) {
-                return Err(XeError::Exists { what: "VIF", uuid });
-            }
-            let vm_uuid = a.get("vm-uuid").map(uuid_arg).transpose()?;
-            s.vifs.insert(
-                uuid.clone(),
-                Vif {
-                    uuid: uuid.clone(),
-                    network_uuid,
-                    device,
-                    mac,
-                    vm_uuid,
-                    locking_mode: LockingMode::NetworkDefault,
-                    ipv4_allowed: vec![],
-                    ipv6_allowed: vec![],
-                    qos: Qos::default(),
-                },
-            );
-            changed(s, format!("{uuid}\n"))
-        }
+        "vif-create" => vif_create(&a, state),
         "vif-destroy" => {
-            a.allow(&["uuid"])?;
-            let uuid = uuid_arg(a.need("uuid")?)?;
-            if s.vifs.remove(&uuid).is_none() {
-                if a.if_exists {
-                    return Ok(Outcome::default());
-                }
-                return Err(XeError::UnknownVif(uuid));
+            a.only(&["uuid"])?;
+            let uuid = a.uuid()?;
+            match state.vif(&uuid) {
+                Some(_) => Ok(changed(Change::DeleteVif(uuid), String::new())),
+                None if a.if_exists => Outcome::print(String::new()),
+                None => Err(XeError::UnknownVif(uuid)),
             }
-            changed(s, String::new())
         }
-        "vif-param-set" => {
-            a.allow(&[
-                "uuid",
-                "locking-mode",
-                "ipv4-allowed",
-                "ipv6-allowed",
-                "qos-algorithm-type",
-                "qos-algorithm-params:kbps",
-                "qos-algorithm-params:timeslice-us",
-            ])?;
-            let vif = vif_mut(&mut s, &a)?;
-            if a.kv.len() == 1 {
+        "vif-param-set" | "vif-param-add" | "vif-param-remove" => {
+            let mut v = vif(state, &a)?.clone();
+            let how = match a.verb.as_str() {
+                "vif-param-add" => How::Add,
+                "vif-param-remove" => How::Remove,
+                _ => How::Set(CHANGEABLE),
+            };
+            if a.apply(params::VIF, &mut v, &["uuid"], how)? == 0 {
                 return Err(XeError::NothingToDo { verb: a.verb });
             }
-            if let Some(v) = a.get("locking-mode") {
-                vif.locking_mode = v.parse().map_err(|e| bad("locking-mode", e))?;
-            }
-            if let Some(v) = a.get("ipv4-allowed") {
-                vif.ipv4_allowed = canon4(&parse_ipv4_list(v).map_err(|e| bad("ipv4-allowed", e))?);
-            }
-            if let Some(v) = a.get("ipv6-allowed") {
-                vif.ipv6_allowed = canon6(&parse_ipv6_list(v).map_err(|e| bad("ipv6-allowed", e))?);
-            }
-            if let Some(v) = a.get("qos-algorithm-type") {
-                match v.trim() {
-                    "ratelimit" | "" => vif.qos.algorithm_type = v.trim().to_string(),
-                    other => {
-                        return Err(bad(
-                            "qos_algorithm_type",
-                            format!("'{other}' is not one of: ratelimit, (empty)"),
-                        ));
-                    }
-                }
-            }
-            for (key, field) in [
-                ("qos-algorithm-params:kbps", &mut vif.qos.kbps),
-                (
-                    "qos-algorithm-params:timeslice-us",
-                    &mut vif.qos.timeslice_us,
-                ),
-            ] {
-                if let Some(v) = a.get(key) {
-                    *field = match v.trim() {
-                        "" => None,
-                        t => {
-                            Some(t.parse::<u64>().ok().filter(|n| *n > 0).ok_or_else(|| {
-                                bad(key, format!("'{t}' is not a positive integer"))
-                            })?)
-                        }
-                    };
-                }
-            }
-            check_total(vif)?;
-            changed(s, String::new())
-        }
-        "vif-param-add" | "vif-param-remove" => {
-            a.allow(&["uuid", "ipv4-allowed", "ipv6-allowed"])?;
-            let vif = vif_mut(&mut s, &a)?;
-            if a.kv.len() == 1 {
-                return Err(XeError::NothingToDo { verb: a.verb });
-            }
-            let add = a.verb == "vif-param-add";
-            if let Some(v) = a.get("ipv4-allowed") {
-                let items = canon4(&parse_ipv4_list(v).map_err(|e| bad("ipv4-allowed", e))?);
-                merge(&mut vif.ipv4_allowed, items, add);
-            }
-            if let Some(v) = a.get("ipv6-allowed") {
-                let items = canon6(&parse_ipv6_list(v).map_err(|e| bad("ipv6-allowed", e))?);
-                merge(&mut vif.ipv6_allowed, items, add);
-            }
-            check_total(vif)?;
-            changed(s, String::new())
+            Ok(changed(Change::PutVif(v), String::new()))
         }
         "vif-param-get" => {
-            a.allow(&["uuid", "param-name"])?;
-            let vif = vif_mut(&mut s, &a)?.clone();
-            let out = match canon(a.need("param-name")?).as_str() {
-                "uuid" => vif.uuid.clone(),
-                "device" => vif.device.clone(),
-                "mac" => vif.mac.clone(),
-                "network-uuid" => vif.network_uuid.clone(),
-                "vm-uuid" => vif.vm_uuid.clone().unwrap_or_default(),
-                "locking-mode" => vif.locking_mode.to_string(),
-                "effective-locking-mode" => effective(&s, &vif),
-                "ipv4-allowed" => vif.ipv4_allowed.join(", "),
-                "ipv6-allowed" => vif.ipv6_allowed.join(", "),
-                "qos-algorithm-type" => vif.qos.algorithm_type.clone(),
-                "qos-algorithm-params" => qos_params(&vif.qos),
-                other => return Err(bad("param-name", format!("VIF has no parameter '{other}'"))),
-            };
-            Ok(Outcome {
-                state: None,
-                output: format!("{out}\n"),
-            })
+            a.only(&["uuid", "param-name"])?;
+            let v = vif(state, &a)?;
+            let key = a.param_name()?;
+            let p = params::find(params::VIF, &key)
+                .ok_or_else(|| bad("param-name", format!("VIF has no parameter '{key}'")))?;
+            Outcome::print(format!("{}\n", p.text(v, &view)))
         }
         "vif-list" => {
-            a.allow(&[])?;
-            Ok(Outcome {
-                state: None,
-                output: vif_list(&s, rt, a.json),
-            })
+            a.only(&[])?;
+            Outcome::print(show::list(params::VIF, state.vifs(), &view, a.json))
         }
         "vif-stats" => {
-            a.allow(&["uuid"])?;
-            let only = a.get("uuid").map(uuid_arg).transpose()?;
-            if let Some(u) = &only
-                && !s.vifs.contains_key(u)
-            {
-                return Err(XeError::UnknownVif(u.clone()));
-            }
-            Ok(Outcome {
-                state: None,
-                output: vif_stats(&s, rt, only.as_deref(), a.json),
-            })
+            a.only(&["uuid"])?;
+            let only = match a.kv.get("uuid") {
+                Some(_) => Some(vif(state, &a)?.uuid.as_str()),
+                None => None,
+            };
+            Outcome::print(show::vif_stats(state, rt, only, a.json))
         }
-        "vif-apply" => vif_apply(&a, s, rt),
         other => Err(XeError::UnknownVerb(other.to_string())),
     }
 }
 
-/// Keys of `vif-param-set` that `vif-apply` passes through.
-const POLICY_KEYS: [&str; 6] = [
-    "locking-mode",
-    "ipv4-allowed",
-    "ipv6-allowed",
-    "qos-algorithm-type",
-    "qos-algorithm-params:kbps",
-    "qos-algorithm-params:timeslice-us",
-];
+fn changed(change: Change, output: String) -> Outcome {
+    Outcome {
+        changes: vec![change],
+        output,
+    }
+}
 
-/// `vif-apply`: the toolstack hook's one-shot "this VIF, on this network, with this policy",
-/// as a single state change. Creates the network if missing, replaces any VIF with the same
-/// uuid, and takes the device over from a stale VIF record (a previous boot's).
-fn vif_apply(a: &Args, mut s: State, rt: &dyn Runtime) -> Result<Outcome, XeError> {
-    let mut keys = vec![
-        "uuid",
-        "network-uuid",
-        "network-name-label",
-        "device",
-        "mac",
-        "vm-uuid",
-    ];
-    keys.extend(POLICY_KEYS);
-    a.allow(&keys)?;
-    let uuid = uuid_arg(a.need("uuid")?)?;
-    let network_uuid = uuid_arg(a.need("network-uuid")?)?;
-    let device = a.need("device")?.to_string();
-    let mut notes = String::new();
-    s.networks
-        .entry(network_uuid.clone())
-        .or_insert_with(|| Network {
-            uuid: network_uuid.clone(),
-            name_label: a.get("network-name-label").unwrap_or("").to_string(),
-            default_locking_mode: DefaultLockingMode::default(),
-        });
-    s.vifs.remove(&uuid);
-    let stale: Vec<String> = s
-        .vifs
-        .values()
-        .filter(|v| v.device == device)
-        .map(|v| v.uuid.clone())
-        .collect();
-    for st in stale {
-        notes.push_str(&format!("replaced stale VIF {st} on {device}\n"));
-        s.vifs.remove(&st);
-    }
-    let mut create: Vec<String> = vec![
-        "vif-create".into(),
-        format!("uuid={uuid}"),
-        format!("network-uuid={network_uuid}"),
-        format!("device={device}"),
-        format!("mac={}", a.need("mac")?),
-    ];
-    if let Some(v) = a.get("vm-uuid") {
-        create.push(format!("vm-uuid={v}"));
-    }
-    let s = execute(&s, rt, &create)?
-        .state
-        .expect("vif-create changes state");
-    let mut set: Vec<String> = vec!["vif-param-set".into(), format!("uuid={uuid}")];
-    for k in POLICY_KEYS {
-        if let Some(v) = a.get(k) {
-            set.push(format!("{k}={v}"));
-        }
-    }
-    let s = if set.len() > 2 {
-        execute(&s, rt, &set)?
-            .state
-            .expect("vif-param-set changes state")
-    } else {
-        s
+fn network_create(a: &Args, state: &State) -> Result<Outcome, XeError> {
+    a.need("name-label")?;
+    let mut n = NetworkSettings {
+        uuid: uuid::Uuid::new_v4().to_string(),
+        name_label: String::new(),
+        default_locking_mode: Default::default(),
     };
+    a.apply(params::NETWORK, &mut n, &[], How::Set(AT_CREATE))?;
+    if state.network(&n.uuid).is_some() {
+        return Err(XeError::Exists {
+            what: "network",
+            uuid: n.uuid,
+        });
+    }
+    let out = format!("{}\n", n.uuid);
+    Ok(changed(Change::PutNetwork(n), out))
+}
+
+fn vif_create(a: &Args, state: &State) -> Result<Outcome, XeError> {
+    a.only(&["network-uuid", "device", "mac", "uuid", "vm-uuid"])?;
+    for key in ["network-uuid", "device", "mac"] {
+        a.need(key)?;
+    }
+    let mut v = VifSettings::new(
+        uuid::Uuid::new_v4().to_string(),
+        String::new(),
+        String::new(),
+        [0; 6],
+    );
+    a.apply(params::VIF, &mut v, &[], How::Set(AT_CREATE))?;
+    check_vif(state, &v)?;
+    if state.vif(&v.uuid).is_some() {
+        return Err(XeError::Exists {
+            what: "VIF",
+            uuid: v.uuid,
+        });
+    }
+    let out = format!("{}\n", v.uuid);
+    Ok(changed(Change::PutVif(v), out))
+}
+
+/// A new VIF's references: its network exists, its device is nobody else's.
+fn check_vif(state: &State, v: &VifSettings) -> Result<(), XeError> {
+    if state.network(&v.network_uuid).is_none() {
+        return Err(XeError::UnknownNetwork(v.network_uuid.clone()));
+    }
+    match state.vif_by_device(&v.device) {
+        Some(o) if o.uuid != v.uuid => Err(XeError::DeviceTaken {
+            device: v.device.clone(),
+            uuid: o.uuid.clone(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The toolstack hook's one step: "this VIF, on this network, with these settings". Creates
+/// the network if missing, replaces any VIF with the same uuid, and takes the device over from
+/// a stale VIF record (a previous boot's). The settings were parsed by the hook, at its edge.
+pub fn vif_apply(
+    state: &State,
+    vif: VifSettings,
+    network_name_label: &str,
+) -> Result<Outcome, XeError> {
+    let mut changes = Vec::new();
+    let mut notes = String::new();
+    if state.network(&vif.network_uuid).is_none() {
+        changes.push(Change::PutNetwork(NetworkSettings {
+            uuid: vif.network_uuid.clone(),
+            name_label: network_name_label.to_string(),
+            default_locking_mode: Default::default(),
+        }));
+    }
+    if let Some(stale) = state.vif_by_device(&vif.device)
+        && stale.uuid != vif.uuid
+    {
+        notes.push_str(&format!(
+            "replaced stale VIF {} on {}\n",
+            stale.uuid, vif.device
+        ));
+        changes.push(Change::DeleteVif(stale.uuid.clone()));
+    }
+    let out = format!("{notes}{}\n", vif.uuid);
+    changes.push(Change::PutVif(vif));
     Ok(Outcome {
-        state: Some(s),
-        output: format!("{notes}{uuid}\n"),
+        changes,
+        output: out,
     })
 }
 
 /// The VIF named by the command's `uuid=`.
-fn vif_mut<'s>(s: &'s mut State, a: &Args) -> Result<&'s mut Vif, XeError> {
-    let uuid = uuid_arg(a.need("uuid")?)?;
-    s.vifs.get_mut(&uuid).ok_or(XeError::UnknownVif(uuid))
+fn vif<'s>(s: &'s State, a: &Args) -> Result<&'s VifSettings, XeError> {
+    let uuid = a.uuid()?;
+    s.vif(&uuid).ok_or(XeError::UnknownVif(uuid))
 }
 
 /// The network named by the command's `uuid=`.
-fn network_mut<'s>(s: &'s mut State, a: &Args) -> Result<&'s mut Network, XeError> {
-    let uuid = uuid_arg(a.need("uuid")?)?;
-    s.networks
-        .get_mut(&uuid)
-        .ok_or(XeError::UnknownNetwork(uuid))
-}
-
-fn merge(list: &mut Vec<String>, items: Vec<String>, add: bool) {
-    if add {
-        for i in items {
-            if !list.contains(&i) {
-                list.push(i);
-            }
-        }
-    } else {
-        list.retain(|x| !items.contains(x));
-    }
+fn network<'s>(s: &'s State, a: &Args) -> Result<&'s NetworkSettings, XeError> {
+    let uuid = a.uuid()?;
+    s.network(&uuid).ok_or(XeError::UnknownNetwork(uuid))
 }

@@ -1,96 +1,47 @@
-//! What the read-only verbs print: `vif-list`, `vif-stats` and parameter values.
+//! What the read-only verbs print: listings driven by the parameter tables, and `vif-stats`.
 
 use lockd_common::{Direction, Reason};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
-use super::Runtime;
-use crate::{
-    dataplane::AttachMode,
-    state::{Qos, State, Vif},
+use super::{
+    Runtime, View, attach_word,
+    params::{Param, text},
 };
+use crate::store::State;
 
-pub(super) fn effective(s: &State, vif: &Vif) -> String {
-    let d = s
-        .networks
-        .get(&vif.network_uuid)
-        .map(|n| n.default_locking_mode)
-        .unwrap_or_default();
-    vif.locking_mode.effective(d).to_string()
-}
-
-pub(super) fn qos_params(q: &Qos) -> String {
-    let mut p = Vec::new();
-    if let Some(k) = q.kbps {
-        p.push(format!("kbps: {k}"));
-    }
-    if let Some(t) = q.timeslice_us {
-        p.push(format!("timeslice_us: {t}"));
-    }
-    p.join("; ")
-}
-
-fn attach_word(rt: &dyn Runtime, ifindex: Option<u32>) -> &'static str {
-    match ifindex.and_then(|i| rt.attach_mode(i)) {
-        Some(AttachMode::Native) => "native",
-        Some(AttachMode::Generic) => "generic",
-        None => "absent",
-    }
-}
-
-pub(super) fn vif_list(s: &State, rt: &dyn Runtime, json: bool) -> String {
-    let rows: Vec<Value> = s
-        .vifs
-        .values()
-        .map(|v| {
-            let ifindex = rt.ifindex(&v.device);
-            json!({
-                "uuid": v.uuid,
-                "device": v.device,
-                "ifindex": ifindex,
-                "mac": v.mac,
-                "network_uuid": v.network_uuid,
-                "vm_uuid": v.vm_uuid,
-                "locking_mode": v.locking_mode,
-                "effective_locking_mode": effective(s, v),
-                "ipv4_allowed": v.ipv4_allowed,
-                "ipv6_allowed": v.ipv6_allowed,
-                "qos_algorithm_type": v.qos.algorithm_type,
-                "qos_algorithm_params": { "kbps": v.qos.kbps, "timeslice_us": v.qos.timeslice_us },
-                "attach": attach_word(rt, ifindex),
-            })
-        })
+/// `vif-list` / `network-list`: every parameter of every object, as `xe` prints a record
+/// (`name ( RW): value`) or as a JSON array of objects.
+pub(super) fn list<'a, T: 'a>(
+    table: &[Param<T>],
+    objs: impl Iterator<Item = &'a T>,
+    view: &View,
+    json: bool,
+) -> String {
+    let rows: Vec<Vec<(&Param<T>, Value)>> = objs
+        .map(|o| table.iter().map(|p| (p, (p.get)(o, view))).collect())
         .collect();
     if json {
-        return format!("{}\n", Value::Array(rows));
+        let arr: Vec<Value> = rows
+            .into_iter()
+            .map(|r| {
+                Value::Object(
+                    r.into_iter()
+                        .map(|(p, v)| (p.json_key(), v))
+                        .collect::<Map<_, _>>(),
+                )
+            })
+            .collect();
+        return format!("{}\n", Value::Array(arr));
     }
+    let width = table.iter().map(|p| p.name.len()).max().unwrap_or(0) + 6;
     let mut out = String::new();
-    for (v, r) in s.vifs.values().zip(&rows) {
-        out.push_str(&format!(
-            "uuid ( RO)                    : {}\n\
-             \x20   device ( RO)              : {} (ifindex {})\n\
-             \x20   MAC ( RO)                 : {}\n\
-             \x20   network-uuid ( RO)        : {}\n\
-             \x20   locking-mode ( RW)        : {} (effective: {})\n\
-             \x20   ipv4-allowed (SRW)        : {}\n\
-             \x20   ipv6-allowed (SRW)        : {}\n\
-             \x20   qos_algorithm_type ( RW)  : {}\n\
-             \x20   qos_algorithm_params (MRW): {}\n\
-             \x20   attach ( RO)              : {}\n\n",
-            v.uuid,
-            v.device,
-            r["ifindex"]
-                .as_u64()
-                .map_or("-".to_string(), |i| i.to_string()),
-            v.mac,
-            v.network_uuid,
-            v.locking_mode,
-            r["effective_locking_mode"].as_str().unwrap_or_default(),
-            v.ipv4_allowed.join(", "),
-            v.ipv6_allowed.join(", "),
-            v.qos.algorithm_type,
-            qos_params(&v.qos),
-            r["attach"].as_str().unwrap_or_default(),
-        ));
+    for r in rows {
+        for (i, (p, v)) in r.into_iter().enumerate() {
+            let indent = if i == 0 { "" } else { "    " };
+            let label = format!("{indent}{} ({})", p.name, p.access.label());
+            out.push_str(&format!("{label:<w$}: {}\n", text(v), w = width + 4));
+        }
+        out.push('\n');
     }
     out
 }
@@ -98,12 +49,12 @@ pub(super) fn vif_list(s: &State, rt: &dyn Runtime, json: bool) -> String {
 pub(super) fn vif_stats(s: &State, rt: &dyn Runtime, only: Option<&str>, json: bool) -> String {
     let mut rows = Vec::new();
     let mut text = String::new();
-    for v in s.vifs.values().filter(|v| only.is_none_or(|u| u == v.uuid)) {
+    for v in s.vifs().filter(|v| only.is_none_or(|u| u == v.uuid)) {
         let ifindex = rt.ifindex(&v.device);
         let c = ifindex.and_then(|i| rt.counters(i));
-        let mut dirs = serde_json::Map::new();
+        let mut dirs = Map::new();
         for dir in [Direction::FromVm, Direction::ToVm] {
-            let mut reasons = serde_json::Map::new();
+            let mut reasons = Map::new();
             for r in Reason::ALL {
                 let cell = c.as_ref().map(|c| c.get(dir, r)).unwrap_or_default();
                 reasons.insert(

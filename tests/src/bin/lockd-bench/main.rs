@@ -145,7 +145,12 @@ fn scaling(opts: &Opts, dev: (&NetNs, u32)) -> (Value, Value) {
                 configured += 1;
             }
             dp.collect_garbage().expect("gc");
-            let ns_pkt = cost(&dp.runner(PROG_VIF_INGRESS).expect("runner"), ifx, &frame, repeat);
+            let ns_pkt = cost(
+                &dp.runner(PROG_VIF_INGRESS).expect("runner"),
+                ifx,
+                &frame,
+                repeat,
+            );
             eprintln!("  {n:5} VIFs: {ns_pkt:5.1} ns");
             vifs.push(json!({"n": n, "ns_per_pkt": ns_pkt}));
         }
@@ -169,7 +174,12 @@ fn scaling(opts: &Opts, dev: (&NetNs, u32)) -> (Value, Value) {
             // A cold key: the last address inserted, not the first.
             let src = std::net::Ipv4Addr::from(0x0a10_0000 + (n as u32 - 1));
             let f = lockd_tests::udp4_from(lockd_tests::GUEST, src, 5000, 53);
-            let ns_pkt = cost(&dp.runner(PROG_VIF_INGRESS).expect("runner"), ifx, &f, repeat);
+            let ns_pkt = cost(
+                &dp.runner(PROG_VIF_INGRESS).expect("runner"),
+                ifx,
+                &f,
+                repeat,
+            );
             eprintln!("  {n:5} allowed entries: {ns_pkt:5.1} ns");
             allowed.push(json!({"n": n, "ns_per_pkt": ns_pkt}));
         }

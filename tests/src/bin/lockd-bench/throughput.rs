@@ -4,12 +4,12 @@
 use std::{net::Ipv4Addr, time::Duration};
 
 use aya::programs::XdpMode;
-use lockd::{dataplane::{Dataplane, XdpModeRequest}};
-use lockd_kit::{frames, netlab::NetNs};
+use lockd::dataplane::{Dataplane, XdpModeRequest};
 use lockd_common::{
     Direction, Reason,
     policy::{EffectiveMode, VifPolicy, parse_ipv4_list, parse_ipv6_list},
 };
+use lockd_kit::{frames, netlab::NetNs};
 use serde_json::{Value, json};
 
 use crate::traffic::{Helpers, send};

@@ -1,0 +1,161 @@
+//! The daemon's persistent state: networks and VIFs as the operator configured them, typed
+//! ([`NetworkSettings`], [`VifSettings`]). A command changes it by a list of [`Change`]s, which
+//! the daemon applies to its in-memory [`State`] and commits to a [`Store`] in one durable
+//! transaction that writes only what changed.
+//!
+//! The default store is SQLite ([`sqlite::SqliteStore`], `lockd.db` in the state directory);
+//! the trait leaves room for a pool-wide backend.
+
+mod legacy;
+pub mod sqlite;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::PathBuf,
+};
+
+use lockd_common::{
+    policy::VifPolicy,
+    settings::{NetworkSettings, VifSettings},
+};
+
+pub use sqlite::SqliteStore;
+
+/// One change to the state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// Creates or replaces a network.
+    PutNetwork(NetworkSettings),
+    /// Removes a network (by uuid).
+    DeleteNetwork(String),
+    /// Creates or replaces a VIF.
+    PutVif(VifSettings),
+    /// Removes a VIF (by uuid).
+    DeleteVif(String),
+}
+
+/// Everything the daemon persists, with an index from netdev name to VIF.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct State {
+    networks: BTreeMap<String, NetworkSettings>,
+    vifs: BTreeMap<String, VifSettings>,
+    by_device: HashMap<String, String>,
+}
+
+impl State {
+    pub fn networks(&self) -> impl Iterator<Item = &NetworkSettings> {
+        self.networks.values()
+    }
+
+    pub fn vifs(&self) -> impl Iterator<Item = &VifSettings> {
+        self.vifs.values()
+    }
+
+    pub fn network(&self, uuid: &str) -> Option<&NetworkSettings> {
+        self.networks.get(uuid)
+    }
+
+    pub fn vif(&self, uuid: &str) -> Option<&VifSettings> {
+        self.vifs.get(uuid)
+    }
+
+    /// The VIF that owns netdev `device`.
+    pub fn vif_by_device(&self, device: &str) -> Option<&VifSettings> {
+        self.vifs.get(self.by_device.get(device)?)
+    }
+
+    /// The VIFs on network `uuid`.
+    pub fn vifs_on<'a>(&'a self, uuid: &'a str) -> impl Iterator<Item = &'a VifSettings> {
+        self.vifs.values().filter(move |v| v.network_uuid == uuid)
+    }
+
+    /// What the dataplane enforces for `vif` (its mode resolved against its network).
+    pub fn policy(&self, vif: &VifSettings) -> VifPolicy {
+        vif.policy(self.network(&vif.network_uuid))
+    }
+
+    /// Applies `change` and returns the change that undoes it.
+    pub fn apply(&mut self, change: Change) -> Change {
+        match change {
+            Change::PutNetwork(n) => match self.networks.insert(n.uuid.clone(), n.clone()) {
+                Some(old) => Change::PutNetwork(old),
+                None => Change::DeleteNetwork(n.uuid),
+            },
+            Change::DeleteNetwork(uuid) => match self.networks.remove(&uuid) {
+                Some(old) => Change::PutNetwork(old),
+                None => Change::DeleteNetwork(uuid),
+            },
+            Change::PutVif(v) => {
+                let uuid = v.uuid.clone();
+                let device = v.device.clone();
+                let old = self.vifs.insert(uuid.clone(), v);
+                if let Some(o) = &old
+                    && o.device != device
+                {
+                    self.by_device.remove(&o.device);
+                }
+                self.by_device.insert(device, uuid.clone());
+                match old {
+                    Some(old) => Change::PutVif(old),
+                    None => Change::DeleteVif(uuid),
+                }
+            }
+            Change::DeleteVif(uuid) => match self.vifs.remove(&uuid) {
+                Some(old) => {
+                    if self.by_device.get(&old.device) == Some(&uuid) {
+                        self.by_device.remove(&old.device);
+                    }
+                    Change::PutVif(old)
+                }
+                None => Change::DeleteVif(uuid),
+            },
+        }
+    }
+
+    /// The netdev names whose enforcement `change` may alter, read before it is applied: a
+    /// VIF's old and new device, or every device on a changed network.
+    pub fn devices_touched(&self, change: &Change, out: &mut Vec<String>) {
+        match change {
+            Change::PutNetwork(n) => out.extend(self.vifs_on(&n.uuid).map(|v| v.device.clone())),
+            Change::DeleteNetwork(u) => out.extend(self.vifs_on(u).map(|v| v.device.clone())),
+            Change::PutVif(v) => {
+                out.push(v.device.clone());
+                out.extend(self.vif(&v.uuid).map(|o| o.device.clone()));
+            }
+            Change::DeleteVif(u) => out.extend(self.vif(u).map(|o| o.device.clone())),
+        }
+    }
+}
+
+/// Errors of a state store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store exists but could not be opened or read.
+    #[error("cannot read state store {path}: {reason}")]
+    Read { path: PathBuf, reason: String },
+    /// The store holds something that is not valid state; it is left untouched.
+    #[error(
+        "state store {path} is corrupt ({reason}); lockd will not start over it and will not \
+         overwrite it: fix or move it away"
+    )]
+    Corrupt { path: PathBuf, reason: String },
+    /// A commit failed; the store is as it was before it.
+    #[error("cannot write state store {path}: {reason}")]
+    Write { path: PathBuf, reason: String },
+}
+
+/// Where state is kept.
+pub trait Store: Send {
+    /// Everything stored.
+    fn load(&mut self) -> Result<State, StoreError>;
+    /// Writes `changes` in one transaction, durable on return; on an error nothing is written.
+    fn commit(&mut self, changes: &[Change]) -> Result<(), StoreError>;
+}
+
+/// Opens the default store in `dir`, migrating a `state.json` of an earlier release into it
+/// (the file is then kept as `state.json.migrated`).
+pub fn open_default(dir: &std::path::Path) -> Result<SqliteStore, StoreError> {
+    let mut store = SqliteStore::open(dir)?;
+    legacy::migrate(dir, &mut store)?;
+    Ok(store)
+}

@@ -1,0 +1,363 @@
+//! The default store: one SQLite file (`lockd.db`), one row per network and per VIF, WAL with
+//! `synchronous=FULL`, so a commit is durable when it returns. `sqlite3 lockd.db 'select * from
+//! vif'` shows the state as the operator set it.
+
+use std::path::{Path, PathBuf};
+
+use lockd_common::{
+    policy::{
+        DefaultLockingMode, LockingMode, format_mac, parse_ipv4_list, parse_ipv6_list, parse_mac,
+    },
+    settings::{NetworkSettings, Qos, QosAlgorithm, VifSettings, item4, item6},
+};
+use rusqlite::{Connection, OpenFlags, params};
+
+use super::{Change, State, Store, StoreError};
+
+/// The database file in the state directory.
+pub const DB_FILE: &str = "lockd.db";
+/// Schema version (`PRAGMA user_version`).
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS network (
+    uuid TEXT PRIMARY KEY NOT NULL,
+    name_label TEXT NOT NULL,
+    default_locking_mode TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS vif (
+    uuid TEXT PRIMARY KEY NOT NULL,
+    network_uuid TEXT NOT NULL,
+    device TEXT NOT NULL,
+    mac TEXT NOT NULL,
+    vm_uuid TEXT,
+    locking_mode TEXT NOT NULL,
+    ipv4_allowed TEXT NOT NULL,
+    ipv6_allowed TEXT NOT NULL,
+    qos_algorithm_type TEXT NOT NULL,
+    qos_kbps INTEGER,
+    qos_timeslice_us INTEGER
+);
+";
+
+/// The SQLite store.
+pub struct SqliteStore {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+fn row_err(path: &Path, table: &str, uuid: &str, reason: impl ToString) -> StoreError {
+    StoreError::Corrupt {
+        path: path.to_path_buf(),
+        reason: format!("{table} {uuid}: {}", reason.to_string()),
+    }
+}
+
+/// A kbps / timeslice value as SQLite holds it (i64).
+fn int(v: Option<u64>) -> Option<i64> {
+    v.map(|n| i64::try_from(n).unwrap_or(i64::MAX))
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) `dir/lockd.db`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let path = dir.join(DB_FILE);
+        let read = |e: &dyn ToString| StoreError::Read {
+            path: path.clone(),
+            reason: e.to_string(),
+        };
+        std::fs::create_dir_all(dir).map_err(|e| read(&e))?;
+        let conn = Connection::open(&path).map_err(|e| read(&e))?;
+        let corrupt = |e: rusqlite::Error| StoreError::Corrupt {
+            path: path.clone(),
+            reason: e.to_string(),
+        };
+        // The first statement reads the file header: a file that is not a database fails here.
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(corrupt)?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::Corrupt {
+                path,
+                reason: format!("schema version {version} is newer than this lockd's"),
+            });
+        }
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(corrupt)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(corrupt)?;
+        conn.execute_batch(SCHEMA).map_err(corrupt)?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(corrupt)?;
+        Ok(Self { conn, path })
+    }
+
+    /// Opens an existing database read-only (tests, tools).
+    pub fn open_read_only(dir: &Path) -> Result<Self, StoreError> {
+        let path = dir.join(DB_FILE);
+        let conn =
+            Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|e| {
+                StoreError::Read {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                }
+            })?;
+        Ok(Self { conn, path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn write(&mut self, changes: &[Change]) -> rusqlite::Result<()> {
+        let tx = self.conn.transaction()?;
+        for c in changes {
+            match c {
+                Change::PutNetwork(n) => {
+                    tx.prepare_cached(
+                        "INSERT OR REPLACE INTO network (uuid, name_label, default_locking_mode) \
+                         VALUES (?1, ?2, ?3)",
+                    )?
+                    .execute(params![
+                        n.uuid,
+                        n.name_label,
+                        n.default_locking_mode.to_string()
+                    ])?;
+                }
+                Change::DeleteNetwork(u) => {
+                    tx.prepare_cached("DELETE FROM network WHERE uuid = ?1")?
+                        .execute([u])?;
+                }
+                Change::PutVif(v) => {
+                    let v4: Vec<String> = v.ipv4_allowed.iter().map(item4).collect();
+                    let v6: Vec<String> = v.ipv6_allowed.iter().map(item6).collect();
+                    tx.prepare_cached(
+                        "INSERT OR REPLACE INTO vif (uuid, network_uuid, device, mac, vm_uuid, \
+                         locking_mode, ipv4_allowed, ipv6_allowed, qos_algorithm_type, qos_kbps, \
+                         qos_timeslice_us) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                    )?
+                    .execute(params![
+                        v.uuid,
+                        v.network_uuid,
+                        v.device,
+                        format_mac(v.mac),
+                        v.vm_uuid,
+                        v.locking_mode.to_string(),
+                        v4.join(","),
+                        v6.join(","),
+                        match v.qos.algorithm {
+                            QosAlgorithm::None => "",
+                            QosAlgorithm::Ratelimit => "ratelimit",
+                        },
+                        int(v.qos.kbps),
+                        int(v.qos.timeslice_us),
+                    ])?;
+                }
+                Change::DeleteVif(u) => {
+                    tx.prepare_cached("DELETE FROM vif WHERE uuid = ?1")?
+                        .execute([u])?;
+                }
+            }
+        }
+        tx.commit()
+    }
+
+    fn read_networks(&self, state: &mut State) -> Result<(), StoreError> {
+        let corrupt = |e: rusqlite::Error| StoreError::Corrupt {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        };
+        let mut stmt = self
+            .conn
+            .prepare("SELECT uuid, name_label, default_locking_mode FROM network")
+            .map_err(corrupt)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            })
+            .map_err(corrupt)?;
+        for row in rows {
+            let (uuid, name_label, mode) = row.map_err(corrupt)?;
+            let default_locking_mode = mode
+                .parse::<DefaultLockingMode>()
+                .map_err(|e| row_err(&self.path, "network", &uuid, e))?;
+            state.apply(Change::PutNetwork(NetworkSettings {
+                uuid,
+                name_label,
+                default_locking_mode,
+            }));
+        }
+        Ok(())
+    }
+
+    fn read_vifs(&self, state: &mut State) -> Result<(), StoreError> {
+        let corrupt = |e: rusqlite::Error| StoreError::Corrupt {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        };
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT uuid, network_uuid, device, mac, vm_uuid, locking_mode, ipv4_allowed, \
+                 ipv6_allowed, qos_algorithm_type, qos_kbps, qos_timeslice_us FROM vif",
+            )
+            .map_err(corrupt)?;
+        type Row = (
+            String,
+            String,
+            String,
+            String,
+            Option<String>,
+            String,
+            String,
+            String,
+            String,
+            Option<i64>,
+            Option<i64>,
+        );
+        let rows = stmt
+            .query_map([], |r| -> rusqlite::Result<Row> {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                    r.get(8)?,
+                    r.get(9)?,
+                    r.get(10)?,
+                ))
+            })
+            .map_err(corrupt)?;
+        for row in rows {
+            let (uuid, network_uuid, device, mac, vm_uuid, mode, v4, v6, qt, kbps, ts) =
+                row.map_err(corrupt)?;
+            let bad = |field: &str, e: &dyn ToString| {
+                row_err(
+                    &self.path,
+                    "vif",
+                    &uuid,
+                    format!("{field}: {}", e.to_string()),
+                )
+            };
+            let unsigned = |field: &str, v: Option<i64>| {
+                v.map(|n| u64::try_from(n).map_err(|e| bad(field, &e)))
+                    .transpose()
+            };
+            let qos = Qos {
+                algorithm: match qt.as_str() {
+                    "" => QosAlgorithm::None,
+                    "ratelimit" => QosAlgorithm::Ratelimit,
+                    other => return Err(bad("qos_algorithm_type", &other)),
+                },
+                kbps: unsigned("qos_kbps", kbps)?,
+                timeslice_us: unsigned("qos_timeslice_us", ts)?,
+            };
+            let vif = VifSettings {
+                mac: parse_mac(&mac).map_err(|e| bad("mac", &e))?,
+                locking_mode: mode
+                    .parse::<LockingMode>()
+                    .map_err(|e| bad("locking_mode", &e))?,
+                ipv4_allowed: parse_ipv4_list(&v4).map_err(|e| bad("ipv4_allowed", &e))?,
+                ipv6_allowed: parse_ipv6_list(&v6).map_err(|e| bad("ipv6_allowed", &e))?,
+                qos,
+                network_uuid,
+                device,
+                vm_uuid,
+                uuid,
+            };
+            state.apply(Change::PutVif(vif));
+        }
+        Ok(())
+    }
+}
+
+impl Store for SqliteStore {
+    fn load(&mut self) -> Result<State, StoreError> {
+        let mut state = State::default();
+        self.read_networks(&mut state)?;
+        self.read_vifs(&mut state)?;
+        Ok(state)
+    }
+
+    fn commit(&mut self, changes: &[Change]) -> Result<(), StoreError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        self.write(changes).map_err(|e| StoreError::Write {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("lockd-sqlite-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn round_trip_and_undo() {
+        let dir = tmp("rt");
+        let mut s = SqliteStore::open(&dir).unwrap();
+        let net = NetworkSettings {
+            uuid: "n".into(),
+            name_label: "xenbr0".into(),
+            default_locking_mode: DefaultLockingMode::Disabled,
+        };
+        let mut vif = VifSettings::new("v".into(), "n".into(), "vif1.0".into(), [2, 0, 0, 0, 0, 1]);
+        vif.ipv4_allowed = parse_ipv4_list("10.0.0.1, 10.0.2.0/24").unwrap();
+        vif.ipv6_allowed = parse_ipv6_list("2001:db8::1").unwrap();
+        vif.qos = Qos {
+            algorithm: QosAlgorithm::Ratelimit,
+            kbps: Some(1024),
+            timeslice_us: None,
+        };
+        let changes = [Change::PutNetwork(net), Change::PutVif(vif.clone())];
+        s.commit(&changes).unwrap();
+        let mut want = State::default();
+        let undo: Vec<Change> = changes.iter().cloned().map(|c| want.apply(c)).collect();
+        drop(s);
+        let mut s = SqliteStore::open(&dir).unwrap();
+        let got = s.load().unwrap();
+        assert_eq!(got, want);
+        assert_eq!(got.vif_by_device("vif1.0"), Some(&vif));
+        s.commit(&undo).unwrap();
+        assert_eq!(s.load().unwrap(), State::default());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_database_is_refused_and_kept() {
+        let dir = tmp("bad");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(DB_FILE), b"this is not sqlite, it is a note").unwrap();
+        let e = SqliteStore::open(&dir).unwrap_err();
+        assert!(matches!(e, StoreError::Corrupt { .. }), "{e}");
+        assert_eq!(
+            std::fs::read(dir.join(DB_FILE)).unwrap(),
+            b"this is not sqlite, it is a note"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
