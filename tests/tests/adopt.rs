@@ -38,7 +38,7 @@ fn a_new_dataplane_adopts_slots_and_tables() {
     let a = host.ifindex("v0").expect("ifindex");
     let b = host.ifindex("v1").expect("ifindex");
     let dir = std::path::PathBuf::from(format!("/sys/fs/bpf/lockd-adopt-{}", std::process::id()));
-    ensure_bpffs(dir.parent().expect("parent")).expect("bpffs");
+    ensure_bpffs(&dir).expect("bpffs");
     let _pins = Pins(dir.clone());
     host.run(|| {
         {

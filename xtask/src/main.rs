@@ -47,6 +47,9 @@ enum Cmd {
         /// Where to write the JSON results.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Only the daemon API latency and memory section.
+        #[arg(long)]
+        api: bool,
     },
     /// Run the kernel-vs-model differential test on many random frames.
     Fuzz {
@@ -122,7 +125,7 @@ fn run(cli: Cli) -> Result<()> {
             a.extend(args.iter().map(String::as_str));
             cargo(&a, &[])
         }
-        Cmd::Bench { quick, json } => {
+        Cmd::Bench { quick, json, api } => {
             require_root()?;
             cargo(
                 &[
@@ -144,6 +147,9 @@ fn run(cli: Cli) -> Result<()> {
             cmd.current_dir(workspace()).args(["--out-dir", out]);
             if quick {
                 cmd.arg("--quick");
+            }
+            if api {
+                cmd.arg("--api");
             }
             if let Some(j) = json {
                 cmd.arg("--json").arg(j);

@@ -73,12 +73,24 @@ fn on_bpffs(path: &Path) -> bool {
     }
 }
 
-/// Makes sure `dir`'s parent is on bpffs, mounting one there if not (a fresh machine has no
-/// bpffs at /sys/fs/bpf), then creates `dir`.
+/// Makes sure `dir`'s parent is on bpffs, then creates `dir`. A fresh machine has no bpffs
+/// at /sys/fs/bpf, so the parent gets one mounted — but only if it is an empty directory (or
+/// does not exist yet): mounting over a directory with contents would hide them (once, a
+/// test mounted bpffs over /sys/fs and hid the cgroup filesystem).
 pub fn ensure_bpffs(dir: &Path) -> Result<()> {
     let parent = dir.parent().unwrap_or(Path::new("/"));
     if !on_bpffs(parent) {
         fs::create_dir_all(parent).map_err(pin_err(parent))?;
+        let empty = fs::read_dir(parent)
+            .map_err(pin_err(parent))?
+            .next()
+            .is_none();
+        if !empty {
+            return Err(pin_err(parent)(io::Error::other(
+                "not on bpffs and not empty: refusing to mount bpffs over it (mount bpffs \
+                 there yourself, or choose a pin directory whose parent is bpffs or empty)",
+            )));
+        }
         let target = std::ffi::CString::new(parent.as_os_str().as_encoded_bytes())
             .map_err(|e| pin_err(parent)(io::Error::other(e)))?;
         // SAFETY: all strings are NUL-terminated and outlive the call.
@@ -403,5 +415,65 @@ impl Dataplane {
     /// Every ifindex with a policy.
     pub fn ifindexes(&self) -> Vec<u32> {
         self.vifs.keys().copied().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `f` on a thread with a private mount namespace, so nothing it mounts reaches the
+    /// host whatever happens.
+    fn in_private_mounts<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // SAFETY: plain syscalls on this thread's own fs and mount namespace.
+                unsafe {
+                    assert_eq!(
+                        libc::unshare(libc::CLONE_FS | libc::CLONE_NEWNS),
+                        0,
+                        "unshare"
+                    );
+                    let none = std::ptr::null();
+                    assert_eq!(
+                        libc::mount(
+                            none,
+                            c"/".as_ptr(),
+                            none,
+                            libc::MS_REC | libc::MS_PRIVATE,
+                            none.cast()
+                        ),
+                        0,
+                        "make mounts private"
+                    );
+                }
+                f()
+            })
+            .join()
+            .expect("thread")
+        })
+    }
+
+    #[test]
+    fn bpffs_is_mounted_only_on_an_empty_directory() {
+        let base = std::env::temp_dir().join(format!("lockd-bpffs-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&base);
+        let full = base.join("full");
+        fs::create_dir_all(&full).unwrap();
+        fs::write(full.join("keep-me"), b"x").unwrap();
+        in_private_mounts(|| {
+            let e = ensure_bpffs(&full.join("lockd")).unwrap_err();
+            assert!(e.to_string().contains("refusing"), "{e}");
+            assert!(!on_bpffs(&full));
+            assert!(full.join("keep-me").exists());
+            let empty = base.join("empty");
+            ensure_bpffs(&empty.join("lockd")).expect("mount on an empty directory");
+            assert!(on_bpffs(&empty) && empty.join("lockd").is_dir());
+            // Already bpffs: nothing more is mounted.
+            ensure_bpffs(&empty.join("other")).expect("reuse");
+        });
+        // The mounts died with the thread's namespace; the host never saw them.
+        assert!(!on_bpffs(&base.join("empty")));
+        fs::remove_dir_all(&base).unwrap();
     }
 }

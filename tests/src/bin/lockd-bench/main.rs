@@ -30,6 +30,8 @@ use crate::{
 };
 
 struct Opts {
+    /// Only the daemon API section (`--api`).
+    api_only: bool,
     quick: bool,
     json: PathBuf,
     out_dir: PathBuf,
@@ -37,20 +39,23 @@ struct Opts {
 
 fn parse_opts() -> Opts {
     let mut quick = false;
+    let mut api_only = false;
     let mut json = None;
     let mut out_dir = PathBuf::from("target/bench");
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--quick" => quick = true,
+            "--api" => api_only = true,
             "--json" => json = Some(PathBuf::from(args.next().expect("--json PATH"))),
             "--out-dir" => out_dir = PathBuf::from(args.next().expect("--out-dir DIR")),
             other => panic!(
-                "unknown argument {other}; usage: lockd-bench [--quick] [--json PATH] [--out-dir DIR]"
+                "unknown argument {other}; usage: lockd-bench [--quick] [--api] [--json PATH] [--out-dir DIR]"
             ),
         }
     }
     Opts {
+        api_only,
         quick,
         json: json.unwrap_or_else(|| out_dir.join("bench.json")),
         out_dir,
@@ -329,9 +334,38 @@ fn ratelimit(opts: &Opts, helpers: &mut Helpers) -> Value {
 }
 
 /// 6. Daemon RSS with 4096 VIFs configured.
-fn daemon_rss() -> f64 {
-    step("daemon memory with 4096 VIFs configured");
+/// p-th percentile (0..=100) of `v`, in milliseconds.
+fn pct_ms(v: &mut [Duration], p: f64) -> f64 {
+    v.sort_unstable();
+    let i = ((v.len() as f64 - 1.0) * p / 100.0).round() as usize;
+    v[i].as_secs_f64() * 1e3
+}
+
+/// The daemon's API cost and memory with 4096 VIFs: each request timed on the daemon's
+/// socket, from the request the CLI sends to the reply, which comes after the store's
+/// durable commit (process start excluded). 64 of the VIFs have real netdevs, so their
+/// updates reach the kernel too; half the updates go to them.
+fn daemon_api_and_rss() -> Value {
+    step("daemon API latency and memory with 4096 VIFs (durable SQLite store)");
+    const VIFS: u32 = 4096;
+    const WITH_NETDEV: u32 = 64;
     let ns = NetNs::new("bd").expect("ns");
+    for i in 0..WITH_NETDEV {
+        ns.exec(&[
+            "ip",
+            "link",
+            "add",
+            &format!("bv{i}"),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &format!("bp{i}"),
+        ])
+        .expect("veth");
+        ns.exec(&["ip", "link", "set", &format!("bv{i}"), "up"])
+            .expect("up");
+    }
     let base = std::env::temp_dir().join(format!("lockd-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&base);
     let bin = lockd_tests::daemon::lockd_bin();
@@ -347,42 +381,42 @@ fn daemon_rss() -> f64 {
         .env("RUST_LOG", "warn")
         .spawn()
         .expect("daemon");
-    let cli = |args: &[&str]| {
-        Command::new(&bin)
-            .args(args)
-            .env("LOCKD_SOCKET", &sock)
-            .output()
-            .expect("cli")
+    let call = |args: &[String]| {
+        let t = Instant::now();
+        let r = lockd::daemon::call(&sock, args);
+        (t.elapsed(), r)
     };
     let start = Instant::now();
-    while !cli(&["network-list"]).status.success() {
+    while call(&["network-list".into()]).1.is_err() {
         assert!(
             start.elapsed() < Duration::from_secs(20),
             "daemon did not start"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let net =
-        String::from_utf8(cli(&["network-create", "name-label=bench"]).stdout).expect("utf-8");
-    let net = net.trim();
-    for i in 0..4096u32 {
-        let mac = format!("mac=02:01:00:00:{:02x}:{:02x}", i >> 8, i & 0xff);
-        let out = cli(&[
-            "vif-create",
-            &format!("network-uuid={net}"),
-            &format!("device=bv{i}"),
-            &mac,
+    let (_, net) = call(&["network-create".into(), "name-label=bench".into()]);
+    let net = net.expect("network-create").stdout.trim().to_string();
+    let mut creates = Vec::new();
+    let mut uuids = Vec::new();
+    for i in 0..VIFS {
+        let (t, r) = call(&[
+            "vif-create".into(),
+            format!("network-uuid={net}"),
+            format!("device=bv{i}"),
+            format!("mac=02:01:00:00:{:02x}:{:02x}", i >> 8, i & 0xff),
         ]);
-        assert!(out.status.success(), "vif-create {i}");
-        let uuid = String::from_utf8(out.stdout).expect("utf-8");
-        let out = cli(&[
-            "vif-param-set",
-            &format!("uuid={}", uuid.trim()),
-            "locking-mode=locked",
-            &format!("ipv4-allowed=10.{}.{}.1", i >> 8, i & 0xff),
+        let r = r.expect("vif-create");
+        assert_eq!(r.code, 0, "vif-create {i}: {}", r.stderr);
+        creates.push(t);
+        uuids.push(r.stdout.trim().to_string());
+        let (_, r) = call(&[
+            "vif-param-set".into(),
+            format!("uuid={}", uuids[i as usize]),
+            "locking-mode=locked".into(),
+            format!("ipv4-allowed=10.{}.{}.1", i >> 8, i & 0xff),
         ]);
-        assert!(out.status.success(), "vif-param-set {i}");
-        if i % 512 == 511 {
+        assert_eq!(r.expect("vif-param-set").code, 0, "vif-param-set {i}");
+        if i % 1024 == 1023 {
             eprintln!("  {} VIFs configured", i + 1);
         }
     }
@@ -395,6 +429,31 @@ fn daemon_rss() -> f64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|n| n.parse().ok())
         .unwrap_or(f64::NAN);
+    let mut updates = Vec::new();
+    let mut rng = 0x9e37_79b9_u32;
+    for k in 0..2000u32 {
+        rng ^= rng << 13;
+        rng ^= rng >> 17;
+        rng ^= rng << 5;
+        let i = if k % 2 == 0 {
+            rng % WITH_NETDEV
+        } else {
+            rng % VIFS
+        };
+        let (t, r) = call(&[
+            "vif-param-set".into(),
+            format!("uuid={}", uuids[i as usize]),
+            format!(
+                "ipv4-allowed=10.{}.{}.1,10.99.{}.{}",
+                i >> 8,
+                i & 0xff,
+                k >> 8,
+                k & 0xff
+            ),
+        ]);
+        assert_eq!(r.expect("vif-param-set").code, 0, "update {k}");
+        updates.push(t);
+    }
     let _ = child.kill();
     let _ = child.wait();
     let _ = Command::new(&bin)
@@ -403,8 +462,23 @@ fn daemon_rss() -> f64 {
         .output();
     let _ = std::fs::remove_dir_all(&base);
     let mb = kb / 1024.0;
-    eprintln!("  RSS {mb:.1} MB");
-    mb
+    let r = json!({
+        "vifs": VIFS,
+        "vifs_with_netdev": WITH_NETDEV,
+        "rss_mb": mb,
+        "api_create_p50_ms": pct_ms(&mut creates, 50.0),
+        "api_create_p99_ms": pct_ms(&mut creates, 99.0),
+        "api_update_p50_ms": pct_ms(&mut updates, 50.0),
+        "api_update_p99_ms": pct_ms(&mut updates, 99.0),
+    });
+    eprintln!(
+        "  RSS {mb:.1} MB; vif-create p50 {:.3} ms p99 {:.3} ms; vif-param-set p50 {:.3} ms p99 {:.3} ms",
+        r["api_create_p50_ms"].as_f64().unwrap_or(f64::NAN),
+        r["api_create_p99_ms"].as_f64().unwrap_or(f64::NAN),
+        r["api_update_p50_ms"].as_f64().unwrap_or(f64::NAN),
+        r["api_update_p99_ms"].as_f64().unwrap_or(f64::NAN)
+    );
+    r
 }
 
 fn machine() -> Value {
@@ -428,6 +502,21 @@ fn main() {
     let opts = parse_opts();
     let start = Instant::now();
     std::fs::create_dir_all(&opts.out_dir).expect("out dir");
+    if opts.api_only {
+        let api = daemon_api_and_rss();
+        std::fs::write(
+            &opts.json,
+            serde_json::to_string_pretty(&json!({
+                "machine": machine(),
+                "api_create_p99_ms": api["api_create_p99_ms"],
+                "api_update_p99_ms": api["api_update_p99_ms"],
+                "api": api,
+            }))
+            .expect("json"),
+        )
+        .expect("write json");
+        return;
+    }
     let mut helpers = Helpers::load();
 
     // A device for test_run's ingress ifindex.
@@ -458,7 +547,7 @@ fn main() {
     }
     let upd = updates(&opts, &mut helpers);
     let rl = ratelimit(&opts, &mut helpers);
-    let rss = daemon_rss();
+    let api = daemon_api_and_rss();
 
     let one = |p: Path| {
         samples
@@ -506,7 +595,10 @@ fn main() {
         "updates": upd,
         "ratelimit_accuracy": rl_acc,
         "ratelimit": rl,
-        "rss_mb_4096_vifs": rss,
+        "rss_mb_4096_vifs": api["rss_mb"],
+        "api_create_p99_ms": api["api_create_p99_ms"],
+        "api_update_p99_ms": api["api_update_p99_ms"],
+        "api": api,
         "vifs_scaling": vifs_scaling,
         "allowed_scaling": allowed_scaling,
         "throughput": samples.iter().map(sample_json).collect::<Vec<_>>(),
