@@ -61,6 +61,9 @@ pub struct Reply {
     pub stderr: String,
 }
 
+/// How long the core must be idle before it deletes replaced generations.
+const GC_IDLE: std::time::Duration = std::time::Duration::from_millis(20);
+
 enum Msg {
     Command(Request, oneshot::Sender<Reply>),
     Links(Vec<LinkEvent>),
@@ -340,16 +343,29 @@ pub fn run(cfg: Config) -> Result<()> {
                 }
                 Msg::Links(ev) => core.links_changed(ev),
             };
-            while let Ok(msg) = rx.recv() {
+            loop {
+                // Replaced generations are deleted once the core has been idle for a moment
+                // (this waits for an RCU grace period, which no reply, and no request queued
+                // right behind one, should wait for). set_policy collects by itself if
+                // garbage ever stands in the way.
+                let msg = if core.dp.has_garbage() {
+                    match rx.recv_timeout(GC_IDLE) {
+                        Ok(m) => m,
+                        Err(mpsc::RecvTimeoutError::Timeout) => {
+                            if let Err(e) = core.dp.collect_garbage() {
+                                tracing::warn!(error = %e, "deleting replaced policy entries");
+                            }
+                            continue;
+                        }
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    }
+                } else {
+                    match rx.recv() {
+                        Ok(m) => m,
+                        Err(_) => break,
+                    }
+                };
                 handle(&mut core, msg);
-                // Drain what is queued, then, idle, delete replaced generations (this waits
-                // for an RCU grace period, which no reply should).
-                while let Ok(msg) = rx.try_recv() {
-                    handle(&mut core, msg);
-                }
-                if let Err(e) = core.dp.collect_garbage() {
-                    tracing::warn!(error = %e, "deleting replaced policy entries");
-                }
             }
         })?;
     tracing::info!(
