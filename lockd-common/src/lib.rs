@@ -7,6 +7,7 @@
 
 #[cfg(feature = "user")]
 pub mod model;
+pub mod proto;
 #[cfg(feature = "user")]
 pub mod policy;
 #[cfg(feature = "user")]
@@ -103,71 +104,78 @@ pub const FLAG_INLINE_P4: u32 = 64;
 /// [`VifConfig::flags`]: the IPv6 prefixes are `pfx6[..np6]` (not in the trie).
 pub const FLAG_INLINE_P6: u32 = 128;
 
-/// Why a frame was passed or dropped. The discriminant indexes the kernel counters and the
-/// names returned by [`Reason::name`] are stable API; add new reasons at the end.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[cfg_attr(feature = "user", derive(serde::Serialize))]
-#[cfg_attr(feature = "user", serde(rename_all = "snake_case"))]
-#[repr(u32)]
-pub enum Reason {
-    Pass = 0,
-    Disabled = 1,
-    MacSpoof = 2,
-    BadEthertype = 3,
-    Malformed = 4,
-    ArpSpoof = 5,
-    Ipv4Spoof = 6,
-    DhcpServer = 7,
-    Ipv6Spoof = 8,
-    NdSpoof = 9,
-    NdRouter = 10,
-    NdFragment = 11,
-    RxForeignMac = 12,
-    RxForeignIp = 13,
-    Ratelimit = 14,
-}
-
-impl Reason {
-    pub const COUNT: usize = 15;
-    pub const ALL: [Reason; Reason::COUNT] = [
-        Reason::Pass,
-        Reason::Disabled,
-        Reason::MacSpoof,
-        Reason::BadEthertype,
-        Reason::Malformed,
-        Reason::ArpSpoof,
-        Reason::Ipv4Spoof,
-        Reason::DhcpServer,
-        Reason::Ipv6Spoof,
-        Reason::NdSpoof,
-        Reason::NdRouter,
-        Reason::NdFragment,
-        Reason::RxForeignMac,
-        Reason::RxForeignIp,
-        Reason::Ratelimit,
-    ];
-
-    /// The stable name printed by the CLI and used in JSON.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Reason::Pass => "pass",
-            Reason::Disabled => "disabled",
-            Reason::MacSpoof => "mac_spoof",
-            Reason::BadEthertype => "bad_ethertype",
-            Reason::Malformed => "malformed",
-            Reason::ArpSpoof => "arp_spoof",
-            Reason::Ipv4Spoof => "ipv4_spoof",
-            Reason::DhcpServer => "dhcp_server",
-            Reason::Ipv6Spoof => "ipv6_spoof",
-            Reason::NdSpoof => "nd_spoof",
-            Reason::NdRouter => "nd_router",
-            Reason::NdFragment => "nd_fragment",
-            Reason::RxForeignMac => "rx_foreign_mac",
-            Reason::RxForeignIp => "rx_foreign_ip",
-            Reason::Ratelimit => "ratelimit",
+/// Declares [`Reason`] once: each variant's discriminant (which indexes the kernel counters),
+/// its stable name (CLI, JSON, metrics) and its description (rustdoc, `lockd --help`, the
+/// README's table) come from one line here.
+macro_rules! reasons {
+    ($($(#[doc = $doc:literal])+ $variant:ident = $value:literal => $name:literal,)+) => {
+        /// Why a frame was passed or dropped. The discriminant indexes the kernel counters and
+        /// the names returned by [`Reason::name`] are stable API; add new reasons at the end.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[cfg_attr(feature = "user", derive(serde::Serialize))]
+        #[cfg_attr(feature = "user", serde(rename_all = "snake_case"))]
+        #[repr(u32)]
+        pub enum Reason {
+            $($(#[doc = $doc])+ $variant = $value,)+
         }
-    }
+
+        impl Reason {
+            /// Every reason, in discriminant order.
+            pub const ALL: [Reason; Reason::COUNT] = [$(Reason::$variant,)+];
+            pub const COUNT: usize = [$(Reason::$variant,)+].len();
+
+            /// The stable name printed by the CLI and used in JSON.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(Reason::$variant => $name,)+
+                }
+            }
+
+            /// One line saying what the reason means (its doc comment).
+            pub const fn description(self) -> &'static str {
+                match self {
+                    $(Reason::$variant => concat!($($doc),+),)+
+                }
+            }
+        }
+    };
 }
+
+reasons! {
+    /// The frame passed every check.
+    Pass = 0 => "pass",
+    /// The VIF's locking mode is disabled: every frame is dropped.
+    Disabled = 1 => "disabled",
+    /// From the VM, the source MAC is not the VIF's MAC.
+    MacSpoof = 2 => "mac_spoof",
+    /// A locked VIF sent an EtherType other than ARP, IPv4 or IPv6.
+    BadEthertype = 3 => "bad_ethertype",
+    /// A header is truncated, inconsistent or too long to parse.
+    Malformed = 4 => "malformed",
+    /// An ARP sender MAC or IPv4 address is not the VIF's.
+    ArpSpoof = 5 => "arp_spoof",
+    /// An IPv4 source address is not in ipv4-allowed.
+    Ipv4Spoof = 6 => "ipv4_spoof",
+    /// The VM sent a DHCPv4 server message (UDP source port 67).
+    DhcpServer = 7 => "dhcp_server",
+    /// An IPv6 source address is not in ipv6-allowed or the VIF's link-local address.
+    Ipv6Spoof = 8 => "ipv6_spoof",
+    /// A neighbour solicitation or advertisement claims an address or MAC that is not the VIF's.
+    NdSpoof = 9 => "nd_spoof",
+    /// The VM sent a router-side ICMPv6 message (router advertisement, redirect and kin).
+    NdRouter = 10 => "nd_router",
+    /// An NDP message arrived fragmented.
+    NdFragment = 11 => "nd_fragment",
+    /// To the VM, the destination MAC is neither the VIF's nor broadcast or multicast.
+    RxForeignMac = 12 => "rx_foreign_mac",
+    /// To the VM, the destination IP address is not one the VIF may receive.
+    RxForeignIp = 13 => "rx_foreign_ip",
+    /// The VIF's rate limit had no budget for the frame.
+    Ratelimit = 14 => "ratelimit",
+}
+
+/// Counter slots per reason and direction must cover every reason.
+const _: () = assert!(REASON_SLOTS as usize >= Reason::COUNT);
 
 /// Traffic direction, as seen from the VM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -374,3 +382,19 @@ mod pod {
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::RateState {}
 }
+
+/// The kernel and userspace agree on these layouts; a field added without its padding, or
+/// moved, fails the build here rather than corrupting a map.
+const _: () = {
+    assert!(core::mem::size_of::<VifConfig>() == 240);
+    assert!(core::mem::size_of::<VifConfig>() % 8 == 0);
+    assert!(core::mem::size_of::<Prefix4>() == 8);
+    assert!(core::mem::size_of::<Prefix6>() == 32);
+    assert!(core::mem::size_of::<Slot4>() == 8);
+    assert!(core::mem::size_of::<Slot6>() == 24);
+    assert!(core::mem::size_of::<Lpm4Data>() == 12);
+    assert!(core::mem::size_of::<Lpm6Data>() == 24);
+    assert!(core::mem::size_of::<Counter>() == 16);
+    assert!(core::mem::size_of::<RateState>() == 8);
+    assert!(POSITIONS.is_power_of_two() && REASON_SLOTS.is_power_of_two());
+};

@@ -6,25 +6,11 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+pub use crate::proto::*;
 use crate::{
     MAX_EXT_HEADERS, MAX_ND_OPTIONS, Reason,
     policy::{EffectiveMode, VifPolicy, solicited_node},
 };
-
-pub const ETH_HLEN: usize = 14;
-pub const ETH_P_ARP: u16 = 0x0806;
-pub const ETH_P_IP: u16 = 0x0800;
-pub const ETH_P_IPV6: u16 = 0x86dd;
-pub const IPPROTO_UDP: u8 = 17;
-pub const IPPROTO_ICMPV6: u8 = 58;
-pub const IPPROTO_HOPOPTS: u8 = 0;
-pub const IPPROTO_ROUTING: u8 = 43;
-pub const IPPROTO_FRAGMENT: u8 = 44;
-pub const IPPROTO_DSTOPTS: u8 = 60;
-
-/// ICMPv6 types a VM may never send: RA 134, redirect 137, and the router-side messages of
-/// mobile IPv6 / multicast router discovery (146, 147, 151, 152, 153).
-pub const ND_ROUTER_TYPES: [u8; 7] = [134, 137, 146, 147, 151, 152, 153];
 
 /// The verdict on a frame from the VM.
 pub fn verdict_from_vm(policy: &VifPolicy, frame: &[u8]) -> Reason {
@@ -125,7 +111,7 @@ fn ipv4(p: &VifPolicy, f: &[u8]) -> Reason {
         let (Some(sport), Some(dport)) = (be16(f, l4), be16(f, l4 + 2)) else {
             return Reason::Malformed;
         };
-        if sport == 67 {
+        if sport == DHCP_SERVER_PORT {
             return Reason::DhcpServer;
         }
         ports = Some((sport, dport));
@@ -136,7 +122,7 @@ fn ipv4(p: &VifPolicy, f: &[u8]) -> Reason {
     let dhcp_client = src.is_unspecified()
         && !more_frags
         && offset == 0
-        && ports == Some((68, 67))
+        && ports == Some((DHCP_CLIENT_PORT, DHCP_SERVER_PORT))
         && !p.ipv4.is_empty();
     if dhcp_client {
         Reason::Pass
@@ -161,10 +147,7 @@ fn walk_ext(f: &[u8], end: usize, first: u8) -> Result<Upper, Reason> {
     let mut fragmented = false;
     let mut later_fragment = false;
     let mut seen = 0;
-    while matches!(
-        proto,
-        IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_FRAGMENT | IPPROTO_DSTOPTS
-    ) {
+    while is_ext_header(proto) {
         if seen == MAX_EXT_HEADERS {
             return Err(Reason::Malformed);
         }
@@ -222,15 +205,15 @@ fn ipv6(p: &VifPolicy, f: &[u8]) -> Reason {
                 return Reason::Malformed;
             }
             let ty = f[up.off];
-            if ND_ROUTER_TYPES.contains(&ty) {
+            if is_router_type(ty) {
                 return Reason::NdRouter;
             }
-            if (133..=137).contains(&ty) && up.fragmented {
+            if is_ndp(ty) && up.fragmented {
                 return Reason::NdFragment;
             }
             match ty {
-                135 | 136 => return ns_na(p, f, end, up.off, ty, src, dst),
-                133 | 131 | 132 | 143 => return rs_mld(p, f, end, up.off, ty, src),
+                ICMPV6_NEIGHBOUR_SOLICIT | ICMPV6_NEIGHBOUR_ADVERT => return ns_na(p, f, end, up.off, ty, src, dst),
+                t if is_rs_or_mld(t) => return rs_mld(p, f, end, up.off, ty, src),
                 _ => {}
             }
         } else if up.proto == IPPROTO_UDP {
@@ -311,11 +294,11 @@ fn ns_na(
         Ok(o) => o,
         Err(r) => return r,
     };
-    let ok = if ty == 135 && src.is_unspecified() {
+    let ok = if ty == ICMPV6_NEIGHBOUR_SOLICIT && src.is_unspecified() {
         // RFC 4862 5.4.2: a DAD probe goes to the solicited-node group of its target and must
         // not carry a source link-layer option.
         dst == solicited_node(target) && !opts.source && p.allows6(target)
-    } else if ty == 135 {
+    } else if ty == ICMPV6_NEIGHBOUR_SOLICIT {
         p.allows6(src) && opts.all_guest
     } else {
         p.allows6(src) && p.allows6(target) && opts.all_guest
@@ -328,7 +311,7 @@ fn rs_mld(p: &VifPolicy, f: &[u8], end: usize, off: usize, ty: u8, src: Ipv6Addr
     if !src_ok {
         return Reason::NdSpoof;
     }
-    if ty == 133 {
+    if ty == ICMPV6_ROUTER_SOLICIT {
         // An RS may carry a source link-layer option (RFC 4861 4.1); it must be the guest's,
         // or the VM could poison the router's neighbour cache.
         if off + 8 > end {
@@ -388,7 +371,7 @@ fn locked_to_vm(p: &VifPolicy, f: &[u8]) -> Reason {
             // headers in practice; the from-VM side drops fragmented NDP).
             let ndp = f[ETH_HLEN + 6] == IPPROTO_ICMPV6
                 && f.get(ETH_HLEN + 40)
-                    .is_some_and(|t| (133..=137).contains(t));
+                    .is_some_and(|t| is_ndp(*t));
             if ndp || d.is_multicast() || p.allows6(d) {
                 Reason::Pass
             } else {

@@ -11,7 +11,7 @@ use core::intrinsics::{AtomicOrdering, atomic_cxchg};
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use lockd_common::{RATE_SHIFT, VifConfig};
 
-use crate::RATE;
+use crate::maps::RATE;
 
 /// Compare-and-swap attempts before a frame is refused; each loss means another CPU just
 /// spent budget, so giving up errs on the side of the limit.

@@ -7,11 +7,12 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use lockd_common::{Direction, MODE_DISABLED, MODE_UNLOCKED, Reason, VifConfig};
+use lockd_common::{Direction, MODE_DISABLED, MODE_UNLOCKED, Reason, VifConfig, proto::*};
 
-use crate::{allowed4, allowed6, config, count};
-
-const ETH_HLEN: usize = 14;
+use crate::{
+    lookup::{allowed4, allowed6},
+    maps::{config, count},
+};
 
 /// Pass hands the frame on (`TC_ACT_UNSPEC` is `TCX_NEXT`: later programs still run); a drop
 /// is final.
@@ -75,7 +76,7 @@ fn locked(ctx: &TcContext, cfg: &VifConfig, ifindex: u32) -> Result<(), Reason> 
             let h = load::<8>(ctx, ETH_HLEN)?;
             let d = load::<16>(ctx, ETH_HLEN + 24)?;
             let ndp = h[6] == 58
-                && load::<1>(ctx, ETH_HLEN + 40).is_ok_and(|t| (133..=137).contains(&t[0]));
+                && load::<1>(ctx, ETH_HLEN + 40).is_ok_and(|t| is_ndp(t[0]));
             if ndp || d[0] == 0xff || allowed6(cfg, ifindex, d) {
                 Ok(())
             } else {
