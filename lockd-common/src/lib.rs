@@ -7,9 +7,9 @@
 
 #[cfg(feature = "user")]
 pub mod model;
-pub mod proto;
 #[cfg(feature = "user")]
 pub mod policy;
+pub mod proto;
 #[cfg(feature = "user")]
 pub mod settings;
 
@@ -41,7 +41,7 @@ pub const MAP_PREFIX4: &str = "PREFIX4";
 pub const MAP_PREFIX6: &str = "PREFIX6";
 /// Per-CPU array of [`Counter`], indexed by [`counter_index`].
 pub const MAP_COUNTERS: &str = "COUNTERS";
-/// Array of [`RateState`], indexed by VIF slot (shared by all CPUs).
+/// Array of [`RateState`], indexed by [`VifConfig::counter`] (shared by all CPUs).
 pub const MAP_RATE: &str = "RATE";
 
 /// Default `timeslice_us` of the rate limiter (bucket depth in time of the rate).
@@ -49,7 +49,7 @@ pub const DEFAULT_TIMESLICE_US: u64 = 50_000;
 /// Fixed-point shift of [`VifConfig::rate_ns_per_byte_q16`].
 pub const RATE_SHIFT: u32 = 16;
 
-/// Most VIFs one host enforces at once (counter slots are allocated per VIF).
+/// Most VIFs one host enforces at once (counters are allocated per VIF).
 pub const MAX_VIFS: u32 = 4096;
 /// Positions of [`MAP_VIF_SLOTS`] (a power of two).
 pub const POSITIONS: u32 = 8192;
@@ -196,10 +196,10 @@ impl Direction {
     }
 }
 
-/// Index into [`MAP_COUNTERS`] for a VIF's counter slot, a direction and a reason.
+/// Index into [`MAP_COUNTERS`] for a VIF's counter index, a direction and a reason.
 #[inline(always)]
-pub const fn counter_index(slot: u32, dir: u32, reason: u32) -> u32 {
-    (slot * DIRECTIONS + dir) * REASON_SLOTS + reason
+pub const fn counter_index(counter: u32, dir: u32, reason: u32) -> u32 {
+    (counter * DIRECTIONS + dir) * REASON_SLOTS + reason
 }
 
 /// Per-VIF policy header. Never written where a packet can read it: an update writes a free
@@ -214,8 +214,8 @@ pub struct VifConfig {
     pub mode: u32,
     /// Generation of the address entries this policy uses.
     pub generation: u32,
-    /// Counter slot of this VIF (`0..MAX_VIFS`).
-    pub slot: u32,
+    /// Index of this VIF's counters and rate state (`0..MAX_VIFS`).
+    pub counter: u32,
     /// `FLAG_*` bits.
     pub flags: u32,
     /// The guest MAC.
@@ -387,7 +387,7 @@ mod pod {
 /// moved, fails the build here rather than corrupting a map.
 const _: () = {
     assert!(core::mem::size_of::<VifConfig>() == 240);
-    assert!(core::mem::size_of::<VifConfig>() % 8 == 0);
+    assert!(core::mem::size_of::<VifConfig>().is_multiple_of(8));
     assert!(core::mem::size_of::<Prefix4>() == 8);
     assert!(core::mem::size_of::<Prefix6>() == 32);
     assert!(core::mem::size_of::<Slot4>() == 8);

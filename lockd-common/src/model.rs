@@ -212,7 +212,9 @@ fn ipv6(p: &VifPolicy, f: &[u8]) -> Reason {
                 return Reason::NdFragment;
             }
             match ty {
-                ICMPV6_NEIGHBOUR_SOLICIT | ICMPV6_NEIGHBOUR_ADVERT => return ns_na(p, f, end, up.off, ty, src, dst),
+                ICMPV6_NEIGHBOUR_SOLICIT | ICMPV6_NEIGHBOUR_ADVERT => {
+                    return ns_na(p, f, end, up.off, ty, src, dst);
+                }
                 t if is_rs_or_mld(t) => return rs_mld(p, f, end, up.off, ty, src),
                 _ => {}
             }
@@ -370,8 +372,7 @@ fn locked_to_vm(p: &VifPolicy, f: &[u8]) -> Reason {
             // NDP directly after the IPv6 header passes (RFC 4861 messages carry no extension
             // headers in practice; the from-VM side drops fragmented NDP).
             let ndp = f[ETH_HLEN + 6] == IPPROTO_ICMPV6
-                && f.get(ETH_HLEN + 40)
-                    .is_some_and(|t| is_ndp(*t));
+                && f.get(ETH_HLEN + 40).is_some_and(|t| is_ndp(*t));
             if ndp || d.is_multicast() || p.allows6(d) {
                 Reason::Pass
             } else {

@@ -43,7 +43,7 @@ pub fn vif_ingress(ctx: XdpContext) -> u32 {
     if matches!(reason, Reason::Pass) && !rate::admit(cfg, len) {
         reason = Reason::Ratelimit;
     }
-    count(cfg.slot, Direction::FromVm, reason, len);
+    count(cfg.counter, Direction::FromVm, reason, len);
     if matches!(reason, Reason::Pass) {
         XDP_PASS
     } else {
@@ -358,4 +358,3 @@ fn rs_mld(
     }
     Ok(())
 }
-

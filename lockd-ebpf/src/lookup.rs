@@ -3,13 +3,11 @@
 use aya_ebpf::maps::lpm_trie::Key;
 use lockd_common::{
     FLAG_HAS_A4, FLAG_HAS_S6, FLAG_INLINE_P4, FLAG_INLINE_P6, FLAG_INLINE4, FLAG_INLINE6,
-    FLAG_PREFIX4, FLAG_PREFIX6,
-    INLINE_P4, INLINE_P6, INLINE4, INLINE6, LPM_HEADER_BITS, Lpm4Data, Lpm6Data, MAX_PROBES,
-    VifConfig, table_home4, table_home6,
+    FLAG_PREFIX4, FLAG_PREFIX6, INLINE_P4, INLINE_P6, INLINE4, INLINE6, LPM_HEADER_BITS, Lpm4Data,
+    Lpm6Data, MAX_PROBES, VifConfig, table_home4, table_home6,
 };
 
 use crate::maps::{PREFIX4, PREFIX6, TABLE4, TABLE6};
-
 
 /// Membership in A4. Inline sets (exact and prefix) are checked in place, a larger exact set
 /// by probing its table (inlined array lookups); only prefixes beyond the inline ones pay a
@@ -150,4 +148,3 @@ fn in_trie6(cfg: &VifConfig, ifindex: u32, addr: [u8; 16]) -> bool {
     );
     PREFIX6.get(&key).is_some()
 }
-

@@ -20,7 +20,8 @@ const NO_PREALLOC: u32 = 1;
 const MMAPABLE: u32 = 1 << 10;
 
 #[map]
-pub(crate) static VIF_CONFIG: HashMap<u32, VifConfig> = HashMap::with_max_entries(MAX_VIFS, NO_PREALLOC);
+pub(crate) static VIF_CONFIG: HashMap<u32, VifConfig> =
+    HashMap::with_max_entries(MAX_VIFS, NO_PREALLOC);
 #[map]
 pub(crate) static VIF_SLOTS: Array<u64> = Array::with_max_entries(POSITIONS, MMAPABLE);
 #[map]
@@ -58,8 +59,8 @@ pub(crate) fn config(ifindex: u32) -> Option<&'static VifConfig> {
 }
 
 #[inline(always)]
-pub(crate) fn count(slot: u32, dir: Direction, reason: Reason, bytes: u64) {
-    let idx = counter_index(slot, dir as u32, reason as u32);
+pub(crate) fn count(counter: u32, dir: Direction, reason: Reason, bytes: u64) {
+    let idx = counter_index(counter, dir as u32, reason as u32);
     if let Some(c) = COUNTERS.get_ptr_mut(idx) {
         // SAFETY: per-CPU slot, no other writer on this CPU while we run.
         unsafe {
@@ -68,4 +69,3 @@ pub(crate) fn count(slot: u32, dir: Direction, reason: Reason, bytes: u64) {
         }
     }
 }
-

@@ -23,7 +23,7 @@ pub fn admit(cfg: &VifConfig, len: u64) -> bool {
     if cfg.rate_ns_per_byte_q16 == 0 {
         return true;
     }
-    let Some(state) = RATE.get_ptr_mut(cfg.slot) else {
+    let Some(state) = RATE.get_ptr_mut(cfg.counter) else {
         return false;
     };
     let cost = (len * cfg.rate_ns_per_byte_q16) >> RATE_SHIFT;

@@ -31,7 +31,7 @@ pub fn vif_egress(ctx: TcContext) -> i32 {
             Err(r) => r,
         },
     };
-    count(cfg.slot, Direction::ToVm, reason, u64::from(ctx.len()));
+    count(cfg.counter, Direction::ToVm, reason, u64::from(ctx.len()));
     if matches!(reason, Reason::Pass) {
         TC_ACT_UNSPEC
     } else {
@@ -75,8 +75,7 @@ fn locked(ctx: &TcContext, cfg: &VifConfig, ifindex: u32) -> Result<(), Reason> 
         0x86dd => {
             let h = load::<8>(ctx, ETH_HLEN)?;
             let d = load::<16>(ctx, ETH_HLEN + 24)?;
-            let ndp = h[6] == 58
-                && load::<1>(ctx, ETH_HLEN + 40).is_ok_and(|t| is_ndp(t[0]));
+            let ndp = h[6] == 58 && load::<1>(ctx, ETH_HLEN + 40).is_ok_and(|t| is_ndp(t[0]));
             if ndp || d[0] == 0xff || allowed6(cfg, ifindex, d) {
                 Ok(())
             } else {

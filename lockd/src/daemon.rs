@@ -117,7 +117,7 @@ impl Core {
                 continue;
             };
             let Some(vif) = self.state.vif_by_device(dev) else {
-                if self.dp.ifindexes().contains(&ifx) {
+                if self.dp.has_policy(ifx) {
                     self.dp.remove_policy(ifx)?;
                     tracing::info!(ifindex = ifx, device = %dev, "policy removed");
                 }
@@ -213,7 +213,7 @@ impl Core {
                     self.links.retain(|_, i| *i != ifindex);
                     // The kernel already detached the program; drop our side of it before the
                     // ifindex can be reused.
-                    if self.dp.ifindexes().contains(&ifindex) {
+                    if self.dp.has_policy(ifindex) {
                         if let Err(err) = self.dp.remove_policy(ifindex) {
                             tracing::warn!(ifindex, %name, error = %err, "cleanup after link removal");
                         }

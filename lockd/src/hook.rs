@@ -51,7 +51,7 @@ fn list<N>(
         let i = i
             .as_str()
             .with_context(|| format!("{what}: {i} is not a string"))?;
-        out.extend(parse(i).with_context(|| format!("{what}"))?);
+        out.extend(parse(i).with_context(|| what.to_string())?);
     }
     Ok(out)
 }

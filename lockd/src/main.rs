@@ -35,14 +35,14 @@ enum Cmd {
     Daemon {
         #[arg(long, env = "LOCKD_STATE_DIR", default_value = "/var/lib/lockd")]
         state_dir: PathBuf,
-        #[arg(long, env = "LOCKD_BPFFS", default_value = "/sys/fs/bpf/lockd")]
+        #[arg(long, env = "LOCKD_BPFFS", default_value = lockd::dataplane::DEFAULT_PIN_DIR)]
         bpffs: PathBuf,
         #[arg(long, value_enum, default_value_t = XdpModeRequest::Auto)]
         xdp_mode: XdpModeRequest,
     },
     /// Remove every pinned program, link and map (stops enforcement). The daemon must be stopped.
     Cleanup {
-        #[arg(long, env = "LOCKD_BPFFS", default_value = "/sys/fs/bpf/lockd")]
+        #[arg(long, env = "LOCKD_BPFFS", default_value = lockd::dataplane::DEFAULT_PIN_DIR)]
         bpffs: PathBuf,
     },
     /// Toolstack entry point, called by the vif scripts.

@@ -54,7 +54,7 @@ fn a_new_dataplane_adopts_slots_and_tables() {
         let mut ifxs = dp.ifindexes();
         ifxs.sort_unstable();
         assert_eq!(ifxs, vec![a.min(b), a.max(b)]);
-        assert!(dp.is_slotted(a) && dp.is_slotted(b));
+        assert!(dp.has_position(a) && dp.has_position(b));
         // The adopted tables are intact and in force.
         for i in 0..300 {
             assert_eq!(verdict(&dp, a, member(1, i)), XDP_PASS, "member {i} of a");

@@ -74,7 +74,7 @@ fn flip_under_load(displaced: bool) {
             dp.set_policy(squatter, &b).expect("squatter");
         }
         dp.set_policy(ifindex, &a).expect("policy a");
-        assert_eq!(dp.is_slotted(ifindex), !displaced);
+        assert_eq!(dp.has_position(ifindex), !displaced);
         let runner = dp.runner(PROG_VIF_INGRESS).expect("runner");
         let done = AtomicBool::new(false);
         let runs = AtomicU64::new(0);
@@ -98,7 +98,7 @@ fn flip_under_load(displaced: bool) {
                 let p = if i % 2 == 0 { &b } else { &a };
                 dp.set_policy(ifindex, p).expect("flip");
                 if displaced && i == FLIPS / 2 {
-                    assert!(!dp.is_slotted(ifindex));
+                    assert!(!dp.has_position(ifindex));
                     dp.remove_policy(squatter).expect("the squatter goes");
                 }
                 // Retired generations are deleted while readers run, too.
@@ -120,7 +120,7 @@ fn flip_under_load(displaced: bool) {
             0,
             "a frame saw a mixed policy"
         );
-        assert!(dp.is_slotted(ifindex));
+        assert!(dp.has_position(ifindex));
         // The genuine frame of the final policy still passes.
         let genuine = udp4_from(GUEST, ip_a, 1, 2);
         assert_eq!(dp.judge(ifindex, &genuine).expect("judge"), XDP_PASS);

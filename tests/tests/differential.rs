@@ -123,7 +123,7 @@ impl Bench {
         what: &str,
     ) -> Option<Reason> {
         assert_eq!(
-            self.dp.is_slotted(ifindex),
+            self.dp.has_position(ifindex),
             ifindex != self.displaced(),
             "ifindex {ifindex} is read from the wrong place"
         );

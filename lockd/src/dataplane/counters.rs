@@ -44,17 +44,17 @@ impl VifCounters {
 }
 
 impl Dataplane {
-    /// Zeroes a slot's counters and rate-limiter state before a new VIF uses it.
-    pub(super) fn zero_counters(&mut self, slot: u32) -> Result<()> {
+    /// Zeroes the counters and rate-limiter state at `counter` before a new VIF uses them.
+    pub(super) fn zero_counters(&mut self, counter: u32) -> Result<()> {
         self.rate
-            .set(slot, RateState::default(), 0)
+            .set(counter, RateState::default(), 0)
             .map_err(map_err(MAP_RATE))?;
         for dir in 0..2 {
             for r in 0..Reason::COUNT as u32 {
                 let zeros = PerCpuValues::try_from(vec![Counter::default(); self.ncpus])
                     .map_err(|e| DataplaneError::Cpus(std::io::Error::other(e)))?;
                 self.counters
-                    .set(counter_index(slot, dir, r), zeros, 0)
+                    .set(counter_index(counter, dir, r), zeros, 0)
                     .map_err(map_err(MAP_COUNTERS))?;
             }
         }
@@ -74,14 +74,14 @@ impl Dataplane {
 
     /// One counter of a VIF, summed over CPUs.
     pub fn counter(&self, ifindex: u32, dir: Direction, reason: Reason) -> Result<Counter> {
-        let slot = self
+        let counter = self
             .vifs
             .get(&ifindex)
             .ok_or(DataplaneError::UnknownIfindex(ifindex))?
-            .slot;
+            .counter;
         let values = self
             .counters
-            .get(&counter_index(slot, dir as u32, reason as u32), 0)
+            .get(&counter_index(counter, dir as u32, reason as u32), 0)
             .map_err(map_err(MAP_COUNTERS))?;
         let mut sum = Counter::default();
         for v in values.iter() {

@@ -13,15 +13,24 @@
 //!
 //! A failure in step 1 or 2 removes what step 1 added and leaves the old policy in force.
 
+mod adopt;
 mod attach;
 mod counters;
+mod encode;
+mod error;
+mod garbage;
+mod mapping;
 mod pinning;
-mod slots;
+mod positions;
 mod tables;
 
 pub use counters::VifCounters;
+pub use error::DataplaneError;
+pub use pinning::{DEFAULT_PIN_DIR, cleanup, ensure_bpffs};
 
-pub use pinning::{cleanup, ensure_bpffs};
+use encode::{Entries, config_of, lpm4, lpm6};
+use error::{Result, map_err, prog_err};
+use garbage::{Garbage, Retired};
 
 use std::{
     collections::BTreeMap,
@@ -30,20 +39,16 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray},
     programs::{
         ProgramError, SchedClassifier, Xdp, links::FdLink, tc::SchedClassifierLinkId,
         xdp::XdpLinkId,
     },
 };
 use lockd_common::{
-    CONFIG_COPIES, Counter, FLAG_HAS_A4, FLAG_HAS_S6, FLAG_INLINE_P4, FLAG_INLINE_P6, FLAG_INLINE4,
-    FLAG_INLINE6, FLAG_PREFIX4, FLAG_PREFIX6, INLINE_P4, INLINE_P6, INLINE4, INLINE6,
-    LPM_HEADER_BITS, Lpm4Data, Lpm6Data, MAP_CONFIGS, MAP_COUNTERS, MAP_PREFIX4, MAP_PREFIX6,
-    MAP_RATE, MAP_TABLE4, MAP_TABLE6, MAP_VIF_CONFIG, MAP_VIF_SLOTS, MAX_VIFS, PROG_VIF_EGRESS,
-    PROG_VIF_INGRESS, Prefix4, Prefix6, RateState, VifConfig,
-    policy::{EffectiveMode, VifPolicy, link_local},
-    position, rate_params,
+    CONFIG_COPIES, Counter, Lpm4Data, Lpm6Data, MAP_CONFIGS, MAP_COUNTERS, MAP_PREFIX4,
+    MAP_PREFIX6, MAP_RATE, MAP_TABLE4, MAP_TABLE6, MAP_VIF_CONFIG, MAP_VIF_SLOTS, MAX_VIFS,
+    PROG_VIF_EGRESS, PROG_VIF_INGRESS, RateState, VifConfig, policy::VifPolicy, position,
 };
 use serde::Serialize;
 
@@ -63,70 +68,6 @@ pub static KIT_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR
 /// Retired entries allowed to wait for a grace period before `set_policy` collects them itself
 /// (it also does when a table region or config copy is wanted and only garbage holds one).
 const RETIRED_LIMIT: usize = 65_536;
-
-/// Errors of the dataplane loader.
-#[derive(Debug, thiserror::Error)]
-pub enum DataplaneError {
-    /// The object did not load (verifier rejection, missing privileges, no BTF ...).
-    #[error("loading the eBPF object failed: {0}")]
-    Load(#[from] aya::EbpfError),
-    /// A program could not be loaded, attached, detached or run.
-    #[error("program {name}: {source}")]
-    Program {
-        name: &'static str,
-        #[source]
-        source: ProgramError,
-    },
-    /// A pinned link is not of the expected kind.
-    #[error("pinned link: {0}")]
-    Link(#[source] aya::programs::links::LinkError),
-    /// A map is missing from the object or has the wrong type.
-    #[error("map {name}: {source}")]
-    Map {
-        name: &'static str,
-        #[source]
-        source: MapError,
-    },
-    /// Every counter slot is taken.
-    #[error("no free VIF slot: lockd enforces at most {MAX_VIFS} VIFs")]
-    NoSlot,
-    /// The VIF has no policy in the dataplane.
-    #[error("ifindex {0} has no policy")]
-    UnknownIfindex(u32),
-    /// The VIF already has the program attached.
-    #[error("ifindex {0} is already attached")]
-    AlreadyAttached(u32),
-    /// The RCU barrier syscall failed.
-    #[error("waiting for an RCU grace period failed: {0}")]
-    Barrier(#[source] std::io::Error),
-    /// `BPF_PROG_TEST_RUN` failed.
-    #[error("BPF_PROG_TEST_RUN failed: {0}")]
-    TestRun(#[source] std::io::Error),
-    /// A pin on bpffs could not be made, read or removed.
-    #[error("bpffs pin {path}: {source}")]
-    Pin {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    /// The address table arrays have no free region big enough.
-    #[error(
-        "the {MAP_TABLE4}/{MAP_TABLE6} address tables are full (too many allowed addresses across all VIFs)"
-    )]
-    TableFull,
-    /// A map could not be mapped into this process.
-    #[error("mapping {name} into memory failed: {source}")]
-    Mmap {
-        name: &'static str,
-        #[source]
-        source: std::io::Error,
-    },
-    /// Reading the number of CPUs failed.
-    #[error("reading the possible CPUs failed: {0}")]
-    Cpus(#[source] std::io::Error),
-}
-
-type Result<T, E = DataplaneError> = std::result::Result<T, E>;
 
 /// How XDP ended up attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -148,107 +89,10 @@ pub enum XdpModeRequest {
     Generic,
 }
 
-/// The address entries of one generation of a VIF's policy.
-#[derive(Debug, Default, Clone)]
-struct Entries {
-    v4: Vec<[u8; 4]>,
-    p4: Vec<(u32, [u8; 4])>,
-    v6: Vec<[u8; 16]>,
-    p6: Vec<(u32, [u8; 16])>,
-    /// Where `v4` / `v6` are, when they do not fit inline (set by `insert_entries`).
-    r4: Option<tables::Region>,
-    r6: Option<tables::Region>,
-}
-
-impl Entries {
-    /// The kernel's view of a policy: exact addresses in hashes, shorter prefixes in tries, and
-    /// the derived link-local address as one more exact IPv6 entry when S6 is non-empty.
-    fn of(policy: &VifPolicy) -> Self {
-        let mut e = Entries::default();
-        if policy.mode != EffectiveMode::Locked {
-            return e;
-        }
-        for n in &policy.ipv4 {
-            if n.prefix() == 32 {
-                e.v4.push(n.ip().octets());
-            } else {
-                e.p4.push((u32::from(n.prefix()), n.network().octets()));
-            }
-        }
-        for n in &policy.ipv6 {
-            if n.prefix() == 128 {
-                e.v6.push(n.ip().octets());
-            } else {
-                e.p6.push((u32::from(n.prefix()), n.network().octets()));
-            }
-        }
-        if policy.has_s6() {
-            let ll = link_local(policy.mac).octets();
-            if !e.v6.contains(&ll) {
-                e.v6.push(ll);
-            }
-        }
-        e
-    }
-
-    fn len(&self) -> usize {
-        self.v4.len() + self.v6.len() + self.p4.len() + self.p6.len()
-    }
-
-    /// Exact IPv4 addresses that live in the config rather than the map.
-    fn inline4(&self) -> bool {
-        self.v4.len() <= INLINE4
-    }
-
-    fn inline6(&self) -> bool {
-        self.v6.len() <= INLINE6
-    }
-
-    /// Names the table regions in a config about to be published.
-    fn place(&self, cfg: &mut VifConfig) {
-        if let Some(r) = self.r4 {
-            (cfg.t4_base, cfg.t4_mask) = (r.base, r.mask());
-        }
-        if let Some(r) = self.r6 {
-            (cfg.t6_base, cfg.t6_mask) = (r.base, r.mask());
-        }
-    }
-
-    /// Prefixes that live in the config rather than the trie.
-    fn inline_p4(&self) -> bool {
-        self.p4.len() <= INLINE_P4
-    }
-
-    fn inline_p6(&self) -> bool {
-        self.p6.len() <= INLINE_P6
-    }
-
-    /// The prefixes that go into the tries (none when they fit inline).
-    fn trie4(&self) -> &[(u32, [u8; 4])] {
-        if self.inline_p4() { &[] } else { &self.p4 }
-    }
-
-    fn trie6(&self) -> &[(u32, [u8; 16])] {
-        if self.inline_p6() { &[] } else { &self.p6 }
-    }
-
-    /// Same entries, in any order.
-    fn same_as(&self, other: &Entries) -> bool {
-        fn sorted<T: Ord + Clone>(v: &[T]) -> Vec<T> {
-            let mut v = v.to_vec();
-            v.sort();
-            v
-        }
-        sorted(&self.v4) == sorted(&other.v4)
-            && sorted(&self.v6) == sorted(&other.v6)
-            && sorted(&self.p4) == sorted(&other.p4)
-            && sorted(&self.p6) == sorted(&other.p6)
-    }
-}
-
 #[derive(Debug)]
 struct VifState {
-    slot: u32,
+    /// Index of the VIF's counters and rate state (`0..MAX_VIFS`).
+    counter: u32,
     generation: u32,
     entries: Entries,
     /// The config last written, generation aside (to skip no-op updates).
@@ -273,13 +117,14 @@ pub const XDP_PASS: u32 = 2;
 /// The loaded object and every VIF lockd manages.
 pub struct Dataplane {
     ebpf: Ebpf,
-    config: HashMap<MapData, u32, VifConfig>,
-    slots: slots::Slots,
-    configs: Array<MapData, VifConfig>,
+    /// `VIF_CONFIG`: every VIF's config by ifindex.
+    by_ifindex: HashMap<MapData, u32, VifConfig>,
+    /// `VIF_SLOTS`: which copy is in force at each position.
+    positions: positions::Positions,
+    /// `CONFIGS`: the config copies positions name.
+    copies: Array<MapData, VifConfig>,
     /// `CONFIGS` copies nothing names and no packet can still read.
     free_copies: Vec<u32>,
-    /// Copies replaced since the last grace period.
-    retired_copies: Vec<u32>,
     table4: tables::Table<[u8; 4]>,
     table6: tables::Table<[u8; 16]>,
     prefix4: LpmTrie<MapData, Lpm4Data, u8>,
@@ -288,24 +133,16 @@ pub struct Dataplane {
     rate: Array<MapData, RateState>,
     barrier: RcuBarrier,
     vifs: BTreeMap<u32, VifState>,
-    free_slots: Vec<u32>,
+    /// Counter indexes no VIF holds.
+    free_counters: Vec<u32>,
     /// The generation the next update writes.
     next_generation: u32,
-    /// Entries of replaced generations, deleted after a grace period.
-    retired: Vec<(u32, u32, Entries)>,
-    retired_count: usize,
+    /// Entries and copies replaced, freed after a grace period.
+    garbage: Garbage,
     ncpus: usize,
     pins: Option<pinning::PinDirs>,
     /// The from-VM program's descriptor for [`Dataplane::judge`], made on first use.
     judge_runner: std::sync::OnceLock<Runner>,
-}
-
-fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
-    move |source| DataplaneError::Map { name, source }
-}
-
-fn prog_err(name: &'static str) -> impl FnOnce(ProgramError) -> DataplaneError {
-    move |source| DataplaneError::Program { name, source }
 }
 
 /// The program `name` of the object, as its kind `T`.
@@ -360,22 +197,20 @@ impl Dataplane {
             .load()
             .map_err(prog_err(PROG_VIF_INGRESS))?;
         let ncpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Cpus(e))?;
+        // Reused pinned maps may have copies a previous daemon replaced just now: none is free
+        // before a grace period (adoption takes out the ones in force).
+        let mut garbage = Garbage::default();
+        let free_copies = if pins.is_some() {
+            (0..CONFIG_COPIES).for_each(|c| garbage.push(Retired::Copy(c)));
+            Vec::new()
+        } else {
+            (0..CONFIG_COPIES).rev().collect()
+        };
         Ok(Self {
-            config: take(&mut ebpf, MAP_VIF_CONFIG)?,
-            slots: slots::Slots::new(take(&mut ebpf, MAP_VIF_SLOTS)?)?,
-            configs: take(&mut ebpf, MAP_CONFIGS)?,
-            // Reused pinned maps may have copies a previous daemon replaced just now: none is
-            // free before a grace period (adoption takes out the ones in force).
-            free_copies: if pins.is_some() {
-                Vec::new()
-            } else {
-                (0..CONFIG_COPIES).rev().collect()
-            },
-            retired_copies: if pins.is_some() {
-                (0..CONFIG_COPIES).collect()
-            } else {
-                Vec::new()
-            },
+            by_ifindex: take(&mut ebpf, MAP_VIF_CONFIG)?,
+            positions: positions::Positions::new(take(&mut ebpf, MAP_VIF_SLOTS)?)?,
+            copies: take(&mut ebpf, MAP_CONFIGS)?,
+            free_copies,
             table4: tables::Table::new(take(&mut ebpf, MAP_TABLE4)?)?,
             table6: tables::Table::new(take(&mut ebpf, MAP_TABLE6)?)?,
             prefix4: take(&mut ebpf, MAP_PREFIX4)?,
@@ -385,10 +220,9 @@ impl Dataplane {
             barrier: RcuBarrier::new().map_err(DataplaneError::Barrier)?,
             ebpf,
             vifs: BTreeMap::new(),
-            free_slots: (0..MAX_VIFS).rev().collect(),
+            free_counters: (0..MAX_VIFS).rev().collect(),
             next_generation: 1,
-            retired: Vec::new(),
-            retired_count: 0,
+            garbage,
             ncpus,
             pins,
             judge_runner: std::sync::OnceLock::new(),
@@ -411,18 +245,18 @@ impl Dataplane {
     }
 
     /// Sets or replaces the policy of `ifindex`, atomically (see the module docs). A VIF gets
-    /// its counter slot (zeroed) on its first policy.
+    /// its counters (zeroed) on its first policy.
     pub fn set_policy(&mut self, ifindex: u32, policy: &VifPolicy) -> Result<()> {
         if !self.vifs.contains_key(&ifindex) {
-            let slot = self.free_slots.pop().ok_or(DataplaneError::NoSlot)?;
-            if let Err(e) = self.zero_counters(slot) {
-                self.free_slots.push(slot);
+            let counter = self.free_counters.pop().ok_or(DataplaneError::NoSlot)?;
+            if let Err(e) = self.zero_counters(counter) {
+                self.free_counters.push(counter);
                 return Err(e);
             }
             self.vifs.insert(
                 ifindex,
                 VifState {
-                    slot,
+                    counter,
                     // The first update writes generation 1; generation 0 never has entries.
                     generation: 0,
                     entries: Entries::default(),
@@ -433,12 +267,12 @@ impl Dataplane {
             );
         }
         let state = &self.vifs[&ifindex];
-        let (slot, old_gen) = (state.slot, state.generation);
+        let (counter, old_gen) = (state.counter, state.generation);
         // Generations are unique across all VIFs and never 0, so retired entries of a removed
         // VIF can never be mistaken for a later VIF's on the same ifindex.
         let new_gen = self.next_generation;
         let mut entries = Entries::of(policy);
-        let cfg = config_of(policy, &entries, slot);
+        let cfg = config_of(policy, &entries, counter);
         if old_gen != 0 && cfg == state.config && entries.same_as(&state.entries) {
             return Ok(()); // Nothing changes; keep the running generation.
         }
@@ -471,11 +305,11 @@ impl Dataplane {
     /// error nothing a packet reads has changed.
     fn publish(&mut self, ifindex: u32, cfg: &VifConfig) -> Result<()> {
         let pos = position(ifindex);
-        let held = slots::split(self.slots.get(pos));
+        let held = positions::split(self.positions.get(pos));
         let direct = held.is_none_or(|(ifx, _)| ifx == ifindex);
         let copy = if direct {
             let copy = self.take_copy()?;
-            if let Err(e) = self.configs.set(copy, cfg, 0) {
+            if let Err(e) = self.copies.set(copy, cfg, 0) {
                 self.free_copies.push(copy);
                 return Err(map_err(MAP_CONFIGS)(e));
             }
@@ -483,13 +317,15 @@ impl Dataplane {
         } else {
             None
         };
-        if let Err(e) = self.config.insert(ifindex, cfg, 0) {
+        if let Err(e) = self.by_ifindex.insert(ifindex, cfg, 0) {
             self.free_copies.extend(copy);
             return Err(map_err(MAP_VIF_CONFIG)(e));
         }
         if let Some(copy) = copy {
-            self.slots.set(pos, Some((ifindex, copy)));
-            self.retired_copies.extend(held.map(|(_, old)| old));
+            self.positions.set(pos, Some((ifindex, copy)));
+            if let Some((_, old)) = held {
+                self.garbage.push(Retired::Copy(old));
+            }
         }
         Ok(())
     }
@@ -506,25 +342,39 @@ impl Dataplane {
     /// Takes `ifindex` out of the place packets read it from (slot and hash).
     fn unpublish(&mut self, ifindex: u32) {
         let pos = position(ifindex);
-        if let Some((ifx, copy)) = slots::split(self.slots.get(pos))
+        if let Some((ifx, copy)) = positions::split(self.positions.get(pos))
             && ifx == ifindex
         {
-            self.slots.set(pos, None);
-            self.retired_copies.push(copy);
+            self.positions.set(pos, None);
+            self.garbage.push(Retired::Copy(copy));
         }
-        let _gone = self.config.remove(&ifindex);
+        let _gone = self.by_ifindex.remove(&ifindex);
     }
 
-    /// Whether packets of `ifindex` find its config through its slot (two array lookups)
+    /// Every ifindex with a policy.
+    pub fn ifindexes(&self) -> Vec<u32> {
+        self.vifs.keys().copied().collect()
+    }
+
+    /// Whether `ifindex` has a policy.
+    pub fn has_policy(&self, ifindex: u32) -> bool {
+        self.vifs.contains_key(&ifindex)
+    }
+
+    /// Whether packets of `ifindex` find its config through its position (two array lookups)
     /// rather than the hash (another VIF holds the position).
-    pub fn is_slotted(&self, ifindex: u32) -> bool {
-        slots::split(self.slots.get(position(ifindex))).is_some_and(|(ifx, _)| ifx == ifindex)
+    pub fn has_position(&self, ifindex: u32) -> bool {
+        positions::split(self.positions.get(position(ifindex)))
+            .is_some_and(|(ifx, _)| ifx == ifindex)
     }
 
     fn retire(&mut self, ifindex: u32, generation: u32, entries: Entries) -> Result<()> {
-        self.retired_count += entries.len();
-        self.retired.push((ifindex, generation, entries));
-        if self.retired_count > RETIRED_LIMIT {
+        self.garbage.push(Retired::Entries {
+            ifindex,
+            generation,
+            entries,
+        });
+        if self.garbage.entries() > RETIRED_LIMIT {
             self.collect_garbage()?;
         }
         Ok(())
@@ -538,17 +388,22 @@ impl Dataplane {
             return Ok(());
         }
         self.barrier.wait().map_err(DataplaneError::Barrier)?;
-        for (ifindex, generation, entries) in std::mem::take(&mut self.retired) {
-            self.remove_entries(ifindex, generation, &entries);
+        for r in self.garbage.take() {
+            match r {
+                Retired::Entries {
+                    ifindex,
+                    generation,
+                    entries,
+                } => self.remove_entries(ifindex, generation, &entries),
+                Retired::Copy(c) => self.free_copies.push(c),
+            }
         }
-        self.retired_count = 0;
-        self.free_copies.append(&mut self.retired_copies);
         Ok(())
     }
 
     /// Whether retired entries or copies wait for [`Dataplane::collect_garbage`].
     pub fn has_garbage(&self) -> bool {
-        !self.retired.is_empty() || !self.retired_copies.is_empty()
+        !self.garbage.is_empty()
     }
 
     /// Writes the entries of a new generation where packets will look for them: table
@@ -613,7 +468,7 @@ impl Dataplane {
         self.detach(ifindex)?;
         self.unpublish(ifindex);
         let state = self.vifs.remove(&ifindex).expect("checked above");
-        self.free_slots.push(state.slot);
+        self.free_counters.push(state.counter);
         self.retire(ifindex, state.generation, state.entries)
     }
 
@@ -655,122 +510,4 @@ impl Dataplane {
             .map_err(DataplaneError::TestRun)?;
         Ok(r.action)
     }
-}
-
-/// The kernel config for a policy (generation 0; the caller sets it).
-fn config_of(policy: &VifPolicy, entries: &Entries, slot: u32) -> VifConfig {
-    let mut flags = 0;
-    if !policy.ipv4.is_empty() {
-        flags |= FLAG_HAS_A4;
-    }
-    if policy.has_s6() {
-        flags |= FLAG_HAS_S6;
-    }
-    let mut inline4 = [[0u8; 4]; INLINE4];
-    let mut inline6 = [[0u8; 16]; INLINE6];
-    if entries.inline4() {
-        flags |= FLAG_INLINE4;
-        inline4[..entries.v4.len()].copy_from_slice(&entries.v4);
-    }
-    if entries.inline6() {
-        flags |= FLAG_INLINE6;
-        inline6[..entries.v6.len()].copy_from_slice(&entries.v6);
-    }
-    let (pfx4, np4, f4) =
-        prefixes::<4, INLINE_P4, _>(&entries.p4, |net, mask| Prefix4 { net, mask });
-    let (pfx6, np6, f6) =
-        prefixes::<16, INLINE_P6, _>(&entries.p6, |net, mask| Prefix6 { net, mask });
-    flags |= if f4 { FLAG_INLINE_P4 } else { 0 } | if f6 { FLAG_INLINE_P6 } else { 0 };
-    flags |= if !f4 && !entries.p4.is_empty() {
-        FLAG_PREFIX4
-    } else {
-        0
-    };
-    flags |= if !f6 && !entries.p6.is_empty() {
-        FLAG_PREFIX6
-    } else {
-        0
-    };
-    let (rate_ns_per_byte_q16, burst_ns) = policy
-        .rate
-        .map(|r| rate_params(r.kbps, r.timeslice_us))
-        .unwrap_or((0, 0));
-    VifConfig {
-        mode: policy.mode.kernel(),
-        generation: 0,
-        slot,
-        flags,
-        mac: policy.mac,
-        n4: if entries.inline4() {
-            entries.v4.len() as u8
-        } else {
-            0
-        },
-        n6: if entries.inline6() {
-            entries.v6.len() as u8
-        } else {
-            0
-        },
-        rate_ns_per_byte_q16,
-        burst_ns,
-        inline4,
-        inline6,
-        np4,
-        np6,
-        _pad: [0; 6],
-        pfx4,
-        pfx6,
-        t4_base: 0,
-        t4_mask: 0,
-        t6_base: 0,
-        t6_mask: 0,
-    }
-}
-
-/// A family's prefixes as inline (network, mask) pairs, their count, and whether they fit
-/// (else they go to the trie and the inline slots stay empty).
-fn prefixes<const N: usize, const K: usize, P: Copy + Default>(
-    p: &[(u32, [u8; N])],
-    make: impl Fn([u8; N], [u8; N]) -> P,
-) -> ([P; K], u8, bool) {
-    let mut out = [P::default(); K];
-    if p.is_empty() || p.len() > K {
-        return (out, 0, false);
-    }
-    for (o, &(plen, net)) in out.iter_mut().zip(p) {
-        *o = make(net, mask::<N>(plen));
-    }
-    (out, p.len() as u8, true)
-}
-
-/// The network-order mask of a `plen`-bit prefix of an `N`-byte address.
-fn mask<const N: usize>(plen: u32) -> [u8; N] {
-    let mut m = [0u8; N];
-    for (i, b) in m.iter_mut().enumerate() {
-        let bits = plen.saturating_sub(8 * i as u32).min(8);
-        *b = (0xff_u16 << (8 - bits)) as u8;
-    }
-    m
-}
-
-fn lpm4(ifindex: u32, generation: u32, plen: u32, addr: [u8; 4]) -> Key<Lpm4Data> {
-    Key::new(
-        LPM_HEADER_BITS + plen,
-        Lpm4Data {
-            ifindex_be: ifindex.to_be_bytes(),
-            generation_be: generation.to_be_bytes(),
-            addr,
-        },
-    )
-}
-
-fn lpm6(ifindex: u32, generation: u32, plen: u32, addr: [u8; 16]) -> Key<Lpm6Data> {
-    Key::new(
-        LPM_HEADER_BITS + plen,
-        Lpm6Data {
-            ifindex_be: ifindex.to_be_bytes(),
-            generation_be: generation.to_be_bytes(),
-            addr,
-        },
-    )
 }

@@ -1,5 +1,6 @@
-//! Everything on bpffs, in one place: where maps and links are pinned, how a starting daemon
-//! adopts what a previous one left (without ever detaching), and `lockd cleanup`.
+//! Everything on bpffs, in one place: the layout (where maps and links are pinned), pinning and
+//! unpinning, mounting bpffs, and `lockd cleanup`. Adoption of what a previous daemon left is
+//! `adopt.rs`.
 //!
 //! Layout under the bpffs directory (default `/sys/fs/bpf/lockd`):
 //! - `maps/<NAME>`: every map of the object, reused by the next load;
@@ -11,23 +12,16 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::programs::{Xdp, links::FdLink, links::PinnedLink, xdp::XdpLink, xdp::XdpLinkId};
+use aya::programs::{links::FdLink, xdp::XdpLinkId};
 use lockd_common::{
-    CONFIG_COPIES, FLAG_INLINE_P4, FLAG_INLINE_P6, FLAG_INLINE4, FLAG_INLINE6, INLINE_P4,
-    INLINE_P6, INLINE4, INLINE6, MAP_CONFIGS, MAP_COUNTERS, MAP_PREFIX4, MAP_PREFIX6, MAP_RATE,
-    MAP_TABLE4, MAP_TABLE6, MAP_VIF_CONFIG, MAP_VIF_SLOTS, MAX_VIFS, POSITIONS, PROG_VIF_INGRESS,
-    position,
+    MAP_CONFIGS, MAP_COUNTERS, MAP_PREFIX4, MAP_PREFIX6, MAP_RATE, MAP_TABLE4, MAP_TABLE6,
+    MAP_VIF_CONFIG, MAP_VIF_SLOTS, PROG_VIF_INGRESS,
 };
 
-use super::{
-    AttachMode, Dataplane, DataplaneError, Entries, LinkHandle, Result, VifConfig, VifState,
-    map_err, prog_err, slots, tables::Region,
-};
+use super::{AttachMode, Dataplane, DataplaneError, Result, prog_err};
 
-/// The length of the prefix a network-order mask stands for.
-fn prefix_len(mask: &[u8]) -> u32 {
-    mask.iter().map(|b| b.count_ones()).sum()
-}
+/// Where `lockd` pins by default (the daemon's `--bpffs`).
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/lockd";
 
 /// Every pinned map.
 pub(super) const MAPS: [&str; 9] = [
@@ -50,7 +44,7 @@ pub(super) struct PinDirs {
     pub(super) links: PathBuf,
 }
 
-fn pin_err(path: &Path) -> impl FnOnce(io::Error) -> DataplaneError + '_ {
+pub(super) fn pin_err(path: &Path) -> impl FnOnce(io::Error) -> DataplaneError + '_ {
     move |source| pin_error(path, source)
 }
 
@@ -137,12 +131,12 @@ impl PinDirs {
 }
 
 /// A pinned link's file name: XDP with its mode, or TC.
-enum LinkName {
+pub(super) enum LinkName {
     Xdp(u32, AttachMode),
     Tc(u32),
 }
 
-fn parse_link_name(name: &str) -> Option<LinkName> {
+pub(super) fn parse_link_name(name: &str) -> Option<LinkName> {
     if let Some(ifx) = name.strip_prefix("tc-") {
         return Some(LinkName::Tc(ifx.parse().ok()?));
     }
@@ -190,231 +184,6 @@ impl Dataplane {
             .pin(path)
             .map_err(|e| pin_err(path)(io::Error::other(e)))?;
         Ok(pinned.into())
-    }
-
-    /// Adopts what a previous daemon left pinned: per-VIF slots and generations from the
-    /// config map, the current generation's address entries (stale ones are deleted), and
-    /// every pinned link, whose program is atomically replaced by this one's
-    /// (`bpf_link_update`) — enforcement never stops. Links of ifindexes without a config are
-    /// removed. Returns the adopted ifindexes.
-    pub fn adopt(&mut self) -> Result<Vec<u32>> {
-        let Some(pins) = &self.pins else {
-            return Ok(Vec::new());
-        };
-        let links_dir = pins.links.clone();
-        let configs: Vec<(u32, VifConfig)> = self
-            .config
-            .iter()
-            .collect::<std::result::Result<_, _>>()
-            .map_err(map_err(MAP_VIF_CONFIG))?;
-        // A previous daemon may have released regions and copies just now.
-        self.barrier.wait().map_err(DataplaneError::Barrier)?;
-        for (ifindex, cfg) in &configs {
-            let tables = if cfg.slot >= MAX_VIFS || self.vifs.values().any(|v| v.slot == cfg.slot) {
-                None
-            } else {
-                self.adopt_tables(cfg)
-            };
-            let Some((r4, v4, r6, v6)) = tables else {
-                // Not ours to trust; drop it rather than share counters or table space.
-                let _ = self.config.remove(ifindex);
-                continue;
-            };
-            self.free_slots.retain(|s| *s != cfg.slot);
-            let inline_prefixes = |n: u8, cap: usize, flag: u32| {
-                if cfg.flags & flag != 0 {
-                    usize::from(n).min(cap)
-                } else {
-                    0
-                }
-            };
-            self.vifs.insert(
-                *ifindex,
-                VifState {
-                    slot: cfg.slot,
-                    generation: cfg.generation,
-                    // Inline sets and tables are read here; trie entries in `adopt_entries`.
-                    entries: Entries {
-                        v4,
-                        v6,
-                        p4: cfg.pfx4[..inline_prefixes(cfg.np4, INLINE_P4, FLAG_INLINE_P4)]
-                            .iter()
-                            .map(|p| (prefix_len(&p.mask), p.net))
-                            .collect(),
-                        p6: cfg.pfx6[..inline_prefixes(cfg.np6, INLINE_P6, FLAG_INLINE_P6)]
-                            .iter()
-                            .map(|p| (prefix_len(&p.mask), p.net))
-                            .collect(),
-                        r4,
-                        r6,
-                    },
-                    // As `config_of` makes it: no generation, no regions.
-                    config: VifConfig {
-                        generation: 0,
-                        t4_base: 0,
-                        t4_mask: 0,
-                        t6_base: 0,
-                        t6_mask: 0,
-                        ..*cfg
-                    },
-                    xdp: None,
-                    tc: None,
-                },
-            );
-        }
-        self.next_generation = configs
-            .iter()
-            .map(|(_, c)| c.generation)
-            .max()
-            .unwrap_or(0)
-            .wrapping_add(1)
-            .max(1);
-        self.adopt_entries()?;
-        self.adopt_slots(&configs)?;
-        let mut adopted = Vec::new();
-        let rd = fs::read_dir(&links_dir).map_err(pin_err(&links_dir))?;
-        for e in rd.flatten() {
-            let path = e.path();
-            let parsed = parse_link_name(&e.file_name().to_string_lossy());
-            let known = |ifx: &u32| self.vifs.contains_key(ifx);
-            match parsed {
-                Some(LinkName::Xdp(ifindex, mode)) if known(&ifindex) => {
-                    let pinned = PinnedLink::from_pin(&path)
-                        .map_err(|err| pin_err(&path)(io::Error::other(err)))?;
-                    let link = XdpLink::try_from(FdLink::from(pinned))
-                        .map_err(|err| pin_err(&path)(io::Error::other(err)))?;
-                    let prog: &mut Xdp = self.xdp(PROG_VIF_INGRESS)?;
-                    let id = prog
-                        .attach_to_link(link)
-                        .map_err(prog_err(PROG_VIF_INGRESS))?;
-                    let link = self.pin_link(id, &path)?;
-                    self.vifs.get_mut(&ifindex).expect("checked").xdp =
-                        Some((mode, LinkHandle::Pinned { link, path }));
-                    adopted.push(ifindex);
-                }
-                Some(LinkName::Tc(ifindex)) if known(&ifindex) => {
-                    let pinned = PinnedLink::from_pin(&path)
-                        .map_err(|err| pin_err(&path)(io::Error::other(err)))?;
-                    // bpf_link_update swaps the program in place; the pin stays valid.
-                    let link = self.tc_adopt(FdLink::from(pinned))?;
-                    self.vifs.get_mut(&ifindex).expect("checked").tc =
-                        Some(LinkHandle::Pinned { link, path });
-                }
-                _ => {
-                    tracing::info!(path = %path.display(), "removing a pinned link with no policy");
-                    unpin(&path)?;
-                }
-            }
-        }
-        Ok(adopted)
-    }
-
-    /// A config's exact sets: inline, or read from the table regions it names (which are
-    /// then reserved). None if a region is invalid or overlaps one already taken.
-    #[expect(clippy::type_complexity, reason = "one use, destructured at once")]
-    fn adopt_tables(
-        &mut self,
-        cfg: &VifConfig,
-    ) -> Option<(Option<Region>, Vec<[u8; 4]>, Option<Region>, Vec<[u8; 16]>)> {
-        let (r4, v4) = if cfg.flags & FLAG_INLINE4 != 0 {
-            (
-                None,
-                cfg.inline4[..usize::from(cfg.n4).min(INLINE4)].to_vec(),
-            )
-        } else {
-            let r = Region::of(cfg.t4_base, cfg.t4_mask)?;
-            (Some(r), self.table4.adopt(r)?)
-        };
-        let (r6, v6) = if cfg.flags & FLAG_INLINE6 != 0 {
-            (
-                None,
-                cfg.inline6[..usize::from(cfg.n6).min(INLINE6)].to_vec(),
-            )
-        } else {
-            let adopted = Region::of(cfg.t6_base, cfg.t6_mask)
-                .and_then(|r| Some((Some(r), self.table6.adopt(r)?)));
-            if adopted.is_none()
-                && let Some(r) = r4
-            {
-                self.table4.release(r);
-            }
-            adopted?
-        };
-        Some((r4, v4, r6, v6))
-    }
-
-    /// Takes over the slots: a slot naming an adopted VIF keeps its copy (rewritten through a
-    /// fresh copy if it differs from the hash, which a daemon killed between the two writes
-    /// leaves); any other slot is emptied. Every other copy waits a grace period before reuse.
-    fn adopt_slots(&mut self, configs: &[(u32, VifConfig)]) -> Result<()> {
-        let mut stale = Vec::new();
-        let mut in_use = vec![false; CONFIG_COPIES as usize];
-        for pos in 0..POSITIONS {
-            let Some((ifx, copy)) = slots::split(self.slots.get(pos)) else {
-                continue;
-            };
-            let cfg = configs.iter().find(|(i, _)| *i == ifx).map(|(_, c)| *c);
-            match (cfg, in_use.get_mut(copy as usize)) {
-                (Some(cfg), Some(used))
-                    if !*used && position(ifx) == pos && self.vifs.contains_key(&ifx) =>
-                {
-                    *used = true;
-                    if self.configs.get(&copy, 0).map_err(map_err(MAP_CONFIGS))? != cfg {
-                        stale.push((ifx, cfg));
-                    }
-                }
-                _ => self.slots.set(pos, None),
-            }
-        }
-        // Copies in force stay out of the retired ones (all of them, since load).
-        self.retired_copies.retain(|c| !in_use[*c as usize]);
-        for (ifx, cfg) in stale {
-            self.publish(ifx, &cfg)?;
-        }
-        Ok(())
-    }
-
-    /// Rebuilds each VIF's current entries from the maps and deletes any other generation's.
-    fn adopt_entries(&mut self) -> Result<()> {
-        // For each map: read every key, split it into (ifindex, generation, entry); keep the
-        // entry if it belongs to its VIF's current generation, else delete the key.
-        macro_rules! sweep {
-            ($map:ident, $field:ident, |$k:ident| $split:expr) => {
-                let keys: Vec<_> = self.$map.keys().filter_map(|k| k.ok()).collect();
-                for $k in keys {
-                    let (ifx, generation, entry) = $split;
-                    match self.vifs.get_mut(&ifx) {
-                        Some(v) if v.generation == generation => v.entries.$field.push(entry),
-                        _ => {
-                            let _gone = self.$map.remove(&$k);
-                        }
-                    }
-                }
-            };
-        }
-        let lpm_tag = |ifx: [u8; 4], g: [u8; 4], plen: u32| {
-            (
-                u32::from_be_bytes(ifx),
-                u32::from_be_bytes(g),
-                plen.saturating_sub(lockd_common::LPM_HEADER_BITS),
-            )
-        };
-        sweep!(prefix4, p4, |k| {
-            let d = k.data();
-            let (ifx, g, plen) = lpm_tag(d.ifindex_be, d.generation_be, k.prefix_len());
-            (ifx, g, (plen, d.addr))
-        });
-        sweep!(prefix6, p6, |k| {
-            let d = k.data();
-            let (ifx, g, plen) = lpm_tag(d.ifindex_be, d.generation_be, k.prefix_len());
-            (ifx, g, (plen, d.addr))
-        });
-        Ok(())
-    }
-
-    /// Every ifindex with a policy.
-    pub fn ifindexes(&self) -> Vec<u32> {
-        self.vifs.keys().copied().collect()
     }
 }
 

@@ -14,7 +14,7 @@ use lockd_common::{
     MAP_TABLE4, MAP_TABLE6, MAX_PROBES, Slot4, Slot6, TABLE_SLOTS, table_home4, table_home6,
 };
 
-use super::{DataplaneError, Result, slots::Mapping};
+use super::{DataplaneError, Result, mapping::Mapping};
 
 /// A run of `1 << order` slots starting at `base`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

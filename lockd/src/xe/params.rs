@@ -187,21 +187,21 @@ pub static VIF: &[Param<VifSettings>] = &[
         "the VIF's UUID (generated when not given)",
         |v, _| json!(v.uuid),
     )
-    .set(|v, s| Ok(v.uuid = uuid(s)?)),
+    .set(|v, s| uuid(s).map(|x| v.uuid = x)),
     V::new(
         "vm-uuid",
         Access::Ro,
         "the VM the VIF belongs to",
         |v, _| json!(v.vm_uuid),
     )
-    .set(|v, s| Ok(v.vm_uuid = Some(uuid(s)?))),
+    .set(|v, s| uuid(s).map(|x| v.vm_uuid = Some(x))),
     V::new(
         "device",
         Access::Ro,
         "host-side netdev (vif3.0, tap3.0)",
         |v, _| json!(v.device),
     )
-    .set(|v, s| Ok(v.device = device(s)?)),
+    .set(|v, s| device(s).map(|x| v.device = x)),
     V::new(
         "ifindex",
         Access::Ro,
@@ -211,18 +211,18 @@ pub static VIF: &[Param<VifSettings>] = &[
     V::new("MAC", Access::Ro, "the guest MAC", |v, _| {
         json!(format_mac(v.mac))
     })
-    .set(|v, s| Ok(v.mac = parse_mac(s).map_err(|e| e.to_string())?)),
+    .set(|v, s| parse_mac(s).map_err(|e| e.to_string()).map(|x| v.mac = x)),
     V::new("network-uuid", Access::Ro, "the network", |v, _| {
         json!(v.network_uuid)
     })
-    .set(|v, s| Ok(v.network_uuid = uuid(s)?)),
+    .set(|v, s| uuid(s).map(|x| v.network_uuid = x)),
     V::new(
         "locking-mode",
         Access::Rw,
         "network_default | locked | unlocked | disabled",
         |v, _| json!(v.locking_mode),
     )
-    .set(|v, s| Ok(v.locking_mode = word(s)?)),
+    .set(|v, s| word(s).map(|x| v.locking_mode = x)),
     V::new(
         "effective-locking-mode",
         Access::Ro,
@@ -326,21 +326,24 @@ pub static NETWORK: &[Param<NetworkSettings>] = &[
         "the network's UUID (generated when not given)",
         |n, _| json!(n.uuid),
     )
-    .set(|n, s| Ok(n.uuid = uuid(s)?)),
+    .set(|n, s| uuid(s).map(|x| n.uuid = x)),
     N::new(
         "name-label",
         Access::Rw,
         "the network's name (the bridge)",
         |n, _| json!(n.name_label),
     )
-    .set(|n, s| Ok(n.name_label = s.to_string())),
+    .set(|n, s| {
+        n.name_label = s.to_string();
+        Ok(())
+    }),
     N::new(
         "default-locking-mode",
         Access::Rw,
         "unlocked | disabled: the mode of its network_default VIFs",
         |n, _| json!(n.default_locking_mode),
     )
-    .set(|n, s| Ok(n.default_locking_mode = word(s)?)),
+    .set(|n, s| word(s).map(|x| n.default_locking_mode = x)),
     N::new("vifs", Access::Ro, "how many VIFs are on it", |n, w| {
         json!(w.state.vifs_on(&n.uuid).count())
     }),

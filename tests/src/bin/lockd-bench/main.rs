@@ -333,7 +333,6 @@ fn ratelimit(opts: &Opts, helpers: &mut Helpers) -> Value {
     Value::Array(out)
 }
 
-/// 6. Daemon RSS with 4096 VIFs configured.
 /// p-th percentile (0..=100) of `v`, in milliseconds.
 fn pct_ms(v: &mut [Duration], p: f64) -> f64 {
     v.sort_unstable();

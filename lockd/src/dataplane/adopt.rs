@@ -1,0 +1,195 @@
+//! Adoption: a starting daemon takes over what a previous one left pinned, without ever
+//! detaching. Per-VIF counters and generations come from the config map (decoded by
+//! [`decode`]), the current generation's address entries from the tables and tries (stale
+//! generations are deleted), and every pinned link's program is atomically replaced by this
+//! daemon's (`bpf_link_update`) — enforcement never stops.
+
+use std::{fs, io};
+
+use aya::programs::{
+    Xdp,
+    links::{FdLink, PinnedLink},
+    xdp::XdpLink,
+};
+use lockd_common::{
+    CONFIG_COPIES, LPM_HEADER_BITS, MAP_CONFIGS, MAP_VIF_CONFIG, MAX_VIFS, POSITIONS,
+    PROG_VIF_INGRESS, VifConfig, position,
+};
+
+use super::{
+    Dataplane, DataplaneError, LinkHandle, Result, VifState,
+    encode::{Entries, decode},
+    error::{map_err, prog_err},
+    pinning::{LinkName, parse_link_name, pin_err, unpin},
+    positions,
+};
+
+impl Dataplane {
+    /// Adopts what a previous daemon left pinned (see the module docs). Links of ifindexes
+    /// without a config are removed. Returns the adopted ifindexes.
+    pub fn adopt(&mut self) -> Result<Vec<u32>> {
+        let Some(pins) = &self.pins else {
+            return Ok(Vec::new());
+        };
+        let links_dir = pins.links.clone();
+        let configs: Vec<(u32, VifConfig)> = self
+            .by_ifindex
+            .iter()
+            .collect::<std::result::Result<_, _>>()
+            .map_err(map_err(MAP_VIF_CONFIG))?;
+        // A previous daemon may have released regions and copies just now.
+        self.barrier.wait().map_err(DataplaneError::Barrier)?;
+        for (ifindex, cfg) in &configs {
+            let taken =
+                cfg.counter >= MAX_VIFS || self.vifs.values().any(|v| v.counter == cfg.counter);
+            let decoded = if taken { None } else { self.adopt_tables(cfg) };
+            let Some((entries, config)) = decoded else {
+                // Not ours to trust; drop it rather than share counters or table space.
+                let _ = self.by_ifindex.remove(ifindex);
+                continue;
+            };
+            self.free_counters.retain(|c| *c != cfg.counter);
+            self.vifs.insert(
+                *ifindex,
+                VifState {
+                    counter: cfg.counter,
+                    generation: cfg.generation,
+                    // Trie entries are added in `adopt_tries`.
+                    entries,
+                    config,
+                    xdp: None,
+                    tc: None,
+                },
+            );
+        }
+        self.next_generation = configs
+            .iter()
+            .map(|(_, c)| c.generation)
+            .max()
+            .unwrap_or(0)
+            .wrapping_add(1)
+            .max(1);
+        self.adopt_tries()?;
+        self.adopt_positions(&configs)?;
+        let mut adopted = Vec::new();
+        let rd = fs::read_dir(&links_dir).map_err(pin_err(&links_dir))?;
+        for e in rd.flatten() {
+            let path = e.path();
+            let parsed = parse_link_name(&e.file_name().to_string_lossy());
+            let known = |ifx: &u32| self.vifs.contains_key(ifx);
+            match parsed {
+                Some(LinkName::Xdp(ifindex, mode)) if known(&ifindex) => {
+                    let pinned = PinnedLink::from_pin(&path)
+                        .map_err(|err| pin_err(&path)(io::Error::other(err)))?;
+                    let link = XdpLink::try_from(FdLink::from(pinned))
+                        .map_err(|err| pin_err(&path)(io::Error::other(err)))?;
+                    let prog: &mut Xdp = self.xdp(PROG_VIF_INGRESS)?;
+                    let id = prog
+                        .attach_to_link(link)
+                        .map_err(prog_err(PROG_VIF_INGRESS))?;
+                    let link = self.pin_link(id, &path)?;
+                    self.vifs.get_mut(&ifindex).expect("checked").xdp =
+                        Some((mode, LinkHandle::Pinned { link, path }));
+                    adopted.push(ifindex);
+                }
+                Some(LinkName::Tc(ifindex)) if known(&ifindex) => {
+                    let pinned = PinnedLink::from_pin(&path)
+                        .map_err(|err| pin_err(&path)(io::Error::other(err)))?;
+                    // bpf_link_update swaps the program in place; the pin stays valid.
+                    let link = self.tc_adopt(FdLink::from(pinned))?;
+                    self.vifs.get_mut(&ifindex).expect("checked").tc =
+                        Some(LinkHandle::Pinned { link, path });
+                }
+                _ => {
+                    tracing::info!(path = %path.display(), "removing a pinned link with no policy");
+                    unpin(&path)?;
+                }
+            }
+        }
+        Ok(adopted)
+    }
+
+    /// A config decoded, with its exact sets read from the table regions it names (which are
+    /// then reserved). None if a region is invalid or overlaps one already taken.
+    fn adopt_tables(&mut self, cfg: &VifConfig) -> Option<(Entries, VifConfig)> {
+        let (mut e, config) = decode(cfg)?;
+        if let Some(r) = e.r4 {
+            e.v4 = self.table4.adopt(r)?;
+        }
+        if let Some(r) = e.r6 {
+            match self.table6.adopt(r) {
+                Some(v6) => e.v6 = v6,
+                None => {
+                    if let Some(r) = e.r4 {
+                        self.table4.release(r);
+                    }
+                    return None;
+                }
+            }
+        }
+        Some((e, config))
+    }
+
+    /// Takes over the positions: one naming an adopted VIF keeps its copy (rewritten through a
+    /// fresh copy if it differs from the hash, which a daemon killed between the two writes
+    /// leaves); any other is emptied. Every other copy waits a grace period before reuse.
+    fn adopt_positions(&mut self, configs: &[(u32, VifConfig)]) -> Result<()> {
+        let mut stale = Vec::new();
+        let mut in_use = vec![false; CONFIG_COPIES as usize];
+        for pos in 0..POSITIONS {
+            let Some((ifx, copy)) = positions::split(self.positions.get(pos)) else {
+                continue;
+            };
+            let cfg = configs.iter().find(|(i, _)| *i == ifx).map(|(_, c)| *c);
+            match (cfg, in_use.get_mut(copy as usize)) {
+                (Some(cfg), Some(used))
+                    if !*used && position(ifx) == pos && self.vifs.contains_key(&ifx) =>
+                {
+                    *used = true;
+                    if self.copies.get(&copy, 0).map_err(map_err(MAP_CONFIGS))? != cfg {
+                        stale.push((ifx, cfg));
+                    }
+                }
+                _ => self.positions.set(pos, None),
+            }
+        }
+        // Copies in force leave the queue (all of them were put there at load).
+        for (copy, used) in in_use.iter().enumerate() {
+            if *used {
+                self.garbage.reclaim_copy(copy as u32);
+            }
+        }
+        for (ifx, cfg) in stale {
+            self.publish(ifx, &cfg)?;
+        }
+        Ok(())
+    }
+
+    /// Adds each VIF's current trie entries and deletes any other generation's.
+    fn adopt_tries(&mut self) -> Result<()> {
+        // For each trie: read every key, split it into (ifindex, generation, entry); keep the
+        // entry if it belongs to its VIF's current generation, else delete the key.
+        macro_rules! sweep {
+            ($map:ident, $field:ident) => {
+                let keys: Vec<_> = self.$map.keys().filter_map(|k| k.ok()).collect();
+                for k in keys {
+                    let d = k.data();
+                    let ifx = u32::from_be_bytes(d.ifindex_be);
+                    let generation = u32::from_be_bytes(d.generation_be);
+                    let plen = k.prefix_len().saturating_sub(LPM_HEADER_BITS);
+                    match self.vifs.get_mut(&ifx) {
+                        Some(v) if v.generation == generation => {
+                            v.entries.$field.push((plen, d.addr))
+                        }
+                        _ => {
+                            let _gone = self.$map.remove(&k);
+                        }
+                    }
+                }
+            };
+        }
+        sweep!(prefix4, p4);
+        sweep!(prefix6, p6);
+        Ok(())
+    }
+}
