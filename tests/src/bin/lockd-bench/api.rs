@@ -1,0 +1,158 @@
+//! The daemon's API latency and memory at 4096 VIFs, measured on its socket.
+
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use lockd_kit::netlab::NetNs;
+use serde_json::{Value, json};
+
+use crate::step;
+
+/// p-th percentile (0..=100) of `v`, in milliseconds.
+fn pct_ms(v: &mut [Duration], p: f64) -> f64 {
+    v.sort_unstable();
+    let i = ((v.len() as f64 - 1.0) * p / 100.0).round() as usize;
+    v[i].as_secs_f64() * 1e3
+}
+
+/// The daemon's API cost and memory with 4096 VIFs: each request timed on the daemon's
+/// socket, from the request the CLI sends to the reply, which comes after the store's
+/// durable commit (process start excluded). 64 of the VIFs have real netdevs, so their
+/// updates reach the kernel too; half the updates go to them.
+pub(crate) fn daemon_api_and_rss() -> Value {
+    step("daemon API latency and memory with 4096 VIFs (durable SQLite store)");
+    const VIFS: u32 = 4096;
+    const WITH_NETDEV: u32 = 64;
+    let ns = NetNs::new("bd").expect("ns");
+    for i in 0..WITH_NETDEV {
+        ns.exec(&[
+            "ip",
+            "link",
+            "add",
+            &format!("bv{i}"),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &format!("bp{i}"),
+        ])
+        .expect("veth");
+        ns.exec(&["ip", "link", "set", &format!("bv{i}"), "up"])
+            .expect("up");
+    }
+    let base = std::env::temp_dir().join(format!("lockd-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let bin = lockd_tests::daemon::lockd_bin();
+    let bpffs = format!("/sys/fs/bpf/lockd-bench-{}", std::process::id());
+    let sock = base.join("s.sock");
+    let mut child = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", ns.name()))
+        .arg(&bin)
+        .arg("daemon")
+        .env("LOCKD_STATE_DIR", base.join("state"))
+        .env("LOCKD_SOCKET", &sock)
+        .env("LOCKD_BPFFS", &bpffs)
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .expect("daemon");
+    let call = |args: &[String]| {
+        let t = Instant::now();
+        let r = lockd::daemon::call(&sock, args);
+        (t.elapsed(), r)
+    };
+    let start = Instant::now();
+    while call(&["network-list".into()]).1.is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "daemon did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (_, net) = call(&["network-create".into(), "name-label=bench".into()]);
+    let net = net.expect("network-create").stdout.trim().to_string();
+    let mut creates = Vec::new();
+    let mut uuids = Vec::new();
+    for i in 0..VIFS {
+        let (t, r) = call(&[
+            "vif-create".into(),
+            format!("network-uuid={net}"),
+            format!("device=bv{i}"),
+            format!("mac=02:01:00:00:{:02x}:{:02x}", i >> 8, i & 0xff),
+        ]);
+        let r = r.expect("vif-create");
+        assert_eq!(r.code, 0, "vif-create {i}: {}", r.stderr);
+        creates.push(t);
+        uuids.push(r.stdout.trim().to_string());
+        let (_, r) = call(&[
+            "vif-param-set".into(),
+            format!("uuid={}", uuids[i as usize]),
+            "locking-mode=locked".into(),
+            format!("ipv4-allowed=10.{}.{}.1", i >> 8, i & 0xff),
+        ]);
+        assert_eq!(r.expect("vif-param-set").code, 0, "vif-param-set {i}");
+        if i % 1024 == 1023 {
+            eprintln!("  {} VIFs configured", i + 1);
+        }
+    }
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
+    // nsenter execs the daemon, so the child pid is the daemon's.
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(f64::NAN);
+    let mut updates = Vec::new();
+    let mut rng = 0x9e37_79b9_u32;
+    for k in 0..2000u32 {
+        rng ^= rng << 13;
+        rng ^= rng >> 17;
+        rng ^= rng << 5;
+        let i = if k % 2 == 0 {
+            rng % WITH_NETDEV
+        } else {
+            rng % VIFS
+        };
+        let (t, r) = call(&[
+            "vif-param-set".into(),
+            format!("uuid={}", uuids[i as usize]),
+            format!(
+                "ipv4-allowed=10.{}.{}.1,10.99.{}.{}",
+                i >> 8,
+                i & 0xff,
+                k >> 8,
+                k & 0xff
+            ),
+        ]);
+        assert_eq!(r.expect("vif-param-set").code, 0, "update {k}");
+        updates.push(t);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = Command::new(&bin)
+        .args(["cleanup", "--bpffs", &bpffs])
+        .env("LOCKD_SOCKET", &sock)
+        .output();
+    let _ = std::fs::remove_dir_all(&base);
+    let mb = kb / 1024.0;
+    let r = json!({
+        "vifs": VIFS,
+        "vifs_with_netdev": WITH_NETDEV,
+        "rss_mb": mb,
+        "api_create_p50_ms": pct_ms(&mut creates, 50.0),
+        "api_create_p99_ms": pct_ms(&mut creates, 99.0),
+        "api_update_p50_ms": pct_ms(&mut updates, 50.0),
+        "api_update_p99_ms": pct_ms(&mut updates, 99.0),
+    });
+    eprintln!(
+        "  RSS {mb:.1} MB; vif-create p50 {:.3} ms p99 {:.3} ms; vif-param-set p50 {:.3} ms p99 {:.3} ms",
+        r["api_create_p50_ms"].as_f64().unwrap_or(f64::NAN),
+        r["api_create_p99_ms"].as_f64().unwrap_or(f64::NAN),
+        r["api_update_p50_ms"].as_f64().unwrap_or(f64::NAN),
+        r["api_update_p99_ms"].as_f64().unwrap_or(f64::NAN)
+    );
+    r
+}
