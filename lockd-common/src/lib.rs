@@ -134,7 +134,7 @@ macro_rules! reasons {
             /// One line saying what the reason means (its doc comment).
             pub const fn description(self) -> &'static str {
                 match self {
-                    $(Reason::$variant => concat!($($doc),+),)+
+                    $(Reason::$variant => concat!($($doc),+).trim_ascii(),)+
                 }
             }
         }

@@ -106,3 +106,20 @@ fn every_to_vm_case_gets_its_reason() {
         );
     }
 }
+
+/// The README's reason table is the one declaration in lockd-common, row for row.
+#[test]
+fn readme_lists_every_reason_as_declared() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("README.md");
+    let rows: Vec<&str> = readme
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .filter(|l| Reason::ALL.iter().any(|r| l.starts_with(&format!("| `{}` |", r.name()))))
+        .collect();
+    let want: Vec<String> = Reason::ALL
+        .iter()
+        .map(|r| format!("| `{}` | {} |", r.name(), r.description()))
+        .collect();
+    assert_eq!(rows, want, "README's drop-reason table differs from lockd_common::Reason");
+}
