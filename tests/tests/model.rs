@@ -115,11 +115,18 @@ fn readme_lists_every_reason_as_declared() {
     let rows: Vec<&str> = readme
         .lines()
         .filter(|l| l.starts_with("| `"))
-        .filter(|l| Reason::ALL.iter().any(|r| l.starts_with(&format!("| `{}` |", r.name()))))
+        .filter(|l| {
+            Reason::ALL
+                .iter()
+                .any(|r| l.starts_with(&format!("| `{}` |", r.name())))
+        })
         .collect();
     let want: Vec<String> = Reason::ALL
         .iter()
         .map(|r| format!("| `{}` | {} |", r.name(), r.description()))
         .collect();
-    assert_eq!(rows, want, "README's drop-reason table differs from lockd_common::Reason");
+    assert_eq!(
+        rows, want,
+        "README's drop-reason table differs from lockd_common::Reason"
+    );
 }

@@ -16,6 +16,8 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod guest;
+
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "lockd developer tasks")]
 struct Cli {
@@ -32,8 +34,15 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Bootstrap and run every test tier (needs root: BPF and network namespaces).
+    /// Bootstrap and run every test tier on this kernel, then the guest tier on Debian 12's
+    /// 6.1 kernel under qemu (needs root: BPF and network namespaces).
     Test {
+        /// Only the guest tier, on this kernel series (6.1 or 6.12).
+        #[arg(long)]
+        kernel: Option<String>,
+        /// Only the tiers on this machine's kernel.
+        #[arg(long, conflicts_with = "kernel")]
+        host_only: bool,
         /// Extra arguments for `cargo test`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -79,6 +88,9 @@ const APT: &[(&str, &str)] = &[
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
+/// The kernel series `cargo xtask test` also runs the guest tier on (Debian 12's).
+const DEFAULT_GUEST_KERNEL: &str = "6.1";
+
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
@@ -89,7 +101,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn workspace() -> PathBuf {
+pub(crate) fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask lives in the workspace")
@@ -116,14 +128,25 @@ fn run(cli: Cli) -> Result<()> {
             let bin = workspace().join("target/release").join(bin);
             status(Command::new(bin).args(args))
         }
-        Cmd::Test { args } => {
+        Cmd::Test {
+            kernel,
+            host_only,
+            args,
+        } => {
             require_root()?;
+            if let Some(series) = kernel {
+                return guest::run(&series);
+            }
             // The daemon tests run the real binary; `cargo test` builds binaries only for the
             // package that owns them.
             cargo(&["build", "-p", "lockd", "--bin", "lockd"], &[])?;
             let mut a = vec!["test", "--workspace", "--exclude", "lockd-ebpf"];
             a.extend(args.iter().map(String::as_str));
-            cargo(&a, &[])
+            cargo(&a, &[])?;
+            if host_only {
+                return Ok(());
+            }
+            guest::run(DEFAULT_GUEST_KERNEL)
         }
         Cmd::Bench { quick, json, api } => {
             require_root()?;
@@ -195,7 +218,7 @@ unsafe extern "C" {
     fn geteuid() -> u32;
 }
 
-fn status(cmd: &mut Command) -> Result<()> {
+pub(crate) fn status(cmd: &mut Command) -> Result<()> {
     let s = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
     if !s.success() {
         bail!("{cmd:?} failed: {s}");
@@ -203,15 +226,31 @@ fn status(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-fn cargo(args: &[&str], envs: &[(&str, String)]) -> Result<()> {
+fn cargo_command(args: &[&str]) -> Command {
     let mut c = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(workspace())
         .args(args)
         .env("LOCKD_TOOLCHAIN_DIR", toolchain_dir());
+    c
+}
+
+pub(crate) fn cargo(args: &[&str], envs: &[(&str, String)]) -> Result<()> {
+    let mut c = cargo_command(args);
     for (k, v) in envs {
         c.env(k, v);
     }
     status(&mut c)
+}
+
+/// Runs cargo and returns its standard output (errors still reach the terminal).
+pub(crate) fn cargo_output(args: &[&str]) -> Result<String> {
+    let mut c = cargo_command(args);
+    c.stderr(std::process::Stdio::inherit());
+    let out = c.output().with_context(|| format!("starting {c:?}"))?;
+    if !out.status.success() {
+        bail!("{c:?} failed: {}", out.status);
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn on_path(bin: &str) -> bool {
@@ -221,13 +260,14 @@ fn on_path(bin: &str) -> bool {
 }
 
 fn bootstrap() -> Result<()> {
-    apt_packages()?;
+    ensure_packages(APT)?;
     nightly()?;
     bpf_linker()
 }
 
-fn apt_packages() -> Result<()> {
-    let missing: Vec<&str> = APT
+/// Installs the packages of `list` whose proving binary is missing.
+pub(crate) fn ensure_packages(list: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = list
         .iter()
         .filter(|(_, bin)| !on_path(bin))
         .map(|(pkg, _)| *pkg)

@@ -71,6 +71,25 @@ pub fn markdown(r: &Value) -> String {
             format!("{:.1} MB", f(&r["rss_mb_4096_vifs"])),
             "< 30 MB",
         ),
+        (
+            "API vif-param-set p99, 4096 VIFs (socket to durable reply)",
+            format!("{:.2} ms", f(&r["api_update_p99_ms"])),
+            "≤ 1 ms",
+        ),
+        (
+            "API vif-create p99, 4096 VIFs (record; netdev not yet there)",
+            format!("{:.2} ms", f(&r["api_create_p99_ms"])),
+            "≤ 1 ms",
+        ),
+        (
+            "API vif-create p50 / p99 on a live netdev (attaches both programs)",
+            format!(
+                "{:.1} / {:.1} ms",
+                f(&r["api"]["api_create_attach_p50_ms"]),
+                f(&r["api"]["api_create_attach_p99_ms"])
+            ),
+            "reported",
+        ),
     ];
     for (a, b, c) in rows {
         let _ = writeln!(s, "| {a} | {b} | {c} |");

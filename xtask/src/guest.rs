@@ -1,0 +1,594 @@
+//! `cargo xtask test --kernel 6.1|6.12`: the test tiers on another kernel, under qemu.
+//!
+//! How (and why this way):
+//! - **Kernel**: Debian's own generic `linux-image-*-amd64-unsigned` package for the series,
+//!   fetched with `apt-get download` and unpacked with `dpkg-deb -x` under
+//!   `target/kernels/` — nothing is installed into the host's /boot or /lib/modules. The
+//!   generic flavour carries 9p, virtio, veth, bridge, 8021q and pktgen as modules.
+//! - **Boot**: `qemu-system-x86_64` with TCG (KVM stops this VM-in-a-VM with an emulation
+//!   error), the unpacked kernel and a tiny initramfs built here: a static busybox, the
+//!   modules 9p needs and an `/init` that mounts the host's root filesystem read-only over
+//!   virtio-9p, puts tmpfs on the directories tests write (`/tmp`, `/run`, `/var/tmp`),
+//!   points the kernel's module loader at the unpacked modules and runs a script in a chroot.
+//!   The guest therefore runs the very test binaries the host just built, with the host's
+//!   tools (ip, tc, nsenter), and cannot write to the host. No image to build or keep in step,
+//!   no extra Python tooling (virtme-ng does the same with more moving parts).
+//! - **Parts**: the script runs each part and prints `LOCKD-PART <name> PASS|FAIL`; the host
+//!   prints one line per part with the kernel version and fails if any part failed or the
+//!   guest did not finish.
+
+use std::{
+    fs,
+    io::{BufRead as _, BufReader, Write as _},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{cargo_output, ensure_packages, status, workspace};
+
+/// What the guest needs on the host beyond the test tiers' packages.
+pub const APT: &[(&str, &str)] = &[
+    ("qemu-system-x86", "qemu-system-x86_64"),
+    ("busybox-static", "busybox"),
+    ("kmod", "depmod"),
+];
+
+/// A kernel series lockd is tested on, and the Debian package name pattern that carries it.
+struct Series {
+    name: &'static str,
+    /// `apt-cache search --names-only` regex for the unsigned generic flavour.
+    pattern: &'static str,
+}
+
+const SERIES: &[Series] = &[
+    Series {
+        name: "6.1",
+        pattern: r"^linux-image-6\.1\.0-[0-9]+-amd64-unsigned$",
+    },
+    Series {
+        name: "6.12",
+        pattern: r"^linux-image-6\.12\.[0-9.]+\+deb12-amd64-unsigned$",
+    },
+];
+
+/// Modules loaded in the guest before the tests (with their dependencies).
+const GUEST_MODULES: &[&str] = &[
+    "veth",
+    "bridge",
+    "8021q",
+    "pktgen",
+    "sch_ingress",
+    "cls_bpf",
+    "ifb",
+    "sch_netem",
+    "sch_tbf",
+    "sch_htb",
+];
+
+/// Guest wall-clock limit (TCG is slow; the whole guest run aims at well under this).
+const GUEST_TIMEOUT: Duration = Duration::from_secs(40 * 60);
+
+/// One part of the guest run: a name and the shell command that runs it in the guest.
+struct Part {
+    name: &'static str,
+    cmd: String,
+}
+
+pub fn run(series: &str) -> Result<()> {
+    let s = SERIES.iter().find(|s| s.name == series).with_context(|| {
+        format!(
+            "unknown kernel series {series}: choose one of {}",
+            SERIES.iter().map(|s| s.name).collect::<Vec<_>>().join(", ")
+        )
+    })?;
+    ensure_packages(APT)?;
+    let kernel = fetch_kernel(s)?;
+    eprintln!(
+        "xtask: kernel {} ({})",
+        kernel.version,
+        kernel.root.display()
+    );
+    let bins = build_binaries()?;
+    let dir = kernel
+        .root
+        .parent()
+        .expect("under target/kernels")
+        .to_path_buf();
+    let initrd = dir.join("initrd.cpio");
+    build_initramfs(&kernel, &initrd)?;
+    let script = dir.join("guest.sh");
+    let parts = parts(&bins);
+    fs::write(&script, guest_script(&kernel, &parts))?;
+    boot(&kernel, &initrd, &script, &parts)
+}
+
+struct Kernel {
+    /// The unpacked package.
+    root: PathBuf,
+    version: String,
+    vmlinuz: PathBuf,
+}
+
+impl Kernel {
+    fn modules(&self) -> PathBuf {
+        self.root.join("lib/modules").join(&self.version)
+    }
+}
+
+fn fetch_kernel(s: &Series) -> Result<Kernel> {
+    let base = workspace().join("target/kernels");
+    fs::create_dir_all(&base)?;
+    let search = |update: bool| -> Result<Option<String>> {
+        if update {
+            status(Command::new("apt-get").args(["update", "-qq"]))?;
+        }
+        let out = Command::new("apt-cache")
+            .args(["search", "--names-only", s.pattern])
+            .output()
+            .context("apt-cache search")?;
+        let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+            .collect();
+        names.sort_by_key(|n| version_key(n));
+        Ok(names.pop())
+    };
+    let pkg = match search(false)? {
+        Some(p) => p,
+        None => search(true)?.with_context(|| {
+            format!(
+                "no Debian package matches {} (is the bookworm archive in apt's sources?)",
+                s.pattern
+            )
+        })?,
+    };
+    let dir = base.join(&pkg);
+    let root = dir.join("root");
+    if !root.join("boot").is_dir() {
+        eprintln!("xtask: fetching {pkg}");
+        fs::create_dir_all(&dir)?;
+        status(
+            Command::new("apt-get")
+                .args(["download", "-qq", &pkg])
+                .current_dir(&dir),
+        )?;
+        let deb = fs::read_dir(&dir)?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "deb"))
+            .context("apt-get download left no .deb")?;
+        let tmp = dir.join("root.partial");
+        let _ = fs::remove_dir_all(&tmp);
+        status(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tmp))?;
+        let _ = fs::remove_file(&deb);
+        fs::rename(&tmp, &root)?;
+    }
+    let vmlinuz = fs::read_dir(root.join("boot"))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+        })
+        .context("the package has no vmlinuz")?;
+    let version = vmlinuz
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .trim_start_matches("vmlinuz-")
+        .to_string();
+    let k = Kernel {
+        root,
+        version,
+        vmlinuz,
+    };
+    if !k.modules().join("modules.dep").is_file() {
+        status(
+            Command::new("depmod")
+                .arg("-b")
+                .arg(&k.root)
+                .arg(&k.version),
+        )?;
+    }
+    Ok(k)
+}
+
+/// Sorts package names by the numbers in them (6.1.0-9 before 6.1.0-10).
+fn version_key(name: &str) -> Vec<u64> {
+    name.split(|c: char| !c.is_ascii_digit())
+        .filter(|p| !p.is_empty())
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// The modules `name` needs, in load order, as `modprobe --show-depends` lists them.
+fn module_chain(k: &Kernel, name: &str) -> Result<Vec<PathBuf>> {
+    let out = Command::new("modprobe")
+        .arg("-d")
+        .arg(&k.root)
+        .args(["-S", &k.version, "--show-depends", name])
+        .output()
+        .context("modprobe --show-depends")?;
+    if !out.status.success() {
+        bail!(
+            "module {name} of {}: {}",
+            k.version,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("insmod "))
+        .map(|p| PathBuf::from(p.trim()))
+        .collect())
+}
+
+/// The test binaries and the lockd binaries, built on the host for the guest to run.
+struct Bins {
+    tests: std::collections::BTreeMap<String, PathBuf>,
+    lockd: PathBuf,
+    bench: PathBuf,
+}
+
+fn build_binaries() -> Result<Bins> {
+    crate::cargo(&["build", "-p", "lockd", "--bin", "lockd"], &[])?;
+    crate::cargo(
+        &[
+            "build",
+            "--release",
+            "-p",
+            "lockd-tests",
+            "--bin",
+            "lockd-bench",
+        ],
+        &[],
+    )?;
+    let json = cargo_output(&[
+        "test",
+        "--no-run",
+        "-p",
+        "lockd-tests",
+        "--tests",
+        "--message-format=json",
+    ])?;
+    let mut tests = std::collections::BTreeMap::new();
+    for line in json.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if v["reason"] == "compiler-artifact"
+            && v["target"]["kind"][0] == "test"
+            && let Some(exe) = v["executable"].as_str()
+        {
+            let name = v["target"]["name"].as_str().unwrap_or_default().to_string();
+            tests.insert(name, PathBuf::from(exe));
+        }
+    }
+    let ws = workspace();
+    Ok(Bins {
+        tests,
+        lockd: ws.join("target/debug/lockd"),
+        bench: ws.join("target/release/lockd-bench"),
+    })
+}
+
+fn parts(b: &Bins) -> Vec<Part> {
+    let t = |name: &str| {
+        b.tests
+            .get(name)
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| format!("missing-test-binary-{name}"))
+    };
+    let one = |bin: &str, filters: &[&str]| {
+        format!("{} --exact --test-threads=1 {}", t(bin), filters.join(" "))
+    };
+    vec![
+        Part {
+            name: "kernel features and attach path",
+            cmd: format!("{} features", b.lockd.display()),
+        },
+        Part {
+            name: "from-VM end to end (XDP native and generic)",
+            cmd: one(
+                "e2e",
+                &[
+                    "arp_poisoning_is_dropped_native",
+                    "arp_poisoning_is_dropped_generic",
+                    "ip_spoofing_is_dropped_and_allowed_sources_pass",
+                ],
+            ),
+        },
+        Part {
+            name: "to-VM end to end (TC egress)",
+            cmd: one(
+                "to_vm_and_rate",
+                &["flooded_unicast_does_not_reach_a_locked_vm"],
+            ),
+        },
+        Part {
+            name: "802.1Q-tagged frames from the VM do not pass",
+            cmd: one("e2e", &["vlan_tagged_frames_do_not_pass"]),
+        },
+        Part {
+            name: "differential, 20000 random frames each way",
+            cmd: format!(
+                "LOCKD_DIFF_FRAMES=20000 {}",
+                one(
+                    "differential",
+                    &[
+                        "corpus_matches_model",
+                        "random_frames_match_model",
+                        "to_vm_corpus_and_random_frames_match_model",
+                    ],
+                )
+            ),
+        },
+        Part {
+            name: "daemon start, kill -9, adopt: no spoofed frame delivered",
+            cmd: one("daemon_e2e", &["restarts_leave_no_gap"]),
+        },
+        Part {
+            name: "pktgen into a VIF: frames sent = frames lockd counted",
+            cmd: format!("{} --pktgen-check", b.bench.display()),
+        },
+    ]
+}
+
+fn guest_script(k: &Kernel, parts: &[Part]) -> String {
+    let mut s = String::from(
+        "#!/bin/sh\n# Written by `cargo xtask test --kernel`; runs inside the guest.\n",
+    );
+    s += "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n";
+    s += "export HOME=/tmp RUST_BACKTRACE=1\n";
+    // The kernel's module loader finds the unpacked package's modules.
+    s += &format!(
+        "printf '#!/bin/sh\\nexec /sbin/modprobe -d {} \"$@\"\\n' > /tmp/modprobe && chmod +x /tmp/modprobe && echo /tmp/modprobe > /proc/sys/kernel/modprobe\n",
+        k.root.display()
+    );
+    for m in GUEST_MODULES {
+        s += &format!("/tmp/modprobe {m} || echo \"module {m} did not load\"\n");
+    }
+    s += "echo \"LOCKD-KERNEL $(uname -r)\"\n";
+    s += &format!("cd {}\n", workspace().display());
+    for p in parts {
+        s += &format!(
+            "echo 'LOCKD-START {name}'\nstart=$(date +%s)\nif {cmd} > /tmp/part.log 2>&1; then r=PASS; else r=FAIL; fi\ntail -n 40 /tmp/part.log\necho \"LOCKD-PART $r $(( $(date +%s) - start ))s {name}\"\n",
+            name = p.name,
+            cmd = p.cmd
+        );
+    }
+    s
+}
+
+/// The guest's `/init`: busybox only, until the host's root is mounted.
+fn init_script(modules: &[String]) -> String {
+    let mut s = String::from(
+        "#!/bin/busybox sh\n\
+         /bin/busybox mount -t proc proc /proc\n\
+         /bin/busybox mount -t sysfs sys /sys\n\
+         /bin/busybox mount -t devtmpfs dev /dev\n\
+         exec >/dev/console 2>&1\n",
+    );
+    for m in modules {
+        s += &format!("/bin/busybox insmod /m/{m} || echo \"insmod {m} failed\"\n");
+    }
+    s += "/bin/busybox mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose hostroot /host || { echo 'LOCKD-GUEST-EXIT 99'; /bin/busybox poweroff -f; }\n";
+    s += "for d in proc sys dev; do /bin/busybox mount --move /$d /host/$d; done\n";
+    s += "for d in tmp run var/tmp dev/shm; do /bin/busybox mount -t tmpfs tmpfs /host/$d; done\n";
+    s += "/bin/busybox mkdir -p /host/dev/pts && /bin/busybox mount -t devpts devpts /host/dev/pts\n";
+    s += "/bin/busybox mount -t bpf bpffs /host/sys/fs/bpf\n";
+    s +=
+        "script=$(/bin/busybox sed -n 's/.*lockd.script=\\([^ ]*\\).*/\\1/p' /host/proc/cmdline)\n";
+    s += "/bin/busybox chroot /host /bin/sh \"$script\"\n";
+    s += "echo \"LOCKD-GUEST-EXIT $?\"\n";
+    s += "echo o > /host/proc/sysrq-trigger\n/bin/busybox sleep 5\n";
+    s
+}
+
+fn build_initramfs(k: &Kernel, out: &Path) -> Result<()> {
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .context("busybox is not installed")?;
+    let mut mods: Vec<PathBuf> = Vec::new();
+    for m in ["virtio_pci", "9pnet_virtio", "9p"] {
+        for p in module_chain(k, m)? {
+            if !mods.contains(&p) {
+                mods.push(p);
+            }
+        }
+    }
+    let mut c = Cpio::default();
+    for d in ["bin", "m", "proc", "sys", "dev", "host"] {
+        c.dir(d);
+    }
+    c.node("dev/console", 0o020600, (5, 1));
+    c.file("bin/busybox", 0o100755, &fs::read(&busybox)?);
+    let mut names = Vec::new();
+    for p in &mods {
+        let name = p
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        c.file(&format!("m/{name}"), 0o100644, &fs::read(p)?);
+        names.push(name);
+    }
+    c.file("init", 0o100755, init_script(&names).as_bytes());
+    fs::write(out, c.finish())?;
+    Ok(())
+}
+
+/// A `newc` cpio archive (what the kernel unpacks as an initramfs).
+#[derive(Default)]
+struct Cpio {
+    buf: Vec<u8>,
+    ino: u32,
+}
+
+impl Cpio {
+    fn entry(&mut self, name: &str, mode: u32, dev: (u32, u32), data: &[u8]) {
+        self.ino += 1;
+        let header = format!(
+            "070701{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}",
+            self.ino,
+            mode,
+            0,
+            0,
+            1,
+            0,
+            data.len(),
+            0,
+            0,
+            dev.0,
+            dev.1,
+            name.len() + 1,
+            0
+        );
+        self.buf.extend_from_slice(header.as_bytes());
+        self.buf.extend_from_slice(name.as_bytes());
+        self.buf.push(0);
+        self.pad();
+        self.buf.extend_from_slice(data);
+        self.pad();
+    }
+
+    fn pad(&mut self) {
+        while !self.buf.len().is_multiple_of(4) {
+            self.buf.push(0);
+        }
+    }
+
+    fn dir(&mut self, name: &str) {
+        self.entry(name, 0o040755, (0, 0), &[]);
+    }
+
+    fn node(&mut self, name: &str, mode: u32, dev: (u32, u32)) {
+        self.entry(name, mode, dev, &[]);
+    }
+
+    fn file(&mut self, name: &str, mode: u32, data: &[u8]) {
+        self.entry(name, mode, (0, 0), data);
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        self.entry("TRAILER!!!", 0, (0, 0), &[]);
+        self.buf
+    }
+}
+
+fn boot(k: &Kernel, initrd: &Path, script: &Path, parts: &[Part]) -> Result<()> {
+    let log_path = initrd.with_file_name("console.log");
+    let mut log = fs::File::create(&log_path)?;
+    eprintln!(
+        "xtask: booting {} under qemu (TCG); console in {}",
+        k.version,
+        log_path.display()
+    );
+    let started = Instant::now();
+    let mut child = Command::new("qemu-system-x86_64")
+        .args(["-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", "4G"])
+        .args(["-nographic", "-no-reboot", "-nic", "none"])
+        .arg("-kernel")
+        .arg(&k.vmlinuz)
+        .arg("-initrd")
+        .arg(initrd)
+        .arg("-append")
+        .arg(format!(
+            "console=ttyS0 panic=-1 quiet loglevel=4 lockd.script={}",
+            script.display()
+        ))
+        .args([
+            "-virtfs",
+            "local,path=/,mount_tag=hostroot,security_model=none,readonly=on",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting qemu-system-x86_64")?;
+    let stdout = child.stdout.take().expect("piped");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut results: Vec<(String, String, String)> = Vec::new();
+    let mut kernel_seen = None;
+    let mut exit = None;
+    loop {
+        let left = GUEST_TIMEOUT.saturating_sub(started.elapsed());
+        let line = match rx.recv_timeout(left) {
+            Ok(l) => l,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                let _ = child.kill();
+                bail!(
+                    "the {} guest did not finish within {:?}",
+                    k.version,
+                    GUEST_TIMEOUT
+                );
+            }
+            Err(_) => break,
+        };
+        let line = line.trim_end_matches('\r').to_string();
+        let _ = writeln!(log, "{line}");
+        if let Some(v) = line.strip_prefix("LOCKD-KERNEL ") {
+            kernel_seen = Some(v.to_string());
+            eprintln!("guest: kernel {v}, booted in {:.0?}", started.elapsed());
+        } else if let Some(p) = line.strip_prefix("LOCKD-START ") {
+            eprintln!("guest: {p} ...");
+        } else if let Some(rest) = line.strip_prefix("LOCKD-PART ") {
+            let mut it = rest.splitn(3, ' ');
+            let (r, t, name) = (
+                it.next().unwrap_or_default().to_string(),
+                it.next().unwrap_or_default().to_string(),
+                it.next().unwrap_or_default().to_string(),
+            );
+            eprintln!("guest: {r} {name} ({t})");
+            results.push((r, t, name));
+        } else if let Some(code) = line.strip_prefix("LOCKD-GUEST-EXIT ") {
+            exit = Some(code.trim().to_string());
+        } else {
+            println!("  | {line}");
+        }
+    }
+    let _ = child.wait();
+    let kv = kernel_seen.unwrap_or_else(|| "(did not boot)".into());
+    eprintln!("\nkernel {kv} under qemu/TCG, {:.0?}:", started.elapsed());
+    let mut failed = 0;
+    for p in parts {
+        match results.iter().find(|(_, _, n)| n == p.name) {
+            Some((r, t, _)) => {
+                eprintln!("  {r:4}  {}  ({t})", p.name);
+                if r != "PASS" {
+                    failed += 1;
+                }
+            }
+            None => {
+                eprintln!("  MISS  {}  (the guest never reported it)", p.name);
+                failed += 1;
+            }
+        }
+    }
+    if exit.is_none() {
+        bail!(
+            "the guest stopped before its script finished (console: {})",
+            log_path.display()
+        );
+    }
+    if failed > 0 {
+        bail!(
+            "{failed} guest part(s) failed on {kv} (console: {})",
+            log_path.display()
+        );
+    }
+    Ok(())
+}
