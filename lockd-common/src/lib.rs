@@ -17,6 +17,8 @@ pub mod settings;
 pub const PROG_VIF_INGRESS: &str = "vif_ingress";
 /// Name of the to-VM TC egress program in the object file.
 pub const PROG_VIF_EGRESS: &str = "vif_egress";
+/// Name of the from-VM TC ingress program (tags carried beside the frame) in the object file.
+pub const PROG_VIF_TAGGED: &str = "vif_tagged";
 /// Map: ifindex (u32) → [`VifConfig`]. Every VIF's config, the one the programs read for a
 /// VIF whose [`MAP_VIF_SLOTS`] position another VIF holds, and the record a restarted daemon
 /// adopts.

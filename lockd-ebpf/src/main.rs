@@ -2,6 +2,8 @@
 //!
 //! - `from_vm`: `vif_ingress`, XDP on the VIF netdev, judges frames the VM transmits;
 //! - `to_vm`: `vif_egress`, TC egress on the VIF netdev, judges frames sent to the VM;
+//! - `tagged`: `vif_tagged`, TC ingress on the VIF netdev, drops frames from a locked VIF
+//!   whose VLAN tag the kernel carries beside the bytes (which XDP cannot see);
 //! - `rate`: the from-VM rate limiter;
 //! - `lookup`: address-set membership (inline sets, table regions, tries);
 //! - `maps`: every map, the config in force for a VIF, its counters.
@@ -18,6 +20,7 @@ mod from_vm;
 mod lookup;
 mod maps;
 mod rate;
+mod tagged;
 mod to_vm;
 
 #[cfg(not(test))]

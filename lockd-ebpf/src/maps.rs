@@ -69,3 +69,18 @@ pub(crate) fn count(counter: u32, dir: Direction, reason: Reason, bytes: u64) {
         }
     }
 }
+
+/// Moves one frame of `bytes` from reason `from` to reason `to` (a later program overruling an
+/// earlier one's verdict on the same CPU).
+#[inline(always)]
+pub(crate) fn recount(counter: u32, dir: Direction, from: Reason, to: Reason, bytes: u64) {
+    let idx = counter_index(counter, dir as u32, from as u32);
+    if let Some(c) = COUNTERS.get_ptr_mut(idx) {
+        // SAFETY: per-CPU slot, no other writer on this CPU while we run.
+        unsafe {
+            (*c).packets = (*c).packets.wrapping_sub(1);
+            (*c).bytes = (*c).bytes.wrapping_sub(bytes);
+        }
+    }
+    count(counter, dir, to, bytes);
+}

@@ -276,6 +276,10 @@ fn bind(path: &Path) -> Result<UnixListener> {
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(cfg: Config) -> Result<()> {
     let start = Instant::now();
+    // Before anything is loaded: on a kernel that is too old, one line naming what it lacks.
+    for fallback in crate::features::check(&crate::features::probe()).map_err(anyhow::Error::msg)? {
+        tracing::warn!("{fallback}");
+    }
     let mut store = store::open_default(&cfg.state_dir)?;
     let state = store.load()?;
     let mut dp = Dataplane::load_with(Some(&cfg.bpffs)).context("loading the dataplane")?;

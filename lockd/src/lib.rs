@@ -2,6 +2,7 @@
 
 pub mod daemon;
 pub mod dataplane;
+pub mod features;
 pub mod hook;
 pub mod netlink;
 pub mod rcu;

@@ -45,6 +45,12 @@ enum Cmd {
         #[arg(long, env = "LOCKD_BPFFS", default_value = lockd::dataplane::DEFAULT_PIN_DIR)]
         bpffs: PathBuf,
     },
+    /// What lockd needs from this kernel, and whether it has it.
+    Features {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Toolstack entry point, called by the vif scripts.
     Hook {
         #[command(subcommand)]
@@ -119,6 +125,21 @@ fn run(cli: Cli) -> Result<u8> {
             print!("{}", r.stdout);
             eprint!("{}", r.stderr);
             Ok(r.code.clamp(0, 255) as u8)
+        }
+        Cmd::Features { json } => {
+            let probed = lockd::features::probe();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&probed)?);
+            } else {
+                print!("{}", lockd::features::table(&probed));
+            }
+            match lockd::features::check(&probed) {
+                Ok(_) => Ok(0),
+                Err(line) => {
+                    eprintln!("lockd: {line}");
+                    Ok(1)
+                }
+            }
         }
         Cmd::Xe(argv) => {
             if !xe::VERBS.contains(&argv[0].as_str()) {

@@ -304,3 +304,44 @@ fn corrupt_state_stops_the_daemon_and_is_kept() {
         b"{\"version\": 1, \"networks\": "
     );
 }
+
+/// On a kernel that lacks a required feature the daemon stops before loading anything, with
+/// one line naming the feature (an older kernel is played by `LOCKD_FEATURES_MISSING`).
+#[test]
+fn a_kernel_without_a_required_feature_gets_one_line() {
+    let dir = std::env::temp_dir().join(format!("lockd-features-{}", std::process::id()));
+    let bpffs = dir.join("bpffs");
+    let out = std::process::Command::new(lockd_tests::daemon::lockd_bin())
+        .arg("daemon")
+        .env("LOCKD_FEATURES_MISSING", "mmapable_array")
+        .env("LOCKD_STATE_DIR", dir.join("state"))
+        .env("LOCKD_SOCKET", dir.join("s.sock"))
+        .env("LOCKD_BPFFS", &bpffs)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("lockd daemon");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].contains("BPF_F_MMAPABLE") && lines[0].contains("Linux 5.5+"),
+        "{stderr}"
+    );
+    assert!(!bpffs.exists(), "nothing is pinned before the check");
+    let _ = std::fs::remove_dir_all(&dir);
+    // A feature with a fallback is logged, and the table says which.
+    let out = std::process::Command::new(lockd_tests::daemon::lockd_bin())
+        .arg("features")
+        .env("LOCKD_FEATURES_MISSING", "tcx")
+        .output()
+        .expect("lockd features");
+    assert!(out.status.success());
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("tcx") && l.contains("clsact")),
+        "{table}"
+    );
+}

@@ -355,7 +355,7 @@ fn guest_script(k: &Kernel, parts: &[Part]) -> String {
     s += &format!("cd {}\n", workspace().display());
     for p in parts {
         s += &format!(
-            "echo 'LOCKD-START {name}'\nstart=$(date +%s)\nif {cmd} > /tmp/part.log 2>&1; then r=PASS; else r=FAIL; fi\ntail -n 40 /tmp/part.log\necho \"LOCKD-PART $r $(( $(date +%s) - start ))s {name}\"\n",
+            "echo 'LOCKD-START {name}'\nstart=$(date +%s)\nif {cmd} > /tmp/part.log 2>&1; then r=PASS; else r=FAIL; fi\nif grep -q '^running 0 tests' /tmp/part.log; then r=FAIL; echo 'no test ran'; fi\ntail -n 40 /tmp/part.log\necho \"LOCKD-PART $r $(( $(date +%s) - start ))s {name}\"\n",
             name = p.name,
             cmd = p.cmd
         );
@@ -376,15 +376,19 @@ fn init_script(modules: &[String]) -> String {
         s += &format!("/bin/busybox insmod /m/{m} || echo \"insmod {m} failed\"\n");
     }
     s += "/bin/busybox mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose hostroot /host || { echo 'LOCKD-GUEST-EXIT 99'; /bin/busybox poweroff -f; }\n";
-    s += "for d in proc sys dev; do /bin/busybox mount --move /$d /host/$d; done\n";
-    s += "for d in tmp run var/tmp dev/shm; do /bin/busybox mount -t tmpfs tmpfs /host/$d; done\n";
-    s += "/bin/busybox mkdir -p /host/dev/pts && /bin/busybox mount -t devpts devpts /host/dev/pts\n";
+    s += "/bin/busybox mount -t proc proc /host/proc\n";
+    s += "/bin/busybox mount -t sysfs sys /host/sys\n";
+    s += "/bin/busybox mount -t devtmpfs dev /host/dev\n";
+    s += "for d in tmp run var/tmp; do /bin/busybox mount -t tmpfs tmpfs /host/$d; done\n";
+    s += "/bin/busybox mkdir -p /host/dev/pts /host/dev/shm\n";
+    s += "/bin/busybox mount -t devpts devpts /host/dev/pts\n";
+    s += "/bin/busybox mount -t tmpfs tmpfs /host/dev/shm\n";
     s += "/bin/busybox mount -t bpf bpffs /host/sys/fs/bpf\n";
     s +=
         "script=$(/bin/busybox sed -n 's/.*lockd.script=\\([^ ]*\\).*/\\1/p' /host/proc/cmdline)\n";
     s += "/bin/busybox chroot /host /bin/sh \"$script\"\n";
     s += "echo \"LOCKD-GUEST-EXIT $?\"\n";
-    s += "echo o > /host/proc/sysrq-trigger\n/bin/busybox sleep 5\n";
+    s += "echo o > /host/proc/sysrq-trigger\n/bin/busybox sleep 5\n/bin/busybox poweroff -f\n";
     s
 }
 
@@ -504,7 +508,7 @@ fn boot(k: &Kernel, initrd: &Path, script: &Path, parts: &[Part]) -> Result<()> 
         ))
         .args([
             "-virtfs",
-            "local,path=/,mount_tag=hostroot,security_model=none,readonly=on",
+            "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

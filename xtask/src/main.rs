@@ -59,6 +59,9 @@ enum Cmd {
         /// Only the daemon API latency and memory section.
         #[arg(long)]
         api: bool,
+        /// Only the kernel pktgen section (says `unavailable` where the kernel has none).
+        #[arg(long)]
+        pktgen: bool,
     },
     /// Run the kernel-vs-model differential test on many random frames.
     Fuzz {
@@ -148,7 +151,12 @@ fn run(cli: Cli) -> Result<()> {
             }
             guest::run(DEFAULT_GUEST_KERNEL)
         }
-        Cmd::Bench { quick, json, api } => {
+        Cmd::Bench {
+            quick,
+            json,
+            api,
+            pktgen,
+        } => {
             require_root()?;
             cargo(
                 &[
@@ -173,6 +181,9 @@ fn run(cli: Cli) -> Result<()> {
             }
             if api {
                 cmd.arg("--api");
+            }
+            if pktgen {
+                cmd.arg("--pktgen");
             }
             if let Some(j) = json {
                 cmd.arg("--json").arg(j);

@@ -59,6 +59,7 @@ impl Dataplane {
                     config,
                     xdp: None,
                     tc: None,
+                    tc_tagged: None,
                 },
             );
         }
@@ -92,12 +93,32 @@ impl Dataplane {
                         Some((mode, LinkHandle::Pinned { link, path }));
                     adopted.push(ifindex);
                 }
-                Some(LinkName::Tc(ifindex)) if known(&ifindex) => {
+                Some(LinkName::Clsact(ifindex, side, priority, handle)) if known(&ifindex) => {
+                    if let Err(e) = self.clsact_adopt(ifindex, side, priority, handle) {
+                        // The netdev went away with its filter; reconciliation attaches anew
+                        // if it comes back.
+                        tracing::info!(path = %path.display(), error = %e, "clsact filter gone");
+                        unpin(&path)?;
+                        continue;
+                    }
+                    *self.vifs.get_mut(&ifindex).expect("checked").tc_mut(side) =
+                        Some(LinkHandle::Clsact {
+                            priority,
+                            handle,
+                            path,
+                        });
+                }
+                Some(LinkName::Clsact(ifindex, side, priority, handle)) => {
+                    tracing::info!(path = %path.display(), "removing a clsact filter with no policy");
+                    super::attach::clsact_detach(ifindex, side, priority, handle);
+                    unpin(&path)?;
+                }
+                Some(LinkName::Tc(ifindex, side)) if known(&ifindex) => {
                     let pinned = PinnedLink::from_pin(&path)
                         .map_err(|err| pin_err(&path)(io::Error::other(err)))?;
                     // bpf_link_update swaps the program in place; the pin stays valid.
-                    let link = self.tc_adopt(FdLink::from(pinned))?;
-                    self.vifs.get_mut(&ifindex).expect("checked").tc =
+                    let link = self.tc_adopt(side, FdLink::from(pinned))?;
+                    *self.vifs.get_mut(&ifindex).expect("checked").tc_mut(side) =
                         Some(LinkHandle::Pinned { link, path });
                 }
                 _ => {

@@ -1,17 +1,57 @@
-//! Attaching and detaching a VIF's two programs: XDP (from the VM) and TC egress (to the VM,
-//! TCX on 6.6+, clsact before). Both or neither: a half-attached VIF is rolled back.
+//! Attaching and detaching a VIF's programs: XDP (from the VM), TC ingress (from the VM:
+//! VLAN tags carried beside the frame) and TC egress (to the VM); TC is TCX on 6.6+ and a
+//! clsact `cls_bpf` filter before. All or nothing: a half-attached VIF is rolled back.
 
-use std::ffi::CStr;
+use std::{ffi::CStr, os::fd::AsFd as _};
+
+use std::path::PathBuf;
 
 use aya::programs::{
-    SchedClassifier, TcAttachType, Xdp, XdpMode, links::FdLink, tc::SchedClassifierLink,
+    Link as _, SchedClassifier, TcAttachType, Xdp, XdpMode,
+    links::FdLink,
+    tc::{SchedClassifierLink, TcHandle},
     xdp::XdpLinkId,
 };
-use lockd_common::{PROG_VIF_EGRESS, PROG_VIF_INGRESS};
+use lockd_common::{PROG_VIF_EGRESS, PROG_VIF_INGRESS, PROG_VIF_TAGGED};
 
 use super::{
     AttachMode, Dataplane, DataplaneError, LinkHandle, Result, XdpModeRequest, pinning, prog_err,
 };
+
+/// A VIF's two TC programs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Tc {
+    /// `vif_egress`: frames to the VM.
+    ToVm,
+    /// `vif_tagged`: frames from the VM with a tag beside them.
+    Tagged,
+}
+
+impl Tc {
+    pub(super) const ALL: [Tc; 2] = [Tc::ToVm, Tc::Tagged];
+
+    pub(super) fn program(self) -> &'static str {
+        match self {
+            Tc::ToVm => PROG_VIF_EGRESS,
+            Tc::Tagged => PROG_VIF_TAGGED,
+        }
+    }
+
+    fn attach_type(self) -> TcAttachType {
+        match self {
+            Tc::ToVm => TcAttachType::Egress,
+            Tc::Tagged => TcAttachType::Ingress,
+        }
+    }
+
+    /// The pin (TCX) or record (clsact) name prefix; `tc-` is the release's egress name.
+    pub(super) fn pin_prefix(self) -> &'static str {
+        match self {
+            Tc::ToVm => "tc",
+            Tc::Tagged => "tci",
+        }
+    }
+}
 
 /// The name of `ifindex` in the calling thread's network namespace.
 fn ifname(ifindex: u32) -> Result<String> {
@@ -30,6 +70,45 @@ fn ifname(ifindex: u32) -> Result<String> {
     Ok(unsafe { CStr::from_ptr(buf.as_ptr().cast()) }
         .to_string_lossy()
         .into_owned())
+}
+
+/// Whether this kernel has TCX (6.6+); without it TC programs go on a clsact qdisc. The same
+/// rule aya uses to choose.
+pub(crate) fn has_tcx() -> bool {
+    aya::util::KernelVersion::current().is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0))
+}
+
+fn tc_handle(h: u32) -> TcHandle {
+    TcHandle::new((h >> 16) as u16, h as u16)
+}
+
+/// Pins a TCX link at `path`.
+fn pin_tc_link(
+    link: SchedClassifierLink,
+    path: PathBuf,
+) -> Result<LinkHandle<aya::programs::tc::SchedClassifierLinkId>> {
+    let fd =
+        FdLink::try_from(link).map_err(|e| pinning::pin_error(&path, std::io::Error::other(e)))?;
+    let _stale = std::fs::remove_file(&path);
+    let pinned = fd
+        .pin(&path)
+        .map_err(|e| pinning::pin_error(&path, std::io::Error::other(e)))?;
+    Ok(LinkHandle::Pinned {
+        link: pinned.into(),
+        path,
+    })
+}
+
+/// Removes a clsact filter by its priority and handle. Best effort: a netdev that is gone
+/// took its filters with it.
+pub(super) fn clsact_detach(ifindex: u32, side: Tc, priority: u16, handle: u32) {
+    let Ok(name) = ifname(ifindex) else { return };
+    if let Ok(link) =
+        SchedClassifierLink::attached(&name, side.attach_type(), priority, tc_handle(handle), None)
+        && let Err(e) = link.detach()
+    {
+        tracing::warn!(ifindex, error = %e, "removing a clsact filter");
+    }
 }
 
 impl Dataplane {
@@ -61,10 +140,14 @@ impl Dataplane {
     }
 
     pub(super) fn tc(&mut self) -> Result<&mut SchedClassifier> {
-        super::program(&mut self.ebpf, PROG_VIF_EGRESS)
+        self.tc_prog(Tc::ToVm)
     }
 
-    /// Attaches whichever of the two programs `ifindex` lacks. The VIF must already have a
+    fn tc_prog(&mut self, side: Tc) -> Result<&mut SchedClassifier> {
+        super::program(&mut self.ebpf, side.program())
+    }
+
+    /// Attaches whichever of the three programs `ifindex` lacks. The VIF must already have a
     /// policy, so the first frame either way is judged by it. `Auto` tries native XDP and
     /// falls back to generic with a log line. On failure nothing new stays attached.
     pub fn attach(&mut self, ifindex: u32, req: XdpModeRequest) -> Result<AttachMode> {
@@ -72,8 +155,12 @@ impl Dataplane {
             .vifs
             .get(&ifindex)
             .ok_or(DataplaneError::UnknownIfindex(ifindex))?;
-        let (need_xdp, need_tc) = (state.xdp.is_none(), state.tc.is_none());
-        if !need_xdp && !need_tc {
+        let need_xdp = state.xdp.is_none();
+        let need_tc: Vec<Tc> = Tc::ALL
+            .into_iter()
+            .filter(|side| state.tc(*side).is_none())
+            .collect();
+        if !need_xdp && need_tc.is_empty() {
             return Err(DataplaneError::AlreadyAttached(ifindex));
         }
         if need_xdp {
@@ -90,74 +177,145 @@ impl Dataplane {
             };
             self.vifs.get_mut(&ifindex).expect("checked").xdp = Some((mode, handle));
         }
-        if need_tc && let Err(e) = self.tc_attach(ifindex) {
-            if need_xdp {
-                let _rollback = self.detach(ifindex);
+        for side in need_tc {
+            if let Err(e) = self.tc_attach(ifindex, side) {
+                // What this call attached goes again; what was there before stays.
+                let _rollback = self.detach_new(ifindex, need_xdp);
+                return Err(e);
             }
-            return Err(e);
         }
-        Ok(self.attach_mode(ifindex).expect("both attached"))
+        Ok(self.attach_mode(ifindex).expect("all attached"))
     }
 
-    fn tc_attach(&mut self, ifindex: u32) -> Result<()> {
+    /// Rolls back a failed `attach`: everything, if it attached XDP (the VIF was bare), else
+    /// nothing (a TC program attached alone next to a working set is harmless and retried).
+    fn detach_new(&mut self, ifindex: u32, xdp_was_new: bool) -> Result<()> {
+        if xdp_was_new {
+            self.detach(ifindex)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn tc_attach(&mut self, ifindex: u32, side: Tc) -> Result<()> {
         let name = ifname(ifindex)?;
-        let pins_path = self.pins.as_ref().map(|p| p.tc_link_path(ifindex));
-        let prog = self.tc()?;
-        // TCX on 6.6+, a clsact qdisc and netlink filter before (aya picks).
-        if aya::util::KernelVersion::current()
-            .is_ok_and(|v| v < aya::util::KernelVersion::new(6, 6, 0))
-        {
+        let paths = self
+            .pins
+            .as_ref()
+            .map(|p| (p.tc_link_path(ifindex, side), p.links.clone()));
+        let tcx = has_tcx();
+        let pname = side.program();
+        let prog = self.tc_prog(side)?;
+        // TCX on 6.6+ (aya picks it by the same rule), a clsact qdisc and a cls_bpf filter
+        // before.
+        if !tcx {
             let _exists = aya::programs::tc::qdisc_add_clsact(&name);
         }
         let id = prog
-            .attach(&name, TcAttachType::Egress)
-            .map_err(prog_err(PROG_VIF_EGRESS))?;
-        let handle = match pins_path {
+            .attach(&name, side.attach_type())
+            .map_err(prog_err(pname))?;
+        let handle = match paths {
             None => LinkHandle::Owned(id),
-            Some(path) => {
-                let link = prog.take_link(id).map_err(prog_err(PROG_VIF_EGRESS))?;
-                let fd = FdLink::try_from(link)
-                    .map_err(|e| pinning::pin_error(&path, std::io::Error::other(e)))?;
-                let _stale = std::fs::remove_file(&path);
-                let pinned = fd
-                    .pin(&path)
-                    .map_err(|e| pinning::pin_error(&path, std::io::Error::other(e)))?;
-                LinkHandle::Pinned {
-                    link: pinned.into(),
-                    path,
+            Some((link_path, links_dir)) => {
+                let link = prog.take_link(id).map_err(prog_err(pname))?;
+                if tcx {
+                    pin_tc_link(link, link_path)?
+                } else {
+                    let priority = link.priority().map_err(prog_err(pname))?;
+                    let handle = u32::from(link.handle().map_err(prog_err(pname))?);
+                    // Dropping the wrapper would remove the filter; it must outlive us.
+                    std::mem::forget(link);
+                    let clsact_path =
+                        links_dir.join(pinning::clsact_name(ifindex, side, priority, handle));
+                    let pinned = prog
+                        .fd()
+                        .map_err(prog_err(pname))
+                        .and_then(|fd| pinning::pin_fd(fd.as_fd(), &clsact_path));
+                    if let Err(e) = pinned {
+                        clsact_detach(ifindex, side, priority, handle);
+                        return Err(e);
+                    }
+                    LinkHandle::Clsact {
+                        priority,
+                        handle,
+                        path: clsact_path,
+                    }
                 }
             }
         };
-        self.vifs.get_mut(&ifindex).expect("checked").tc = Some(handle);
+        *self.vifs.get_mut(&ifindex).expect("checked").tc_mut(side) = Some(handle);
+        Ok(())
+    }
+
+    /// Replaces the program of a clsact filter a previous daemon left (adoption): one netlink
+    /// change of the filter in place, so frames are judged throughout.
+    pub(super) fn clsact_adopt(
+        &mut self,
+        ifindex: u32,
+        side: Tc,
+        priority: u16,
+        handle: u32,
+    ) -> Result<()> {
+        let name = ifname(ifindex)?;
+        let pname = side.program();
+        let link = SchedClassifierLink::attached(
+            &name,
+            side.attach_type(),
+            priority,
+            tc_handle(handle),
+            None,
+        )
+        .map_err(|e| DataplaneError::Program {
+            name: pname,
+            source: aya::programs::ProgramError::IOError(e),
+        })?;
+        let prog = self.tc_prog(side)?;
+        let id = prog.attach_to_link(link).map_err(prog_err(pname))?;
+        let link = prog.take_link(id).map_err(prog_err(pname))?;
+        std::mem::forget(link);
         Ok(())
     }
 
     /// Replaces the program behind a pinned TC link with this dataplane's (adoption).
-    pub(super) fn tc_adopt(&mut self, link: FdLink) -> Result<FdLink> {
+    pub(super) fn tc_adopt(&mut self, side: Tc, link: FdLink) -> Result<FdLink> {
         let link = SchedClassifierLink::try_from(link).map_err(DataplaneError::Link)?;
-        let prog = self.tc()?;
-        let id = prog
-            .attach_to_link(link)
-            .map_err(prog_err(PROG_VIF_EGRESS))?;
-        let link = prog.take_link(id).map_err(prog_err(PROG_VIF_EGRESS))?;
+        let pname = side.program();
+        let prog = self.tc_prog(side)?;
+        let id = prog.attach_to_link(link).map_err(prog_err(pname))?;
+        let link = prog.take_link(id).map_err(prog_err(pname))?;
         FdLink::try_from(link).map_err(DataplaneError::Link)
     }
 
-    /// Detaches both programs from `ifindex` where attached; the policy stays.
+    /// Detaches every program from `ifindex` where attached; the policy stays.
     pub fn detach(&mut self, ifindex: u32) -> Result<()> {
-        let (xdp, tc) = match self.vifs.get_mut(&ifindex) {
-            Some(s) => (s.xdp.take(), s.tc.take()),
-            None => return Ok(()),
+        let Some(state) = self.vifs.get_mut(&ifindex) else {
+            return Ok(());
         };
-        match tc {
-            None => {}
-            Some(LinkHandle::Owned(id)) => {
-                self.tc()?.detach(id).map_err(prog_err(PROG_VIF_EGRESS))?;
-            }
-            Some(LinkHandle::Pinned { link, path }) => {
-                // Removing the pin and closing our descriptor destroys the link.
-                pinning::unpin(&path)?;
-                drop(link);
+        let xdp = state.xdp.take();
+        let tcs: Vec<_> = Tc::ALL
+            .into_iter()
+            .filter_map(|side| state.tc_mut(side).take().map(|h| (side, h)))
+            .collect();
+        for (side, h) in tcs {
+            match h {
+                LinkHandle::Owned(id) => {
+                    self.tc_prog(side)?
+                        .detach(id)
+                        .map_err(prog_err(side.program()))?;
+                }
+                LinkHandle::Pinned { link, path } => {
+                    // Removing the pin and closing our descriptor destroys the link.
+                    pinning::unpin(&path)?;
+                    drop(link);
+                }
+                LinkHandle::Clsact {
+                    priority,
+                    handle,
+                    path,
+                } => {
+                    clsact_detach(ifindex, side, priority, handle);
+                    pinning::unpin(&path)?;
+                }
             }
         }
         match xdp.map(|(_, h)| h) {
@@ -170,6 +328,7 @@ impl Dataplane {
                 pinning::unpin(&path)?;
                 drop(link);
             }
+            Some(LinkHandle::Clsact { .. }) => unreachable!("XDP is never a clsact filter"),
         }
         Ok(())
     }
@@ -177,7 +336,9 @@ impl Dataplane {
     /// How `ifindex`'s XDP program is attached, when both programs are.
     pub fn attach_mode(&self, ifindex: u32) -> Option<AttachMode> {
         let s = self.vifs.get(&ifindex)?;
-        s.tc.as_ref()?;
+        for side in Tc::ALL {
+            s.tc(side).as_ref()?;
+        }
         s.xdp.as_ref().map(|(m, _)| *m)
     }
 }

@@ -85,8 +85,8 @@ impl Dataplane {
             .map_err(map_err(MAP_COUNTERS))?;
         let mut sum = Counter::default();
         for v in values.iter() {
-            sum.packets += v.packets;
-            sum.bytes += v.bytes;
+            sum.packets = sum.packets.wrapping_add(v.packets);
+            sum.bytes = sum.bytes.wrapping_add(v.bytes);
         }
         Ok(sum)
     }

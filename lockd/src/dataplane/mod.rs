@@ -48,7 +48,8 @@ use aya::{
 use lockd_common::{
     CONFIG_COPIES, Counter, Lpm4Data, Lpm6Data, MAP_CONFIGS, MAP_COUNTERS, MAP_PREFIX4,
     MAP_PREFIX6, MAP_RATE, MAP_TABLE4, MAP_TABLE6, MAP_VIF_CONFIG, MAP_VIF_SLOTS, MAX_VIFS,
-    PROG_VIF_EGRESS, PROG_VIF_INGRESS, RateState, VifConfig, policy::VifPolicy, position,
+    PROG_VIF_EGRESS, PROG_VIF_INGRESS, PROG_VIF_TAGGED, RateState, VifConfig, policy::VifPolicy,
+    position,
 };
 use serde::Serialize;
 
@@ -101,6 +102,24 @@ struct VifState {
     xdp: Option<(AttachMode, LinkHandle<XdpLinkId>)>,
     /// The to-VM TC egress attachment.
     tc: Option<LinkHandle<SchedClassifierLinkId>>,
+    /// The from-VM TC ingress attachment (tags beside the frame).
+    tc_tagged: Option<LinkHandle<SchedClassifierLinkId>>,
+}
+
+impl VifState {
+    fn tc(&self, side: attach::Tc) -> &Option<LinkHandle<SchedClassifierLinkId>> {
+        match side {
+            attach::Tc::ToVm => &self.tc,
+            attach::Tc::Tagged => &self.tc_tagged,
+        }
+    }
+
+    fn tc_mut(&mut self, side: attach::Tc) -> &mut Option<LinkHandle<SchedClassifierLinkId>> {
+        match side {
+            attach::Tc::ToVm => &mut self.tc,
+            attach::Tc::Tagged => &mut self.tc_tagged,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -109,6 +128,14 @@ enum LinkHandle<Id> {
     Owned(Id),
     /// Pinned on bpffs; stays attached when the daemon exits, until the pin is removed.
     Pinned { link: FdLink, path: PathBuf },
+    /// A clsact `cls_bpf` filter (kernels without TCX): not a BPF link, so nothing can be
+    /// pinned; it stays attached on its own, and a record on bpffs (`path`) holds its
+    /// priority and handle so the next daemon can replace its program or remove it.
+    Clsact {
+        priority: u16,
+        handle: u32,
+        path: PathBuf,
+    },
 }
 
 pub const XDP_DROP: u32 = 1;
@@ -190,9 +217,11 @@ impl Dataplane {
             }
         }
         let mut ebpf = loader.load(EBPF_OBJECT)?;
-        program::<SchedClassifier>(&mut ebpf, PROG_VIF_EGRESS)?
-            .load()
-            .map_err(prog_err(PROG_VIF_EGRESS))?;
+        for name in [PROG_VIF_EGRESS, PROG_VIF_TAGGED] {
+            program::<SchedClassifier>(&mut ebpf, name)?
+                .load()
+                .map_err(prog_err(name))?;
+        }
         program::<Xdp>(&mut ebpf, PROG_VIF_INGRESS)?
             .load()
             .map_err(prog_err(PROG_VIF_INGRESS))?;
@@ -263,6 +292,7 @@ impl Dataplane {
                     config: VifConfig::default(),
                     xdp: None,
                     tc: None,
+                    tc_tagged: None,
                 },
             );
         }

@@ -5,7 +5,12 @@
 //! Layout under the bpffs directory (default `/sys/fs/bpf/lockd`):
 //! - `maps/<NAME>`: every map of the object, reused by the next load;
 //! - `links/xdp-<ifindex>-<native|generic>`: one XDP link per attached VIF;
-//! - `links/tc-<ifindex>`: one TC egress (TCX) link per attached VIF.
+//! - `links/tc-<ifindex>`: one TC egress (TCX) link per attached VIF (to the VM);
+//! - `links/tci-<ifindex>`: one TC ingress (TCX) link per attached VIF (tags beside frames);
+//! - `links/tc[i]-<ifindex>-clsact-<priority>-<handle>`: on a kernel without TCX, the
+//!   record of a clsact `cls_bpf` filter, which is not a link and stays attached by itself.
+//!   bpffs holds only BPF objects, so the record is the filter's program pinned under a name
+//!   that carries the filter's priority and handle.
 
 use std::{
     fs, io,
@@ -18,7 +23,7 @@ use lockd_common::{
     MAP_VIF_CONFIG, MAP_VIF_SLOTS, PROG_VIF_INGRESS,
 };
 
-use super::{AttachMode, Dataplane, DataplaneError, Result, prog_err};
+use super::{AttachMode, Dataplane, DataplaneError, Result, attach::Tc, prog_err};
 
 /// Where `lockd` pins by default (the daemon's `--bpffs`).
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/lockd";
@@ -125,20 +130,43 @@ impl PinDirs {
         self.links.join(format!("xdp-{ifindex}-{m}"))
     }
 
-    pub(super) fn tc_link_path(&self, ifindex: u32) -> PathBuf {
-        self.links.join(format!("tc-{ifindex}"))
+    pub(super) fn tc_link_path(&self, ifindex: u32, side: Tc) -> PathBuf {
+        self.links.join(format!("{}-{ifindex}", side.pin_prefix()))
     }
 }
+
+/// The name of a clsact filter's record under `links/`.
+pub(super) fn clsact_name(ifindex: u32, side: Tc, priority: u16, handle: u32) -> String {
+    format!("{}-{ifindex}-clsact-{priority}-{handle}", side.pin_prefix())
+}
+
+impl PinDirs {}
 
 /// A pinned link's file name: XDP with its mode, or TC.
 pub(super) enum LinkName {
     Xdp(u32, AttachMode),
-    Tc(u32),
+    Tc(u32, Tc),
+    /// ifindex, side, priority, handle.
+    Clsact(u32, Tc, u16, u32),
 }
 
 pub(super) fn parse_link_name(name: &str) -> Option<LinkName> {
-    if let Some(ifx) = name.strip_prefix("tc-") {
-        return Some(LinkName::Tc(ifx.parse().ok()?));
+    for side in Tc::ALL {
+        if let Some(ifx) = name
+            .strip_prefix(side.pin_prefix())
+            .and_then(|r| r.strip_prefix('-'))
+        {
+            if let Some((ifx, rest)) = ifx.split_once("-clsact-") {
+                let (priority, handle) = rest.split_once('-')?;
+                return Some(LinkName::Clsact(
+                    ifx.parse().ok()?,
+                    side,
+                    priority.parse().ok()?,
+                    handle.parse().ok()?,
+                ));
+            }
+            return Some(LinkName::Tc(ifx.parse().ok()?, side));
+        }
     }
     let rest = name.strip_prefix("xdp-")?;
     let (ifx, mode) = rest.split_once('-')?;
@@ -157,13 +185,36 @@ pub(super) fn unpin(path: &Path) -> Result<()> {
     }
 }
 
-/// Removes every pin under `dir` (links first, which detaches the programs) and the directory.
+/// Pins the program behind `fd` at `path` (`BPF_OBJ_PIN`).
+pub(super) fn pin_fd(fd: std::os::fd::BorrowedFd<'_>, path: &Path) -> Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|e| pin_err(path)(io::Error::other(e)))?;
+    let mut attr = [0u64; 16];
+    attr[0] = c.as_ptr() as u64;
+    attr[1] = u64::from(fd.as_raw_fd() as u32);
+    const BPF_OBJ_PIN: i64 = 6;
+    // SAFETY: a zero-padded bpf_attr for BPF_OBJ_PIN; `c` outlives the call.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_PIN, attr.as_mut_ptr(), 128usize) };
+    if r < 0 {
+        return Err(pin_err(path)(io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Removes every pin under `dir` (links first, which detaches the programs; a clsact filter
+/// is removed through netlink) and the directory.
 pub fn cleanup(dir: &Path) -> Result<usize> {
     let mut removed = 0;
     for sub in ["links", "maps"] {
         let d = dir.join(sub);
         let Ok(rd) = fs::read_dir(&d) else { continue };
         for e in rd.flatten() {
+            if let Some(LinkName::Clsact(ifindex, side, priority, handle)) =
+                parse_link_name(&e.file_name().to_string_lossy())
+            {
+                super::attach::clsact_detach(ifindex, side, priority, handle);
+            }
             unpin(&e.path())?;
             removed += 1;
         }

@@ -5,6 +5,7 @@
 mod api;
 mod cost;
 mod live;
+mod pktgen;
 mod report;
 mod throughput;
 mod traffic;
@@ -25,6 +26,8 @@ use crate::{
 struct Opts {
     /// Only the daemon API section (`--api`).
     api_only: bool,
+    /// Only the pktgen section (`--pktgen`).
+    pktgen_only: bool,
     quick: bool,
     json: PathBuf,
     out_dir: PathBuf,
@@ -33,6 +36,7 @@ struct Opts {
 fn parse_opts() -> Opts {
     let mut quick = false;
     let mut api_only = false;
+    let mut pktgen_only = false;
     let mut json = None;
     let mut out_dir = PathBuf::from("target/bench");
     let mut args = std::env::args().skip(1);
@@ -40,15 +44,18 @@ fn parse_opts() -> Opts {
         match a.as_str() {
             "--quick" => quick = true,
             "--api" => api_only = true,
+            "--pktgen" => pktgen_only = true,
+            "--pktgen-check" => std::process::exit(if pktgen::check() { 0 } else { 1 }),
             "--json" => json = Some(PathBuf::from(args.next().expect("--json PATH"))),
             "--out-dir" => out_dir = PathBuf::from(args.next().expect("--out-dir DIR")),
             other => panic!(
-                "unknown argument {other}; usage: lockd-bench [--quick] [--api] [--json PATH] [--out-dir DIR]"
+                "unknown argument {other}; usage: lockd-bench [--quick] [--api] [--pktgen] [--pktgen-check] [--json PATH] [--out-dir DIR]"
             ),
         }
     }
     Opts {
         api_only,
+        pktgen_only,
         quick,
         json: json.unwrap_or_else(|| out_dir.join("bench.json")),
         out_dir,
@@ -95,6 +102,17 @@ fn main() {
         .expect("write json");
         return;
     }
+    if opts.pktgen_only {
+        step("pktgen into one VIF (64-byte spoofed frames)");
+        let pg = pktgen::measure(10_000_000);
+        std::fs::write(
+            &opts.json,
+            serde_json::to_string_pretty(&json!({"machine": machine(), "pktgen": pg["pktgen"]}))
+                .expect("json"),
+        )
+        .expect("write json");
+        return;
+    }
     let mut helpers = Helpers::load();
 
     // A device for test_run's ingress ifindex.
@@ -126,6 +144,8 @@ fn main() {
     let upd = updates(&opts, &mut helpers);
     let rl = ratelimit(&opts, &mut helpers);
     let api = daemon_api_and_rss();
+    step("pktgen into one VIF (where the kernel has it)");
+    let pg = pktgen::measure(if opts.quick { 2_000_000 } else { 10_000_000 });
 
     let one = |p: Path| {
         samples
@@ -177,6 +197,7 @@ fn main() {
         "api_create_p99_ms": api["api_create_p99_ms"],
         "api_update_p99_ms": api["api_update_p99_ms"],
         "api": api,
+        "pktgen": pg["pktgen"],
         "vifs_scaling": vifs_scaling,
         "allowed_scaling": allowed_scaling,
         "throughput": samples.iter().map(sample_json).collect::<Vec<_>>(),

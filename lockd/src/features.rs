@@ -1,0 +1,286 @@
+//! What lockd needs from the kernel, probed at start.
+//!
+//! Each feature is probed for real where a probe is cheap and harmless (creating a map with a
+//! flag, loading a two-instruction program); link kinds, which would need a netdev to attach
+//! to, are judged by the kernel version that brought them. A missing required feature stops
+//! the daemon with one line naming it; a missing feature with a fallback is logged and the
+//! fallback used. `lockd features` prints the table.
+
+use std::{io, os::fd::FromRawFd as _, os::fd::OwnedFd};
+
+use aya::util::KernelVersion;
+use serde::Serialize;
+
+/// One kernel feature lockd uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Feature {
+    XdpProgram,
+    LpmTrie,
+    MmapableArray,
+    AtomicCmpxchg,
+    XdpLink,
+    Tcx,
+}
+
+impl Feature {
+    pub const ALL: [Feature; 6] = [
+        Feature::XdpProgram,
+        Feature::LpmTrie,
+        Feature::MmapableArray,
+        Feature::AtomicCmpxchg,
+        Feature::XdpLink,
+        Feature::Tcx,
+    ];
+
+    /// The stable key (`lockd features --json`, `LOCKD_FEATURES_MISSING`).
+    pub fn key(self) -> &'static str {
+        match self {
+            Feature::XdpProgram => "xdp_program",
+            Feature::LpmTrie => "lpm_trie",
+            Feature::MmapableArray => "mmapable_array",
+            Feature::AtomicCmpxchg => "atomic_cmpxchg",
+            Feature::XdpLink => "xdp_link",
+            Feature::Tcx => "tcx",
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Feature::XdpProgram => "XDP programs",
+            Feature::LpmTrie => "LPM trie maps (prefix lookups)",
+            Feature::MmapableArray => "BPF_F_MMAPABLE array maps (atomic position flips)",
+            Feature::AtomicCmpxchg => "BPF atomic compare-and-exchange (the shared rate limiter)",
+            Feature::XdpLink => "XDP BPF links and bpf_link_update (gapless restarts)",
+            Feature::Tcx => "TCX links for the to-VM program",
+        }
+    }
+
+    /// The Linux version that brought it.
+    pub fn since(self) -> (u32, u32) {
+        match self {
+            Feature::XdpProgram => (4, 8),
+            Feature::LpmTrie => (4, 11),
+            Feature::MmapableArray => (5, 5),
+            Feature::AtomicCmpxchg => (5, 12),
+            Feature::XdpLink => (5, 9),
+            Feature::Tcx => (6, 6),
+        }
+    }
+
+    /// What lockd does without it: None when it cannot run.
+    pub fn fallback(self) -> Option<&'static str> {
+        match self {
+            Feature::Tcx => Some("the to-VM program goes on a clsact qdisc as a cls_bpf filter"),
+            _ => None,
+        }
+    }
+}
+
+/// A probe result.
+#[derive(Clone, Debug, Serialize)]
+pub struct Probed {
+    pub feature: Feature,
+    pub present: bool,
+    /// How it was decided: "probe" or "kernel version".
+    pub how: &'static str,
+}
+
+const BPF_MAP_CREATE: i64 = 0;
+const BPF_PROG_LOAD: i64 = 5;
+const BPF_MAP_TYPE_ARRAY: u32 = 2;
+const BPF_MAP_TYPE_LPM_TRIE: u32 = 11;
+const BPF_F_NO_PREALLOC: u32 = 1;
+const BPF_F_MMAPABLE: u32 = 1 << 10;
+const BPF_PROG_TYPE_XDP: u32 = 6;
+
+fn bpf(cmd: i64, attr: &mut [u64; 16]) -> io::Result<OwnedFd> {
+    // SAFETY: attr is a zero-padded bpf_attr of 128 bytes, as the kernel expects.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), 128usize) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor the kernel just returned.
+    Ok(unsafe { OwnedFd::from_raw_fd(r as i32) })
+}
+
+fn map_create(ty: u32, key: u32, value: u32, entries: u32, flags: u32) -> io::Result<OwnedFd> {
+    let mut a = [0u64; 16];
+    a[0] = u64::from(ty) | u64::from(key) << 32;
+    a[1] = u64::from(value) | u64::from(entries) << 32;
+    a[2] = u64::from(flags);
+    bpf(BPF_MAP_CREATE, &mut a)
+}
+
+/// Loads an XDP program of `insns` (each `code, regs, off, imm` packed as the kernel's
+/// `struct bpf_insn`).
+fn prog_load(insns: &[u64]) -> io::Result<OwnedFd> {
+    let license = c"GPL";
+    let mut a = [0u64; 16];
+    a[0] = u64::from(BPF_PROG_TYPE_XDP) | (insns.len() as u64) << 32;
+    a[1] = insns.as_ptr() as u64;
+    a[2] = license.as_ptr() as u64;
+    bpf(BPF_PROG_LOAD, &mut a)
+}
+
+fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
+    u64::from(code)
+        | u64::from(dst & 0xf) << 8
+        | u64::from(src & 0xf) << 12
+        | u64::from(off as u16) << 16
+        | u64::from(imm as u32) << 32
+}
+
+/// `r0 = 0; exit`.
+fn trivial() -> Vec<u64> {
+    vec![insn(0xb7, 0, 0, 0, 0), insn(0x95, 0, 0, 0, 0)]
+}
+
+/// `*(u64 *)(r10 - 8) = 0; r0 = 0; r1 = 1; cmpxchg(r10 - 8, r0, r1); r0 = 2; exit`.
+fn cmpxchg() -> Vec<u64> {
+    vec![
+        insn(0x7a, 10, 0, -8, 0),    // *(u64 *)(r10 - 8) = 0
+        insn(0xb7, 0, 0, 0, 0),      // r0 = 0
+        insn(0xb7, 1, 0, 0, 1),      // r1 = 1
+        insn(0xdb, 10, 1, -8, 0xf1), // r0 = cmpxchg_64(r10 - 8, r0, r1)
+        insn(0xb7, 0, 0, 0, 2),      // r0 = XDP_PASS
+        insn(0x95, 0, 0, 0, 0),      // exit
+    ]
+}
+
+fn at_least(v: Option<KernelVersion>, (major, minor): (u32, u32)) -> bool {
+    v.is_some_and(|v| v >= KernelVersion::new(major as u8, minor as u8, 0))
+}
+
+/// Probes every feature on this kernel. `LOCKD_FEATURES_MISSING` (comma-separated keys)
+/// reports features missing that are there: for tests of what an older kernel sees.
+pub fn probe() -> Vec<Probed> {
+    let version = KernelVersion::current().ok();
+    let pretend: Vec<String> = std::env::var("LOCKD_FEATURES_MISSING")
+        .map(|s| s.split(',').map(|k| k.trim().to_string()).collect())
+        .unwrap_or_default();
+    Feature::ALL
+        .iter()
+        .map(|&feature| {
+            let (present, how) = match feature {
+                Feature::XdpProgram => (prog_load(&trivial()).is_ok(), "probe"),
+                Feature::LpmTrie => (
+                    map_create(BPF_MAP_TYPE_LPM_TRIE, 8, 1, 1, BPF_F_NO_PREALLOC).is_ok(),
+                    "probe",
+                ),
+                Feature::MmapableArray => (
+                    map_create(BPF_MAP_TYPE_ARRAY, 4, 8, 1, BPF_F_MMAPABLE).is_ok(),
+                    "probe",
+                ),
+                Feature::AtomicCmpxchg => (prog_load(&cmpxchg()).is_ok(), "probe"),
+                Feature::XdpLink | Feature::Tcx => {
+                    (at_least(version, feature.since()), "kernel version")
+                }
+            };
+            let present = present && !pretend.iter().any(|k| k == feature.key());
+            Probed {
+                feature,
+                present,
+                how,
+            }
+        })
+        .collect()
+}
+
+/// The start-up verdict: Err with one line naming the first missing required feature, or the
+/// fallbacks in use (to log).
+pub fn check(probed: &[Probed]) -> Result<Vec<String>, String> {
+    let release = KernelVersion::current()
+        .map(|v| v.to_string())
+        .unwrap_or_else(|_| "unknown".into());
+    let mut fallbacks = Vec::new();
+    for p in probed.iter().filter(|p| !p.present) {
+        let (major, minor) = p.feature.since();
+        match p.feature.fallback() {
+            None => {
+                return Err(format!(
+                    "this kernel ({release}) lacks {} ({}, Linux {major}.{minor}+): lockd cannot run on it",
+                    p.feature.describe(),
+                    p.feature.key()
+                ));
+            }
+            Some(f) => fallbacks.push(format!(
+                "no {} (Linux {major}.{minor}+): {f}",
+                p.feature.describe()
+            )),
+        }
+    }
+    Ok(fallbacks)
+}
+
+/// The table `lockd features` prints.
+pub fn table(probed: &[Probed]) -> String {
+    let mut s = format!(
+        "kernel {}\n",
+        KernelVersion::current()
+            .map(|v| v.to_string())
+            .unwrap_or_else(|_| "unknown".into())
+    );
+    for p in probed {
+        let (major, minor) = p.feature.since();
+        let state = match (p.present, p.feature.fallback()) {
+            (true, _) => "yes".to_string(),
+            (false, Some(f)) => format!("no — {f}"),
+            (false, None) => "NO — required".to_string(),
+        };
+        s += &format!(
+            "{:<15} {:<58} {major}.{minor}+  ({})  {state}\n",
+            p.feature.key(),
+            p.feature.describe(),
+            p.how
+        );
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all_present() -> Vec<Probed> {
+        Feature::ALL
+            .iter()
+            .map(|&feature| Probed {
+                feature,
+                present: true,
+                how: "test",
+            })
+            .collect()
+    }
+
+    #[test]
+    fn this_kernel_has_everything_lockd_needs() {
+        // The machines lockd is developed and tested on run 6.18: every probe must find its
+        // feature (a broken probe would call a good kernel too old).
+        let p = probe();
+        let v = KernelVersion::current().unwrap();
+        for f in &p {
+            let wanted = at_least(Some(v), f.feature.since());
+            assert_eq!(f.present, wanted, "{f:?} on {v}");
+        }
+    }
+
+    #[test]
+    fn a_missing_required_feature_is_one_line_naming_it() {
+        let mut p = all_present();
+        p[2].present = false; // mmapable arrays
+        let e = check(&p).unwrap_err();
+        assert!(!e.contains('\n'), "{e}");
+        assert!(e.contains("BPF_F_MMAPABLE") && e.contains("5.5+"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_feature_with_a_fallback_is_logged_not_fatal() {
+        let mut p = all_present();
+        p[5].present = false; // TCX
+        let f = check(&p).unwrap();
+        assert_eq!(f.len(), 1);
+        assert!(f[0].contains("clsact"), "{f:?}");
+        assert_eq!(check(&all_present()).unwrap(), Vec::<String>::new());
+    }
+}
