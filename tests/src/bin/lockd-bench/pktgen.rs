@@ -107,7 +107,8 @@ fn run(count: u64) -> Result<(u64, u64, u64, Duration), String> {
             // Blocks until every thread has sent its count.
             pg("pgctrl", "start")?;
             let elapsed = start.elapsed();
-                    pg("kpktgend_0", "rem_device_all")?;
+            let sent_frames = sent("eth0")?;
+            pg("kpktgend_0", "rem_device_all")?;
             Ok((elapsed, sent_frames))
         })
         .map_err(|e| e.to_string())??;
