@@ -82,8 +82,8 @@ fn run(count: u64) -> Result<(u64, u64, u64, Duration), String> {
         .map_err(|e| e.to_string())??;
     let before = dp.counters(ifx).map_err(|e| e.to_string())?;
     // /proc/net is the calling thread's namespace: configure and start from inside the VM.
-    let elapsed =
-        t.vm.run(move || -> Result<Duration, String> {
+    let (elapsed, sent_frames) =
+        t.vm.run(move || -> Result<(Duration, u64), String> {
             pg("kpktgend_0", "rem_device_all")?;
             pg("kpktgend_0", "add_device eth0")?;
             for cmd in [
