@@ -100,7 +100,12 @@ pub fn run(series: &str) -> Result<()> {
     let initrd = dir.join("initrd.cpio");
     build_initramfs(&kernel, &initrd)?;
     let script = dir.join("guest.sh");
-    let parts = parts(&bins);
+    let mut parts = parts(&bins);
+    // For working on one part: `LOCKD_GUEST_ONLY=<words in its name>`.
+    if let Ok(only) = std::env::var("LOCKD_GUEST_ONLY") {
+        parts.retain(|p| p.name.contains(only.as_str()));
+        eprintln!("xtask: LOCKD_GUEST_ONLY={only}: {} part(s)", parts.len());
+    }
     fs::write(&script, guest_script(&kernel, &parts))?;
     boot(&kernel, &initrd, &script, &parts)
 }
@@ -411,7 +416,15 @@ fn build_initramfs(k: &Kernel, out: &Path) -> Result<()> {
         c.dir(d);
     }
     c.node("dev/console", 0o020600, (5, 1));
-    c.file("bin/busybox", 0o100755, &fs::read(&busybox)?);
+    let bb = fs::read(&busybox)?;
+    // The initramfs has no C library: a dynamically linked busybox cannot start there.
+    if bb.windows(7).any(|w| w == b"ld-linu") {
+        bail!(
+            "{} is dynamically linked; the guest needs busybox-static (apt-get install busybox-static)",
+            busybox.display()
+        );
+    }
+    c.file("bin/busybox", 0o100755, &bb);
     let mut names = Vec::new();
     for p in &mods {
         let name = p
@@ -542,7 +555,9 @@ fn boot(k: &Kernel, initrd: &Path, script: &Path, parts: &[Part]) -> Result<()> 
             }
             Err(_) => break,
         };
-        let line = line.trim_end_matches('\r').to_string();
+        let line = line.trim_end_matches('\r');
+        // The console may put escape sequences before a marker.
+        let line = line.find("LOCKD-").map_or(line, |i| &line[i..]).to_string();
         let _ = writeln!(log, "{line}");
         if let Some(v) = line.strip_prefix("LOCKD-KERNEL ") {
             kernel_seen = Some(v.to_string());

@@ -17,7 +17,9 @@ use serde_json::{Value, json};
 
 use crate::throughput::{bench_policy, topo};
 
-const PGDIR: &str = "/proc/net/pktgen";
+/// pktgen's files for the calling thread's network namespace (`/proc/net` would be the
+/// process's: its main thread's namespace).
+const PGDIR: &str = "/proc/thread-self/net/pktgen";
 
 /// Why pktgen cannot run here, if it cannot.
 pub fn unavailable() -> Option<String> {
@@ -29,7 +31,8 @@ pub fn unavailable() -> Option<String> {
         .arg("pktgen")
         .output();
     (!Path::new(PGDIR).exists()).then(|| {
-        format!("unavailable: no {PGDIR} (this kernel has no pktgen: CONFIG_NET_PKTGEN is off)")
+        "unavailable: no /proc/net/pktgen (this kernel has no pktgen: CONFIG_NET_PKTGEN is off)"
+            .to_string()
     })
 }
 
@@ -41,7 +44,8 @@ fn pg(file: &str, cmd: &str) -> Result<(), String> {
         .write(true)
         .open(&path)
         .map_err(|e| format!("{}: {e}", path.display()))?;
-    f.write_all(cmd.as_bytes())
+    // pktgen drops the last byte of a write as its newline (as `echo` sends it).
+    f.write_all(format!("{cmd}\n").as_bytes())
         .map_err(|e| format!("{} <- {cmd}: {e}", path.display()))?;
     if file != "pgctrl" {
         let text = fs::read_to_string(&path).unwrap_or_default();
