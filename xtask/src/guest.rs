@@ -418,7 +418,7 @@ fn build_initramfs(k: &Kernel, out: &Path) -> Result<()> {
     c.node("dev/console", 0o020600, (5, 1));
     let bb = fs::read(&busybox)?;
     // The initramfs has no C library: a dynamically linked busybox cannot start there.
-    if bb.windows(7).any(|w| w == b"ld-linu") {
+    if has_interpreter(&bb) {
         bail!(
             "{} is dynamically linked; the guest needs busybox-static (apt-get install busybox-static)",
             busybox.display()
@@ -438,6 +438,22 @@ fn build_initramfs(k: &Kernel, out: &Path) -> Result<()> {
     c.file("init", 0o100755, init_script(&names).as_bytes());
     fs::write(out, c.finish())?;
     Ok(())
+}
+
+/// Whether an ELF64 binary names a program interpreter (`PT_INTERP`): dynamically linked.
+fn has_interpreter(elf: &[u8]) -> bool {
+    let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u64_at = |o: usize| {
+        elf.get(o..o + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+    };
+    let (Some(phoff), Some(size), Some(n)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38)) else {
+        return true;
+    };
+    (0..usize::from(n)).any(|i| {
+        let at = phoff as usize + i * usize::from(size);
+        elf.get(at..at + 4) == Some(&3u32.to_le_bytes()[..])
+    })
 }
 
 /// A `newc` cpio archive (what the kernel unpacks as an initramfs).
