@@ -42,7 +42,7 @@ pub const MAP_PREFIX4: &str = "PREFIX4";
 /// LPM trie: [`Lpm6Data`] → u8, IPv6 prefixes shorter than /128.
 pub const MAP_PREFIX6: &str = "PREFIX6";
 /// Per-CPU array of [`Counter`], indexed by [`counter_index`].
-pub const MAP_COUNTERS: &str = "COUNTERS";
+pub const MAP_COUNTERS: &str = "COUNTERS_V2";
 /// Array of [`RateState`], indexed by [`VifConfig::counter`] (shared by all CPUs).
 pub const MAP_RATE: &str = "RATE";
 
@@ -73,7 +73,7 @@ pub const MAX_PROBES: u32 = 64;
 /// Capacity of the prefix tries.
 pub const MAX_PREFIX_ENTRIES: u32 = 65_536;
 /// Counter slots reserved per reason and direction (a power of two, ≥ [`Reason::COUNT`]).
-pub const REASON_SLOTS: u32 = 16;
+pub const REASON_SLOTS: u32 = 32;
 /// Directions.
 pub const DIRECTIONS: u32 = 2;
 
@@ -158,13 +158,13 @@ reasons! {
     ArpSpoof = 5 => "arp_spoof",
     /// An IPv4 source address is not in ipv4-allowed.
     Ipv4Spoof = 6 => "ipv4_spoof",
-    /// The VM sent a DHCPv4 server message (UDP source port 67).
+    /// The VM acted as a DHCP server or relay (UDP from port 67 or to port 68; DHCPv6 from 547 or to 546).
     DhcpServer = 7 => "dhcp_server",
     /// An IPv6 source address is not in ipv6-allowed or the VIF's link-local address.
     Ipv6Spoof = 8 => "ipv6_spoof",
     /// A neighbour solicitation or advertisement claims an address or MAC that is not the VIF's.
     NdSpoof = 9 => "nd_spoof",
-    /// The VM sent a router-side ICMPv6 message (router advertisement, redirect and kin).
+    /// The VM sent a router-side ICMPv6 message (router advertisement, redirect, renumbering and kin).
     NdRouter = 10 => "nd_router",
     /// An NDP message arrived fragmented.
     NdFragment = 11 => "nd_fragment",
@@ -174,6 +174,10 @@ reasons! {
     RxForeignIp = 13 => "rx_foreign_ip",
     /// The VIF's rate limit had no budget for the frame.
     Ratelimit = 14 => "ratelimit",
+    /// A DHCP client message that is not a BOOTREQUEST for the guest's own MAC.
+    DhcpSpoof = 15 => "dhcp_spoof",
+    /// The VM sent an IGMP or MLD membership query (it would win the querier election).
+    McQuerier = 16 => "mc_querier",
 }
 
 /// Counter slots per reason and direction must cover every reason.

@@ -63,7 +63,9 @@ fn arp(p: &VifPolicy, f: &[u8]) -> Reason {
         return Reason::ArpSpoof;
     }
     // Fixed part (8) + sender MAC (6) + sender IP (4) + target MAC (6) + target IP (4).
-    let (Some(sha), Some(spa)) = (arr::<6>(f, a + 8), arr::<4>(f, a + 14)) else {
+    let (Some(sha), Some(spa), Some(tpa)) =
+        (arr::<6>(f, a + 8), arr::<4>(f, a + 14), arr::<4>(f, a + 24))
+    else {
         return Reason::Malformed;
     };
     if f.len() < a + 28 {
@@ -73,9 +75,9 @@ fn arp(p: &VifPolicy, f: &[u8]) -> Reason {
         return Reason::ArpSpoof;
     }
     let spa = Ipv4Addr::from(spa);
-    // RFC 5227 probe: sender IP 0.0.0.0 in a request. A VIF locked with no IPv4 at all passes
-    // no IPv4 traffic, probes included.
-    let probe = spa.is_unspecified() && op == 1 && !p.ipv4.is_empty();
+    // RFC 5227 probe: sender IP 0.0.0.0 in a request, for an address the VM may use (a probe
+    // for anyone else's address would make its owner give it up).
+    let probe = spa.is_unspecified() && op == 1 && p.allows4(Ipv4Addr::from(tpa));
     if p.allows4(spa) || probe {
         Reason::Pass
     } else {
@@ -101,34 +103,50 @@ fn ipv4(p: &VifPolicy, f: &[u8]) -> Reason {
     let offset = frag & 0x1fff;
     let proto = f[l3 + 9];
     let src = Ipv4Addr::from(arr::<4>(f, l3 + 12).unwrap_or_default());
-    let mut ports = None;
+    let l4 = l3 + ihl;
+    let end = l3 + tot;
+    let mut dhcp_client = false;
     if proto == IPPROTO_UDP && offset == 0 {
-        let l4 = l3 + ihl;
         // The UDP header must lie inside the IP packet.
-        if l4 + 8 > l3 + tot {
+        if l4 + 8 > end {
             return Reason::Malformed;
         }
         let (Some(sport), Some(dport)) = (be16(f, l4), be16(f, l4 + 2)) else {
             return Reason::Malformed;
         };
-        if sport == DHCP_SERVER_PORT {
+        if sport == DHCP_SERVER_PORT || dport == DHCP_CLIENT_PORT {
             return Reason::DhcpServer;
         }
-        ports = Some((sport, dport));
+        dhcp_client = sport == DHCP_CLIENT_PORT && dport == DHCP_SERVER_PORT;
     }
-    if p.allows4(src) {
-        return Reason::Pass;
+    if proto == IPPROTO_IGMP && offset == 0 {
+        if l4 + IGMP_MIN_LEN > end {
+            return Reason::Malformed;
+        }
+        if f[l4] == IGMP_MEMBERSHIP_QUERY {
+            return Reason::McQuerier;
+        }
     }
-    let dhcp_client = src.is_unspecified()
-        && !more_frags
-        && offset == 0
-        && ports == Some((DHCP_CLIENT_PORT, DHCP_SERVER_PORT))
-        && !p.ipv4.is_empty();
+    let src_ok = p.allows4(src)
+        || (src.is_unspecified() && dhcp_client && !more_frags && !p.ipv4.is_empty());
+    if !src_ok {
+        return Reason::Ipv4Spoof;
+    }
     if dhcp_client {
-        Reason::Pass
-    } else {
-        Reason::Ipv4Spoof
+        // A BOOTREQUEST for the guest's own hardware address, nothing else.
+        let bootp = l4 + 8;
+        if bootp + BOOTP_FIXED_LEN > end {
+            return Reason::Malformed;
+        }
+        let ok = f[bootp] == BOOTREQUEST
+            && f[bootp + 1] == 1
+            && f[bootp + 2] == 6
+            && arr::<6>(f, bootp + BOOTP_CHADDR) == Some(p.mac);
+        if !ok {
+            return Reason::DhcpSpoof;
+        }
     }
+    Reason::Pass
 }
 
 /// Where the upper-layer header starts after the extension-header walk.
@@ -208,6 +226,9 @@ fn ipv6(p: &VifPolicy, f: &[u8]) -> Reason {
             if is_router_type(ty) {
                 return Reason::NdRouter;
             }
+            if ty == ICMPV6_MLD_QUERY {
+                return Reason::McQuerier;
+            }
             if is_ndp(ty) && up.fragmented {
                 return Reason::NdFragment;
             }
@@ -222,7 +243,9 @@ fn ipv6(p: &VifPolicy, f: &[u8]) -> Reason {
             if up.off + 8 > end {
                 return Reason::Malformed;
             }
-            if be16(f, up.off) == Some(547) {
+            if be16(f, up.off) == Some(DHCPV6_SERVER_PORT)
+                || be16(f, up.off + 2) == Some(DHCPV6_CLIENT_PORT)
+            {
                 return Reason::DhcpServer;
             }
         }

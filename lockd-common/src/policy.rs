@@ -198,12 +198,58 @@ pub enum ListError {
     /// The item is not an address or prefix of the list's family.
     #[error("'{item}' is not an {family} address or CIDR prefix")]
     Garbage { item: String, family: &'static str },
-    /// The item is a prefix with bits set past its length.
-    #[error("'{item}' has host bits set (did you mean {network}?)")]
-    HostBits { item: String, network: String },
+    /// The item can never be a VM's own source address.
+    #[error("'{item}' is {why}: it cannot be a VM's address")]
+    Refused { item: String, why: &'static str },
     /// The list has more items than a VIF may hold.
     #[error("{count} entries exceed the per-VIF limit of {MAX_ALLOWED_PER_VIF}")]
     TooMany { count: usize },
+}
+
+/// Why an IPv4 network can never be a VM's: unspecified, multicast or limited broadcast.
+fn refused4(a: Ipv4Addr) -> Option<&'static str> {
+    if a.is_unspecified() {
+        Some("the unspecified address")
+    } else if a.is_multicast() {
+        Some("a multicast address")
+    } else if a.is_broadcast() {
+        Some("the limited broadcast address")
+    } else {
+        None
+    }
+}
+
+/// Why an IPv6 network can never be a VM's: unspecified or multicast.
+fn refused6(a: Ipv6Addr) -> Option<&'static str> {
+    if a.is_unspecified() {
+        Some("the unspecified address")
+    } else if a.is_multicast() {
+        Some("a multicast address")
+    } else {
+        None
+    }
+}
+
+/// Notes for the items of a list value that have host bits set: each is stored as its
+/// network (`'10.0.0.5/24' has host bits set: stored as 10.0.0.0/24`).
+pub fn host_bit_notes(value: &str) -> Vec<String> {
+    items(value)
+        .filter_map(|item| {
+            let (network, prefix) = match (Ipv4Network::from_str(item), Ipv6Network::from_str(item))
+            {
+                (Ok(n), _) if item.contains('/') && n.network() != n.ip() => {
+                    (n.network().to_string(), n.prefix())
+                }
+                (_, Ok(n)) if item.contains('/') && n.network() != n.ip() => {
+                    (n.network().to_string(), n.prefix())
+                }
+                _ => return None,
+            };
+            Some(format!(
+                "'{item}' has host bits set: stored as {network}/{prefix}"
+            ))
+        })
+        .collect()
 }
 
 /// Splits an `xe` list value: comma separated, whitespace around items ignored, empty = clear.
@@ -231,12 +277,14 @@ pub fn parse_ipv4_list(value: &str) -> Result<Vec<Ipv4Network>, ListError> {
             item: item.to_string(),
             family: "IPv4",
         })?;
-        if net.network() != net.ip() {
-            return Err(ListError::HostBits {
+        if let Some(why) = refused4(net.network()) {
+            return Err(ListError::Refused {
                 item: item.to_string(),
-                network: format!("{}/{}", net.network(), net.prefix()),
+                why,
             });
         }
+        // Host bits are accepted, as xapi accepts them, and stored as the network.
+        let net = Ipv4Network::new(net.network(), net.prefix()).expect("same prefix");
         if !out.contains(&net) {
             out.push(net);
         }
@@ -258,12 +306,14 @@ pub fn parse_ipv6_list(value: &str) -> Result<Vec<Ipv6Network>, ListError> {
             item: item.to_string(),
             family: "IPv6",
         })?;
-        if net.network() != net.ip() {
-            return Err(ListError::HostBits {
+        if let Some(why) = refused6(net.network()) {
+            return Err(ListError::Refused {
                 item: item.to_string(),
-                network: format!("{}/{}", net.network(), net.prefix()),
+                why,
             });
         }
+        // Host bits are accepted, as xapi accepts them, and stored as the network.
+        let net = Ipv6Network::new(net.network(), net.prefix()).expect("same prefix");
         if !out.contains(&net) {
             out.push(net);
         }
@@ -272,14 +322,18 @@ pub fn parse_ipv6_list(value: &str) -> Result<Vec<Ipv6Network>, ListError> {
     Ok(out)
 }
 
-/// A MAC address that does not parse.
+/// A MAC address that does not parse, or cannot be a guest's.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("'{0}' is not a MAC address (expected six hex bytes like 02:00:00:00:00:01)")]
-pub struct BadMac(pub String);
+pub enum BadMac {
+    #[error("'{0}' is not a MAC address (expected six hex bytes like 02:00:00:00:00:01)")]
+    Syntax(String),
+    #[error("'{0}' is {1}: a guest MAC must be unicast and non-zero")]
+    NotUnicast(String, &'static str),
+}
 
 /// Parses `aa:bb:cc:dd:ee:ff` (or with `-`).
 pub fn parse_mac(s: &str) -> Result<[u8; 6], BadMac> {
-    let bad = || BadMac(s.to_string());
+    let bad = || BadMac::Syntax(s.to_string());
     let mut out = [0u8; 6];
     let mut parts = s.trim().split([':', '-']);
     for b in out.iter_mut() {
@@ -291,6 +345,19 @@ pub fn parse_mac(s: &str) -> Result<[u8; 6], BadMac> {
     }
     if parts.next().is_some() {
         return Err(bad());
+    }
+    if out == [0; 6] {
+        return Err(BadMac::NotUnicast(s.to_string(), "the zero MAC"));
+    }
+    if out[0] & 1 != 0 {
+        return Err(BadMac::NotUnicast(
+            s.to_string(),
+            if out == [0xff; 6] {
+                "the broadcast MAC"
+            } else {
+                "a multicast MAC"
+            },
+        ));
     }
     Ok(out)
 }
@@ -317,11 +384,36 @@ mod tests {
 
     #[test]
     fn list_errors_name_the_item() {
-        let e = parse_ipv4_list("10.0.0.1, 10.0.0.1/8").unwrap_err();
+        // Host bits: accepted and stored as the network, with a note for the CLI.
+        let l = parse_ipv4_list("10.0.0.1, 10.0.0.5/24").unwrap();
+        assert_eq!(l[1].to_string(), "10.0.0.0/24");
         assert_eq!(
-            e.to_string(),
-            "'10.0.0.1/8' has host bits set (did you mean 10.0.0.0/8?)"
+            host_bit_notes("10.0.0.1, 10.0.0.5/24, 2001:db8::1/64"),
+            [
+                "'10.0.0.5/24' has host bits set: stored as 10.0.0.0/24",
+                "'2001:db8::1/64' has host bits set: stored as 2001:db8::/64"
+            ]
         );
+        assert_eq!(
+            parse_ipv6_list("2001:db8::1/64").unwrap()[0].to_string(),
+            "2001:db8::/64"
+        );
+        for (v4, why) in [
+            ("0.0.0.0", "unspecified"),
+            ("224.0.0.1", "multicast"),
+            ("239.1.0.0/16", "multicast"),
+            ("255.255.255.255", "broadcast"),
+        ] {
+            let e = parse_ipv4_list(&format!("10.0.0.1,{v4}")).unwrap_err();
+            assert!(
+                e.to_string().contains(&format!("'{v4}'")) && e.to_string().contains(why),
+                "{e}"
+            );
+        }
+        for v6 in ["::", "ff02::1", "ff00::/8"] {
+            let e = parse_ipv6_list(v6).unwrap_err();
+            assert!(e.to_string().contains(&format!("'{v6}'")), "{e}");
+        }
         let e = parse_ipv4_list("10.0.0.1,2001:db8::1").unwrap_err();
         assert!(e.to_string().contains("'2001:db8::1'"), "{e}");
         let e = parse_ipv6_list("fe80::1,banana").unwrap_err();
@@ -350,6 +442,15 @@ mod tests {
         assert!(parse_mac("52:54:00:12:34").is_err());
         assert!(parse_mac("52:54:00:12:34:56:78").is_err());
         assert!(parse_mac("zz:54:00:12:34:56").is_err());
+        for m in [
+            "00:00:00:00:00:00",
+            "ff:ff:ff:ff:ff:ff",
+            "01:00:5e:00:00:01",
+            "33:33:00:00:00:01",
+        ] {
+            let e = parse_mac(m).unwrap_err();
+            assert!(e.to_string().contains("unicast and non-zero"), "{e}");
+        }
         assert_eq!(
             solicited_node(Ipv6Addr::from_str("2001:db8::12:3456").unwrap()),
             Ipv6Addr::from_str("ff02::1:ff12:3456").unwrap()

@@ -8,6 +8,7 @@ pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86dd;
 
 pub const IPPROTO_HOPOPTS: u8 = 0;
+pub const IPPROTO_IGMP: u8 = 2;
 pub const IPPROTO_UDP: u8 = 17;
 pub const IPPROTO_ROUTING: u8 = 43;
 pub const IPPROTO_FRAGMENT: u8 = 44;
@@ -17,9 +18,24 @@ pub const IPPROTO_DSTOPTS: u8 = 60;
 /// UDP ports of DHCPv4.
 pub const DHCP_SERVER_PORT: u16 = 67;
 pub const DHCP_CLIENT_PORT: u16 = 68;
+/// UDP ports of DHCPv6 (RFC 8415): clients listen on 546, servers and relays on 547.
+pub const DHCPV6_CLIENT_PORT: u16 = 546;
+pub const DHCPV6_SERVER_PORT: u16 = 547;
+
+/// BOOTP (RFC 951): the fixed header up to and including `chaddr` (op, htype, hlen, hops,
+/// xid, secs, flags, ciaddr, yiaddr, siaddr, giaddr, chaddr[16]); `chaddr` is at 28.
+pub const BOOTP_FIXED_LEN: usize = 44;
+pub const BOOTP_CHADDR: usize = 28;
+pub const BOOTREQUEST: u8 = 1;
+
+/// IGMP membership query (RFC 2236, 3376): type 0x11.
+pub const IGMP_MEMBERSHIP_QUERY: u8 = 0x11;
+/// Bytes of an IGMP header (v1/v2; a v3 query is longer).
+pub const IGMP_MIN_LEN: usize = 8;
 
 /// ICMPv6 types lockd reads (RFC 4443, 4861, 2710, 3810).
 pub const ICMPV6_MLD_QUERY: u8 = 130;
+pub const ICMPV6_ROUTER_RENUMBERING: u8 = 138;
 pub const ICMPV6_MLD_REPORT: u8 = 131;
 pub const ICMPV6_MLD_DONE: u8 = 132;
 pub const ICMPV6_ROUTER_SOLICIT: u8 = 133;
@@ -29,14 +45,14 @@ pub const ICMPV6_NEIGHBOUR_ADVERT: u8 = 136;
 pub const ICMPV6_REDIRECT: u8 = 137;
 pub const ICMPV6_MLD2_REPORT: u8 = 143;
 
-/// ICMPv6 types a VM may never send: RA 134, redirect 137, and the router-side messages of
-/// mobile IPv6 / multicast router discovery (146, 147, 151, 152, 153).
-pub const ND_ROUTER_TYPES: [u8; 7] = [134, 137, 146, 147, 151, 152, 153];
+/// ICMPv6 types a VM may never send: RA 134, redirect 137, router renumbering 138, and the
+/// router-side messages of mobile IPv6 / multicast router discovery (146, 147, 151, 152, 153).
+pub const ND_ROUTER_TYPES: [u8; 8] = [134, 137, 138, 146, 147, 151, 152, 153];
 
 /// Whether a VM may never send ICMPv6 type `ty` (one of [`ND_ROUTER_TYPES`]).
 #[inline(always)]
 pub const fn is_router_type(ty: u8) -> bool {
-    ty == 134 || ty == 137 || ty == 146 || ty == 147 || (ty >= 151 && ty <= 153)
+    ty == 134 || ty == 137 || ty == 138 || ty == 146 || ty == 147 || (ty >= 151 && ty <= 153)
 }
 
 /// Whether ICMPv6 type `ty` is NDP proper (RS, RA, NS, NA, redirect: 133 ..= 137).

@@ -117,16 +117,17 @@ fn arp(ctx: &XdpContext, cfg: &VifConfig, ifindex: u32) -> Result<(), Reason> {
     let body = bytes::<20>(ctx, ETH_HLEN + 8)?;
     let sha = [body[0], body[1], body[2], body[3], body[4], body[5]];
     let spa = [body[6], body[7], body[8], body[9]];
+    let tpa = [body[16], body[17], body[18], body[19]];
     if !mac_eq(&sha, &cfg.mac) {
         return Err(Reason::ArpSpoof);
     }
-    // RFC 5227 probe: sender IP 0.0.0.0 in a request, only where IPv4 is allowed at all.
-    let probe = spa == [0; 4] && op == 1 && cfg.flags & FLAG_HAS_A4 != 0;
-    if probe || allowed4(cfg, ifindex, spa) {
-        Ok(())
+    // RFC 5227 probe: sender IP 0.0.0.0 in a request, for an address the VM may use.
+    let ok = if spa == [0; 4] && op == 1 {
+        allowed4(cfg, ifindex, tpa)
     } else {
-        Err(Reason::ArpSpoof)
-    }
+        allowed4(cfg, ifindex, spa)
+    };
+    if ok { Ok(()) } else { Err(Reason::ArpSpoof) }
 }
 
 #[inline(always)]
@@ -146,29 +147,54 @@ fn ipv4(ctx: &XdpContext, cfg: &VifConfig, ifindex: u32) -> Result<(), Reason> {
     let more_frags = frag & 0x2000 != 0;
     let offset = frag & 0x1fff;
     let src = [h[12], h[13], h[14], h[15]];
-    let mut dhcp_ports = false;
+    let l4 = l3 + ihl;
+    let end = l3 + tot;
+    let mut dhcp_client = false;
     if h[9] == IPPROTO_UDP && offset == 0 {
-        if ihl + 8 > tot {
+        if l4 + 8 > end {
             return Err(Reason::Malformed);
         }
-        let udp = bytes::<4>(ctx, l3 + ihl)?;
+        let udp = bytes::<4>(ctx, l4)?;
         let sport = u16::from_be_bytes([udp[0], udp[1]]);
         let dport = u16::from_be_bytes([udp[2], udp[3]]);
-        if sport == DHCP_SERVER_PORT {
+        if sport == DHCP_SERVER_PORT || dport == DHCP_CLIENT_PORT {
             return Err(Reason::DhcpServer);
         }
-        dhcp_ports = sport == DHCP_CLIENT_PORT && dport == DHCP_SERVER_PORT;
+        dhcp_client = sport == DHCP_CLIENT_PORT && dport == DHCP_SERVER_PORT;
     }
-    if allowed4(cfg, ifindex, src) {
-        return Ok(());
+    if h[9] == IPPROTO_IGMP && offset == 0 {
+        if l4 + IGMP_MIN_LEN > end {
+            return Err(Reason::Malformed);
+        }
+        if bytes::<2>(ctx, l4)?[0] == IGMP_MEMBERSHIP_QUERY {
+            return Err(Reason::McQuerier);
+        }
     }
-    // DHCP client: 0.0.0.0, unfragmented UDP 68 → 67, and the VIF has some IPv4 to claim.
-    let dhcp_client =
-        src == [0; 4] && !more_frags && offset == 0 && dhcp_ports && cfg.flags & FLAG_HAS_A4 != 0;
+    // Source: an allowed one, or 0.0.0.0 from an unfragmented DHCP client of a VIF with some
+    // IPv4 to claim.
+    let src_ok = allowed4(cfg, ifindex, src)
+        || (src == [0; 4] && dhcp_client && !more_frags && cfg.flags & FLAG_HAS_A4 != 0);
+    if !src_ok {
+        return Err(Reason::Ipv4Spoof);
+    }
     if dhcp_client {
+        dhcp_request(ctx, cfg, l4 + 8, end)?;
+    }
+    Ok(())
+}
+
+/// A DHCP client message must be a BOOTREQUEST (htype 1, hlen 6) for the guest's own MAC.
+#[inline(never)]
+fn dhcp_request(ctx: &XdpContext, cfg: &VifConfig, bootp: usize, end: usize) -> Result<(), Reason> {
+    if bootp + BOOTP_FIXED_LEN > end {
+        return Err(Reason::Malformed);
+    }
+    let head = bytes::<4>(ctx, bootp)?;
+    let chaddr = bytes::<6>(ctx, bootp + BOOTP_CHADDR)?;
+    if head[0] == BOOTREQUEST && head[1] == 1 && head[2] == 6 && mac_eq(&chaddr, &cfg.mac) {
         Ok(())
     } else {
-        Err(Reason::Ipv4Spoof)
+        Err(Reason::DhcpSpoof)
     }
 }
 
@@ -231,6 +257,9 @@ fn ipv6(ctx: &XdpContext, cfg: &VifConfig, ifindex: u32) -> Result<(), Reason> {
             if is_router_type(ty) {
                 return Err(Reason::NdRouter);
             }
+            if ty == ICMPV6_MLD_QUERY {
+                return Err(Reason::McQuerier);
+            }
             if is_ndp(ty) && fragmented {
                 return Err(Reason::NdFragment);
             }
@@ -244,7 +273,10 @@ fn ipv6(ctx: &XdpContext, cfg: &VifConfig, ifindex: u32) -> Result<(), Reason> {
             if off + 8 > end {
                 return Err(Reason::Malformed);
             }
-            if be16(ctx, off)? == 547 {
+            let udp = bytes::<4>(ctx, off)?;
+            if u16::from_be_bytes([udp[0], udp[1]]) == DHCPV6_SERVER_PORT
+                || u16::from_be_bytes([udp[2], udp[3]]) == DHCPV6_CLIENT_PORT
+            {
                 return Err(Reason::DhcpServer);
             }
         }

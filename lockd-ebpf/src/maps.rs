@@ -35,7 +35,7 @@ pub(crate) static PREFIX4: LpmTrie<Lpm4Data, u8> = LpmTrie::with_max_entries(MAX
 #[map]
 pub(crate) static PREFIX6: LpmTrie<Lpm6Data, u8> = LpmTrie::with_max_entries(MAX_PREFIX_ENTRIES, 0);
 #[map]
-pub(crate) static COUNTERS: PerCpuArray<Counter> =
+pub(crate) static COUNTERS_V2: PerCpuArray<Counter> =
     PerCpuArray::with_max_entries(MAX_VIFS * DIRECTIONS * REASON_SLOTS, 0);
 #[map]
 pub(crate) static RATE: Array<RateState> = Array::with_max_entries(MAX_VIFS, 0);
@@ -61,7 +61,7 @@ pub(crate) fn config(ifindex: u32) -> Option<&'static VifConfig> {
 #[inline(always)]
 pub(crate) fn count(counter: u32, dir: Direction, reason: Reason, bytes: u64) {
     let idx = counter_index(counter, dir as u32, reason as u32);
-    if let Some(c) = COUNTERS.get_ptr_mut(idx) {
+    if let Some(c) = COUNTERS_V2.get_ptr_mut(idx) {
         // SAFETY: per-CPU slot, no other writer on this CPU while we run.
         unsafe {
             (*c).packets += 1;
@@ -75,7 +75,7 @@ pub(crate) fn count(counter: u32, dir: Direction, reason: Reason, bytes: u64) {
 #[inline(always)]
 pub(crate) fn recount(counter: u32, dir: Direction, from: Reason, to: Reason, bytes: u64) {
     let idx = counter_index(counter, dir as u32, from as u32);
-    if let Some(c) = COUNTERS.get_ptr_mut(idx) {
+    if let Some(c) = COUNTERS_V2.get_ptr_mut(idx) {
         // SAFETY: per-CPU slot, no other writer on this CPU while we run.
         unsafe {
             (*c).packets = (*c).packets.wrapping_sub(1);

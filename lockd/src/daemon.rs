@@ -51,6 +51,9 @@ pub enum Request {
         vif: VifSettings,
         network_name_label: String,
     },
+    /// The toolstack hook could not read or apply the record for `device`: the VIF keeps the
+    /// policy it has, or, having none, is enforced as `disabled` until a valid one arrives.
+    Fence { device: String, reason: String },
 }
 
 /// The daemon's answer.
@@ -76,6 +79,20 @@ struct Core {
     /// Netdev name → ifindex in the daemon's namespace, kept current from rtnetlink.
     links: HashMap<String, u32>,
     xdp_mode: XdpModeRequest,
+    /// Netdevs with no VIF whose policy could not be applied: enforced as `disabled` until a
+    /// VIF with a valid policy takes the netdev (POLICY.md, failing closed).
+    fenced: std::collections::HashSet<String>,
+}
+
+/// What a fenced netdev is held to: nothing passes either way.
+fn fence_policy() -> lockd_common::policy::VifPolicy {
+    lockd_common::policy::VifPolicy {
+        mode: lockd_common::policy::EffectiveMode::Disabled,
+        mac: [0; 6],
+        ipv4: Vec::new(),
+        ipv6: Vec::new(),
+        rate: None,
+    }
 }
 
 impl Runtime for Core {
@@ -117,6 +134,14 @@ impl Core {
                 continue;
             };
             let Some(vif) = self.state.vif_by_device(dev) else {
+                if self.fenced.contains(dev) {
+                    self.dp.set_policy(ifx, &fence_policy())?;
+                    if self.dp.attach_mode(ifx).is_none() {
+                        self.dp.attach(ifx, self.xdp_mode)?;
+                    }
+                    tracing::warn!(ifindex = ifx, device = %dev, "no valid policy: enforced as disabled");
+                    continue;
+                }
                 if self.dp.has_policy(ifx) {
                     self.dp.remove_policy(ifx)?;
                     tracing::info!(ifindex = ifx, device = %dev, "policy removed");
@@ -124,6 +149,7 @@ impl Core {
                 continue;
             };
             let (uuid, policy) = (vif.uuid.clone(), self.state.policy(vif));
+            self.fenced.remove(dev);
             self.dp
                 .set_policy(ifx, &policy)
                 .with_context(|| format!("VIF {uuid} (ifindex {ifx})"))?;
@@ -145,8 +171,29 @@ impl Core {
             stderr: format!("lockd: {msg}\n"),
         };
         let started = Instant::now();
+        let mut notes = String::new();
         let out = match req {
-            Request::Xe { argv } => xe::execute(&self.state, self, &argv),
+            Request::Fence { device, reason } => return self.fence(device, reason),
+            Request::Xe { argv } => {
+                // Tests of the panic policy inject a fault here (debug builds only).
+                #[cfg(debug_assertions)]
+                if argv.first().map(String::as_str) == Some("network-create")
+                    && std::env::var("LOCKD_FAULT").as_deref() == Ok("panic-on-network-create")
+                {
+                    panic!("fault injected by LOCKD_FAULT");
+                }
+                // Host bits in a list item are accepted and stored as the network; say so.
+                for a in argv.iter().skip(1) {
+                    if let Some((key, value)) = a.split_once('=')
+                        && key.to_ascii_lowercase().contains("allowed")
+                    {
+                        for n in lockd_common::policy::host_bit_notes(value) {
+                            notes += &format!("lockd: note: {n}\n");
+                        }
+                    }
+                }
+                xe::execute(&self.state, self, &argv)
+            }
             Request::Apply {
                 vif,
                 network_name_label,
@@ -173,6 +220,13 @@ impl Core {
                 for u in undo.into_iter().rev() {
                     self.state.apply(u);
                 }
+                // A netdev this command meant to give a policy, and which has none now, is
+                // held disabled rather than left unfiltered.
+                for d in &devices {
+                    if self.links.contains_key(d) && self.state.vif_by_device(d).is_none() {
+                        self.fenced.insert(d.clone());
+                    }
+                }
                 if let Err(e2) = self.reconcile(&devices) {
                     tracing::error!(error = %e2, "restoring the previous policy failed");
                 }
@@ -187,7 +241,30 @@ impl Core {
         Reply {
             code: 0,
             stdout: out.output,
-            stderr: String::new(),
+            stderr: notes,
+        }
+    }
+
+    /// `Request::Fence`: the hook could not give `device` a policy.
+    fn fence(&mut self, device: String, reason: String) -> Reply {
+        let kept = self.state.vif_by_device(&device).map(|v| v.uuid.clone());
+        let what = match &kept {
+            Some(uuid) => format!("VIF {uuid} ({device}) keeps the policy it had"),
+            None => {
+                self.fenced.insert(device.clone());
+                match self.reconcile(std::slice::from_ref(&device)) {
+                    Ok(()) if self.links.contains_key(&device) => {
+                        format!("{device} is enforced as disabled until a valid policy arrives")
+                    }
+                    Ok(()) => format!("{device} will be enforced as disabled when it appears"),
+                    Err(e) => format!("{device}: enforcing disabled failed too: {e:#}"),
+                }
+            }
+        };
+        Reply {
+            code: 1,
+            stdout: String::new(),
+            stderr: format!("lockd: {reason}; {what}\n"),
         }
     }
 
@@ -211,6 +288,7 @@ impl Core {
                 }
                 LinkEvent::Del { ifindex, name } => {
                     self.links.retain(|_, i| *i != ifindex);
+                    self.fenced.remove(&name);
                     // The kernel already detached the program; drop our side of it before the
                     // ifindex can be reused.
                     if self.dp.has_policy(ifindex) {
@@ -300,6 +378,7 @@ pub fn run(cfg: Config) -> Result<()> {
         dp,
         links,
         xdp_mode: cfg.xdp_mode,
+        fenced: Default::default(),
     };
     core.reconcile_all().context("enforcing the stored state")?;
 

@@ -90,6 +90,14 @@ fn run(cli: Cli) -> Result<u8> {
             bpffs,
             xdp_mode,
         } => {
+            // A panic on any thread ends the process: enforcement stays pinned and systemd
+            // restarts the daemon, instead of a daemon that is up but cannot serve.
+            let default = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                default(info);
+                eprintln!("lockd: a daemon thread panicked; exiting so the service restarts");
+                std::process::abort();
+            }));
             daemon::run(Config {
                 state_dir,
                 socket: cli.socket,
@@ -120,7 +128,17 @@ fn run(cli: Cli) -> Result<u8> {
                     xenopsd_dir,
                 },
         } => {
-            let req = hook::command(&xenopsd_dir, &backend, &vif_name, &vm_uuid, &devid, &action)?;
+            let req =
+                match hook::command(&xenopsd_dir, &backend, &vif_name, &vm_uuid, &devid, &action) {
+                    Ok(req) => req,
+                    // A record lockd cannot read leaves no VIF unfiltered: the daemon keeps the
+                    // VIF's policy, or holds the netdev disabled.
+                    Err(e) if action == "filter" => daemon::Request::Fence {
+                        device: vif_name.clone(),
+                        reason: format!("VIF {vif_name}: {e:#}"),
+                    },
+                    Err(e) => return Err(e),
+                };
             let r = daemon::request(&cli.socket, &req)?;
             print!("{}", r.stdout);
             eprint!("{}", r.stderr);

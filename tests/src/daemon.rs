@@ -35,6 +35,8 @@ pub struct Instance {
     pub socket: PathBuf,
     pub bpffs: PathBuf,
     pub netns: String,
+    /// Extra environment for the daemon.
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -71,6 +73,7 @@ impl Instance {
             socket: base.join("lockd.sock"),
             bpffs: PathBuf::from(format!("/sys/fs/bpf/lockd-test-{tag}")),
             netns: ns.name().to_string(),
+            env: Vec::new(),
             child: None,
         }
     }
@@ -84,8 +87,26 @@ impl Instance {
             .arg("daemon")
             .env("LOCKD_STATE_DIR", &self.state_dir)
             .env("LOCKD_SOCKET", &self.socket)
-            .env("LOCKD_BPFFS", &self.bpffs);
+            .env("LOCKD_BPFFS", &self.bpffs)
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         c
+    }
+
+    /// Waits up to `within` for the daemon to exit by itself; its status if it did.
+    pub fn exited(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < within {
+            if let Some(s) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     /// Starts the daemon (inside the namespace, via nsenter) and waits until it answers.

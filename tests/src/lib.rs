@@ -113,3 +113,33 @@ pub fn seeded_rng(name: &str) -> (SmallRng, u64) {
 pub fn pick<'a, T>(rng: &mut impl Rng, items: &'a [T]) -> &'a T {
     &items[rng.random_range(0..items.len())]
 }
+
+/// A BOOTP message (RFC 951 fixed header, 236 bytes, then the DHCP magic cookie and an end
+/// option): `op` 1 request / 2 reply, hardware type and length, client hardware address.
+pub fn bootp(op: u8, htype: u8, hlen: u8, chaddr: Mac) -> Vec<u8> {
+    let mut b = vec![0u8; 236];
+    (b[0], b[1], b[2]) = (op, htype, hlen);
+    b[4..8].copy_from_slice(&0x1234_5678u32.to_be_bytes());
+    b[28..34].copy_from_slice(&chaddr);
+    b.extend_from_slice(&[99, 130, 83, 99, 255]);
+    b
+}
+
+/// A DHCP client message (UDP 68 → 67, to broadcast) from the guest MAC and `src`.
+pub fn dhcp_client(src: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
+    frames::udp4(GUEST, BROADCAST, src, Ipv4Addr::BROADCAST, 68, 67, payload)
+}
+
+/// An IGMP message of `ty` (0x11 query, 0x16 v2 report, 0x22 v3 report) from the guest.
+pub fn igmp(src: Ipv4Addr, group: Ipv4Addr, ty: u8) -> Vec<u8> {
+    let mut m = vec![ty, 100, 0, 0];
+    m.extend_from_slice(&group.octets());
+    let c = pnet::packet::util::checksum(&m, 1);
+    m[2..4].copy_from_slice(&c.to_be_bytes());
+    frames::ethernet(
+        GUEST,
+        BROADCAST,
+        0x0800,
+        &frames::ipv4(src, Ipv4Addr::new(224, 0, 0, 1), 2, &m),
+    )
+}

@@ -123,7 +123,42 @@ fn mac(rng: &mut impl Rng) -> frames::Mac {
 /// A well-formed frame of a random kind from the address pools.
 fn fresh(rng: &mut impl Rng) -> Vec<u8> {
     let m = mac(rng);
-    match rng.random_range(0..8) {
+    match rng.random_range(0..11) {
+        8 => {
+            // BOOTP with random op, htype, hlen and chaddr, sometimes cut, on DHCP ports
+            // in either role.
+            let chaddr = *pick(rng, &[GUEST, GUEST, FOREIGN, OTHER, [0x5e, 1, 2, 3, 4, 5]]);
+            let mut b = crate::bootp(
+                *pick(rng, &[1u8, 1, 2, 0, 3]),
+                *pick(rng, &[1u8, 1, 6, 0]),
+                *pick(rng, &[6u8, 6, 0, 16]),
+                chaddr,
+            );
+            if rng.random_bool(0.2) {
+                let n = rng.random_range(0..b.len());
+                b.truncate(n);
+            }
+            frames::udp4(
+                m,
+                BROADCAST,
+                *pick(rng, &[Ipv4Addr::UNSPECIFIED, OWN4, FOREIGN4]),
+                Ipv4Addr::BROADCAST,
+                *pick(rng, &[68, 68, 67, 1067]),
+                *pick(rng, &[67, 67, 68, 53]),
+                &b,
+            )
+        }
+        9 => crate::igmp(
+            addr4(rng),
+            *pick(rng, &[Ipv4Addr::UNSPECIFIED, Ipv4Addr::new(239, 1, 1, 1)]),
+            *pick(rng, &[0x11, 0x16, 0x17, 0x22, 0x12]),
+        ),
+        10 => {
+            // MLD queries, reports and done, and router renumbering.
+            let ty = *pick(rng, &[130u8, 131, 132, 143, 138]);
+            let (src, dst) = (addr6(rng), addr6(rng));
+            frames::icmp6(m, multicast_mac(dst), src, dst, ty, &[0; 20])
+        }
         0 => frames::arp(
             m,
             BROADCAST,
@@ -138,8 +173,8 @@ fn fresh(rng: &mut impl Rng) -> Vec<u8> {
             BROADCAST,
             addr4(rng),
             addr4(rng),
-            *pick(rng, &[67, 68, 53, 5000]),
-            *pick(rng, &[67, 68, 53]),
+            *pick(rng, &[67, 68, 53, 5000, 546, 547]),
+            *pick(rng, &[67, 68, 53, 546, 547]),
             &[0; 8],
         ),
         2 => frames::udp6(
@@ -147,8 +182,8 @@ fn fresh(rng: &mut impl Rng) -> Vec<u8> {
             BROADCAST,
             addr6(rng),
             addr6(rng),
-            *pick(rng, &[546, 547, 53]),
-            *pick(rng, &[546, 547, 53]),
+            *pick(rng, &[546, 547, 53, 67, 68, 5000]),
+            *pick(rng, &[546, 547, 53, 67, 68]),
             &[0; 8],
         ),
         3 | 4 => {

@@ -188,8 +188,8 @@ fn errors_name_the_item_and_change_nothing() {
             "10.0.0.300",
         ),
         (
-            vec!["vif-param-set", &u, "ipv4-allowed=10.0.0.0/8,10.1.2.3/8"],
-            "10.1.2.3/8",
+            vec!["vif-param-set", &u, "ipv4-allowed=10.0.0.0/8,224.1.2.3"],
+            "224.1.2.3",
         ),
         (
             vec!["vif-param-set", &u, "ipv6-allowed=10.0.0.1"],
@@ -343,5 +343,101 @@ fn a_kernel_without_a_required_feature_gets_one_line() {
             .lines()
             .any(|l| l.starts_with("tcx") && l.contains("clsact")),
         "{table}"
+    );
+}
+
+/// A panic in the daemon's core ends the process (systemd restarts it; enforcement stays
+/// pinned) instead of leaving a daemon that answers nothing but errors.
+#[test]
+fn a_panic_ends_the_daemon() {
+    let ns = NetNs::new("cp").expect("ns");
+    let mut d = Instance::new(&ns);
+    d.env
+        .push(("LOCKD_FAULT".into(), "panic-on-network-create".into()));
+    d.start();
+    let _ = d.cli(&["network-create", "name-label=x"]);
+    let status = d
+        .exited(std::time::Duration::from_secs(10))
+        .expect("the daemon must exit after a panic");
+    assert!(!status.success(), "{status}");
+    assert!(d.log().contains("panicked"), "{}", d.log());
+}
+
+/// POLICY.md v2 values: host bits stored as the network with a note; unspecified, multicast
+/// and broadcast items and non-unicast MACs refused naming the item, nothing changed.
+#[test]
+fn v2_values_are_held_at_the_cli() {
+    let ns = NetNs::new("cv").expect("ns");
+    let mut d = Instance::new(&ns);
+    d.start();
+    let net = d.cli(&["network-create", "name-label=v"]).ok();
+    let vif = d
+        .cli(&[
+            "vif-create",
+            &format!("network-uuid={net}"),
+            "device=vifv",
+            "mac=02:00:00:00:00:0b",
+        ])
+        .ok();
+    let set = d.cli(&[
+        "vif-param-set",
+        &format!("uuid={vif}"),
+        "locking-mode=locked",
+        "ipv4-allowed=10.0.0.5/24,10.0.1.2",
+    ]);
+    assert_eq!(set.code, 0, "{}", set.stderr);
+    assert!(
+        set.stderr
+            .contains("'10.0.0.5/24' has host bits set: stored as 10.0.0.0/24"),
+        "{}",
+        set.stderr
+    );
+    let got = d
+        .cli(&[
+            "vif-param-get",
+            &format!("uuid={vif}"),
+            "param-name=ipv4-allowed",
+        ])
+        .ok();
+    assert_eq!(got, "10.0.0.0/24; 10.0.1.2");
+    let before = d.cli(&["vif-list", "--json"]).ok();
+    for (arg, item) in [
+        ("ipv4-allowed=10.0.0.2,0.0.0.0", "'0.0.0.0'"),
+        ("ipv4-allowed=224.0.0.5", "'224.0.0.5'"),
+        ("ipv4-allowed=255.255.255.255", "'255.255.255.255'"),
+        ("ipv6-allowed=::", "'::'"),
+        ("ipv6-allowed=ff02::1", "'ff02::1'"),
+        (
+            "qos_algorithm_params:kbps=18446744073709551615",
+            "18446744073709551615",
+        ),
+        ("qos_algorithm_params:kbps=4294967296", "4294967296"),
+    ] {
+        let r = d.cli(&["vif-param-set", &format!("uuid={vif}"), arg]);
+        assert_ne!(r.code, 0, "{arg} was accepted");
+        assert!(r.stderr.contains(item), "{arg}: {}", r.stderr);
+    }
+    for mac in [
+        "01:00:5e:00:00:01",
+        "00:00:00:00:00:00",
+        "ff:ff:ff:ff:ff:ff",
+    ] {
+        let r = d.cli(&[
+            "vif-create",
+            &format!("network-uuid={net}"),
+            "device=vifw",
+            &format!("mac={mac}"),
+        ]);
+        assert_ne!(r.code, 0, "{mac} was accepted");
+        assert!(
+            r.stderr.contains(mac) && r.stderr.contains("unicast"),
+            "{}",
+            r.stderr
+        );
+    }
+    assert_eq!(
+        d.cli(&["vif-list", "--json"]).ok(),
+        before,
+        "nothing changed"
     );
 }

@@ -119,6 +119,15 @@ impl PinDirs {
         };
         fs::create_dir_all(&d.maps).map_err(pin_err(&d.maps))?;
         fs::create_dir_all(&d.links).map_err(pin_err(&d.links))?;
+        // A map an earlier release pinned under a name this one no longer uses (COUNTERS,
+        // before the reason table grew) would only sit there.
+        for e in fs::read_dir(&d.maps).map_err(pin_err(&d.maps))?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !MAPS.contains(&name.as_str()) {
+                tracing::info!(map = %name, "removing a pinned map this release does not use");
+                unpin(&e.path())?;
+            }
+        }
         Ok(d)
     }
 

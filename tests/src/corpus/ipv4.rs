@@ -36,6 +36,18 @@ pub(super) fn rows() -> Vec<Row> {
             Pass,
         ),
         (
+            "ARP probe for another tenant's address",
+            l.clone(),
+            arp(1, GUEST, Ipv4Addr::UNSPECIFIED, FOREIGN4),
+            ArpSpoof,
+        ),
+        (
+            "ARP probe for an address in an allowed prefix",
+            l.clone(),
+            arp(1, GUEST, Ipv4Addr::UNSPECIFIED, Ipv4Addr::new(10, 0, 1, 9)),
+            Pass,
+        ),
+        (
             "ARP probe as a reply",
             l.clone(),
             arp(2, GUEST, Ipv4Addr::UNSPECIFIED, OWN4),
@@ -130,16 +142,129 @@ pub(super) fn rows() -> Vec<Row> {
         (
             "DHCP discover from 0.0.0.0",
             l.clone(),
+            dhcp_client(Ipv4Addr::UNSPECIFIED, &bootp(1, 1, 6, GUEST)),
+            Pass,
+        ),
+        // v2: a DHCP client message is a BOOTREQUEST for the guest's own MAC.
+        (
+            "DHCP request from own address",
+            l.clone(),
+            dhcp_client(OWN4, &bootp(1, 1, 6, GUEST)),
+            Pass,
+        ),
+        (
+            "DHCP discover with another VM's chaddr",
+            l.clone(),
+            dhcp_client(Ipv4Addr::UNSPECIFIED, &bootp(1, 1, 6, OTHER)),
+            DhcpSpoof,
+        ),
+        (
+            "DHCP discover with a random chaddr",
+            l.clone(),
+            dhcp_client(
+                Ipv4Addr::UNSPECIFIED,
+                &bootp(1, 1, 6, [0x5e, 0x1f, 0x33, 0x02, 0x91, 0x7c]),
+            ),
+            DhcpSpoof,
+        ),
+        (
+            "DHCPRELEASE from own address on another VM's behalf",
+            l.clone(),
+            dhcp_client(OWN4, &bootp(1, 1, 6, OTHER)),
+            DhcpSpoof,
+        ),
+        (
+            "BOOTREPLY from the client port",
+            l.clone(),
+            dhcp_client(Ipv4Addr::UNSPECIFIED, &bootp(2, 1, 6, GUEST)),
+            DhcpSpoof,
+        ),
+        (
+            "DHCP discover with htype 6",
+            l.clone(),
+            dhcp_client(Ipv4Addr::UNSPECIFIED, &bootp(1, 6, 6, GUEST)),
+            DhcpSpoof,
+        ),
+        (
+            "DHCP discover with hlen 16",
+            l.clone(),
+            dhcp_client(Ipv4Addr::UNSPECIFIED, &bootp(1, 1, 16, GUEST)),
+            DhcpSpoof,
+        ),
+        (
+            "DHCP discover with its BOOTP header cut at chaddr",
+            l.clone(),
+            dhcp_client(Ipv4Addr::UNSPECIFIED, &bootp(1, 1, 6, GUEST)[..43]),
+            Malformed,
+        ),
+        (
+            "DHCP discover with no BOOTP header",
+            l.clone(),
+            dhcp_client(Ipv4Addr::UNSPECIFIED, &[]),
+            Malformed,
+        ),
+        (
+            "DHCP discover from a foreign address",
+            l.clone(),
+            dhcp_client(FOREIGN4, &bootp(1, 1, 6, GUEST)),
+            Ipv4Spoof,
+        ),
+        // v2: a DHCP server or relay answers on any source port; clients check only port 68.
+        (
+            "DHCP offer to port 68 from port 1067",
+            l.clone(),
             frames::udp4(
                 GUEST,
                 BROADCAST,
-                Ipv4Addr::UNSPECIFIED,
+                OWN4,
                 Ipv4Addr::BROADCAST,
+                1067,
                 68,
-                67,
-                &[1; 32],
+                &bootp(2, 1, 6, OTHER),
             ),
+            DhcpServer,
+        ),
+        (
+            "UDP to port 68 from own address",
+            l.clone(),
+            udp4_from(GUEST, OWN4, 40000, 68),
+            DhcpServer,
+        ),
+        // v2: IGMP queries win the querier election.
+        (
+            "IGMPv2 membership query",
+            l.clone(),
+            igmp(OWN4, Ipv4Addr::UNSPECIFIED, 0x11),
+            McQuerier,
+        ),
+        (
+            "IGMP query from a foreign address",
+            l.clone(),
+            igmp(FOREIGN4, Ipv4Addr::UNSPECIFIED, 0x11),
+            McQuerier,
+        ),
+        (
+            "IGMPv2 report from own address",
+            l.clone(),
+            igmp(OWN4, Ipv4Addr::new(239, 1, 1, 1), 0x16),
             Pass,
+        ),
+        (
+            "IGMPv3 report from a foreign address",
+            l.clone(),
+            igmp(FOREIGN4, Ipv4Addr::new(239, 1, 1, 1), 0x22),
+            Ipv4Spoof,
+        ),
+        (
+            "IGMP header cut short",
+            l.clone(),
+            frames::ethernet(
+                GUEST,
+                BROADCAST,
+                0x0800,
+                &frames::ipv4(OWN4, Ipv4Addr::new(224, 0, 0, 1), 2, &[0x11, 100, 0, 0]),
+            ),
+            Malformed,
         ),
         (
             "DHCP discover with no IPv4 allowed",

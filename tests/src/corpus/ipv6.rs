@@ -377,6 +377,24 @@ pub(super) fn rows() -> Vec<Row> {
             NdSpoof,
         ),
         (
+            "DHCPv6 reply to port 546 from port 5000",
+            l.clone(),
+            udp6_from(GUEST, ll, 5000, 546),
+            DhcpServer,
+        ),
+        (
+            "MLD query from link-local",
+            l.clone(),
+            icmp6(ll, ALL_NODES, 130, &[0; 20]),
+            McQuerier,
+        ),
+        (
+            "ICMPv6 router renumbering",
+            l.clone(),
+            icmp6(OWN6, ALL_ROUTERS, 138, &[0; 20]),
+            NdRouter,
+        ),
+        (
             "DHCPv6 advertise sent by the VM",
             l.clone(),
             udp6_from(GUEST, ll, 547, 546),
