@@ -347,9 +347,24 @@ fn hook_applies_xenopsd_records() {
             dir.to_str().expect("utf-8"),
         ])
     };
+    // Before any record: the netdev is not lockd's, and traffic flows.
+    assert_eq!(burst(&t, 5, 300), (5, 5));
+    // A record lockd cannot read: the hook fails naming the VIF, and the netdev is held
+    // disabled rather than left unfiltered (POLICY.md, failing closed).
     let missing = hook("filter");
     assert_ne!(missing.code, 0);
     assert!(missing.stderr.contains("vif.0"), "{}", missing.stderr);
+    assert!(missing.stderr.contains("VIF vif7.0"), "{}", missing.stderr);
+    assert!(
+        missing.stderr.contains("enforced as disabled"),
+        "{}",
+        missing.stderr
+    );
+    assert_eq!(
+        burst(&t, 5, 400),
+        (0, 0),
+        "an unreadable record left the VIF unfiltered"
+    );
 
     install_fixture(&dir, vm, "vif-locked.json");
     hook("filter").ok();

@@ -398,3 +398,112 @@ fn vlan_tagged_frames_do_not_pass() {
     assert_eq!(n, f.len());
     assert_only(&d, Reason::Pass, &f);
 }
+
+/// POLICY.md v2's new rules on real frames through the bridge: each attack is dropped under
+/// its reason and never reaches another VM, and the legitimate form of each passes.
+#[test]
+fn v2_rules_hold_on_real_frames() {
+    use lockd_tests::{bootp, dhcp_client, igmp};
+    let lab = Lab::new(XdpModeRequest::Auto);
+    let cases: Vec<(&str, Vec<u8>, Reason, bool)> = vec![
+        (
+            "DHCP discover for the guest's own MAC",
+            dhcp_client(Ipv4Addr::UNSPECIFIED, &bootp(1, 1, 6, MAC_B)),
+            Reason::Pass,
+            true,
+        ),
+        (
+            "DHCP discover with VM-a's MAC as chaddr",
+            dhcp_client(Ipv4Addr::UNSPECIFIED, &bootp(1, 1, 6, MAC_A)),
+            Reason::DhcpSpoof,
+            false,
+        ),
+        (
+            "DHCPRELEASE on VM-a's behalf",
+            dhcp_client(IP_B, &bootp(1, 1, 6, MAC_A)),
+            Reason::DhcpSpoof,
+            false,
+        ),
+        (
+            "DHCP offer from port 1067 to 68",
+            frames::udp4(
+                MAC_B,
+                BROADCAST,
+                IP_B,
+                Ipv4Addr::BROADCAST,
+                1067,
+                68,
+                &bootp(2, 1, 6, MAC_A),
+            ),
+            Reason::DhcpServer,
+            false,
+        ),
+        (
+            "ARP probe for VM-a's address",
+            frames::arp(
+                MAC_B,
+                BROADCAST,
+                1,
+                MAC_B,
+                Ipv4Addr::UNSPECIFIED,
+                [0; 6],
+                IP_A,
+            ),
+            Reason::ArpSpoof,
+            false,
+        ),
+        (
+            "ARP probe for its own address",
+            frames::arp(
+                MAC_B,
+                BROADCAST,
+                1,
+                MAC_B,
+                Ipv4Addr::UNSPECIFIED,
+                [0; 6],
+                IP_B,
+            ),
+            Reason::Pass,
+            true,
+        ),
+        (
+            "IGMP membership query",
+            igmp(IP_B, Ipv4Addr::UNSPECIFIED, 0x11),
+            Reason::McQuerier,
+            false,
+        ),
+        (
+            "MLD query",
+            frames::icmp6(
+                MAC_B,
+                multicast_mac(ALL_NODES),
+                link_local(MAC_B),
+                ALL_NODES,
+                130,
+                &[0; 20],
+            ),
+            Reason::McQuerier,
+            false,
+        ),
+        (
+            "DHCPv6 reply to port 546",
+            frames::udp6(
+                MAC_B,
+                multicast_mac(ALL_NODES),
+                link_local(MAC_B),
+                ALL_NODES,
+                5000,
+                546,
+                b"reply",
+            ),
+            Reason::DhcpServer,
+            false,
+        ),
+    ];
+    for (what, frame, reason, passes) in cases {
+        let f = vec![frame; N];
+        let (n, d) = lab.exchange(&lab.b, &lab.a, &f);
+        assert_only(&d, reason, &f);
+        assert_eq!(n, if passes { f.len() } else { 0 }, "{what}: delivered");
+    }
+}
