@@ -197,7 +197,16 @@ impl Core {
             Request::Apply {
                 vif,
                 network_name_label,
-            } => xe::vif_apply(&self.state, vif, &network_name_label),
+            } => {
+                let (uuid, device) = (vif.uuid.clone(), vif.device.clone());
+                match xe::vif_apply(&self.state, vif, &network_name_label) {
+                    Ok(o) => Ok(o),
+                    // The toolstack's settings cannot be applied: fail closed.
+                    Err(e) => {
+                        return self.fence(device.clone(), format!("VIF {uuid} ({device}): {e}"));
+                    }
+                }
+            }
         };
         let out = match out {
             Ok(o) => o,

@@ -94,7 +94,8 @@ pub fn settings_of(record: &Value, vif_name: &str, vm_uuid: &str) -> Result<(Vif
             vif.qos = Qos {
                 algorithm: QosAlgorithm::Ratelimit,
                 kbps: Some(kbps),
-                timeslice_us: r.get(1).and_then(Value::as_u64),
+                // Absent or 0 from the toolstack: the default.
+                timeslice_us: r.get(1).and_then(Value::as_u64).filter(|t| *t != 0),
             };
         }
         other => bail!("unknown rate {other}"),

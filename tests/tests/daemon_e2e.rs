@@ -387,6 +387,29 @@ fn hook_applies_xenopsd_records() {
     let nets = d.cli(&["network-list", "--json"]).json();
     assert_eq!(nets[0]["name_label"], "xenbr0");
 
+    // A record with a rate the kernel cannot hold: refused naming the VIF and the value, and
+    // the VIF keeps the policy it had.
+    let bad = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/xenopsd/vif-locked.json"),
+    )
+    .expect("fixture")
+    .replace("[1024, 20000]", "[18446744073709551615, 20000]");
+    std::fs::write(dir.join("xenopsd-xc/VM").join(vm).join("vif.0"), bad).expect("bad record");
+    let r = hook("filter");
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("18446744073709551615"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("6f1c3bd8-0a52-4b8e-9f3e-1f0c2e6b7a07"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("keeps the policy it had"), "{}", r.stderr);
+    assert_eq!(burst(&t, 5, 500), (0, 5), "the old policy stays in force");
+    assert_eq!(
+        d.cli(&["vif-list", "--json"]).json()[0]["qos_algorithm_params"]["kbps"],
+        1024
+    );
+
     // The toolstack re-plugs with the VIF unlocked (pair-list keys): replaced in one step.
     install_fixture(&dir, vm, "vif-unlocked.json");
     hook("filter").ok();

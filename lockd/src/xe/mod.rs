@@ -396,6 +396,7 @@ pub fn vif_apply(
     vif: VifSettings,
     network_name_label: &str,
 ) -> Result<Outcome, XeError> {
+    params::check_vif(&vif).map_err(|(key, reason)| XeError::BadValue { key, reason })?;
     let mut changes = Vec::new();
     let mut notes = String::new();
     if state.network(&vif.network_uuid).is_none() {

@@ -170,6 +170,29 @@ pub const MAX_KBPS: u64 = 4_294_967_295;
 /// Largest `qos_algorithm_params:timeslice_us`.
 pub const MAX_TIMESLICE_US: u64 = 10_000_000;
 
+/// The bounds a complete VIF must keep however it arrived (the hook builds one whole):
+/// kbps and timeslice in range, no more allowed entries than a VIF may hold. Errors name the
+/// parameter and value.
+pub fn check_vif(v: &VifSettings) -> Result<(), (String, String)> {
+    if let Some(k) = v.qos.kbps
+        && !(1..=MAX_KBPS).contains(&k)
+    {
+        return Err((
+            "qos_algorithm_params:kbps".into(),
+            format!("{k} is outside 1..={MAX_KBPS}"),
+        ));
+    }
+    if let Some(t) = v.qos.timeslice_us
+        && !(1..=MAX_TIMESLICE_US).contains(&t)
+    {
+        return Err((
+            "qos_algorithm_params:timeslice_us".into(),
+            format!("{t} is outside 1..={MAX_TIMESLICE_US}"),
+        ));
+    }
+    check_total(v).map_err(|e| ("ipv4-allowed/ipv6-allowed".into(), e))
+}
+
 fn set_qos_param(v: &mut VifSettings, key: &str, value: &str) -> Result<(), String> {
     match key {
         "kbps" => v.qos.kbps = bounded(value, MAX_KBPS)?,

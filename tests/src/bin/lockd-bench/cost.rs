@@ -27,7 +27,7 @@ fn cost(r: &Runner, ifindex: u32, frame: &[u8], repeat: u32) -> f64 {
     )
 }
 
-const CLASSES: [(&str, &str); 10] = [
+const CLASSES: [(&str, &str); 12] = [
     ("arp_allowed", "ARP request from own IP"),
     ("arp_spoofed", "ARP reply binding own MAC to a foreign IP"),
     ("ipv4_allowed", "UDP from own IP"),
@@ -38,6 +38,8 @@ const CLASSES: [(&str, &str); 10] = [
     ("ns_allowed", "NS from own link-local with own SLLA"),
     ("na_allowed", "NA for own address with own TLLA"),
     ("na_spoofed", "NA for a foreign target"),
+    ("dhcp_discover", "DHCP discover from 0.0.0.0"),
+    ("dhcp_spoofed", "DHCP discover with another VM's chaddr"),
 ];
 
 /// 1. Per-packet cost under BPF_PROG_TEST_RUN, lockd vs the empty program.
