@@ -61,6 +61,11 @@ pub struct VifSettings {
     pub network_uuid: String,
     /// Host-side netdev name (`vif3.0`, `tap3.0`, a veth in tests).
     pub device: String,
+    /// More netdevs of the same VIF, enforced alike: an HVM guest's `tap` beside its `vif`, or
+    /// the other domain's netdev during a localhost migration (the toolstack hook adds and
+    /// removes them; each `clear` takes away only its own).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_devices: Vec<String>,
     /// The guest MAC.
     pub mac: [u8; 6],
     pub vm_uuid: Option<String>,
@@ -73,12 +78,18 @@ pub struct VifSettings {
 }
 
 impl VifSettings {
+    /// Every netdev of the VIF: `device`, then `extra_devices`.
+    pub fn devices(&self) -> impl Iterator<Item = &String> {
+        std::iter::once(&self.device).chain(&self.extra_devices)
+    }
+
     /// A new VIF with the defaults: `network_default`, no addresses, no QoS.
     pub fn new(uuid: String, network_uuid: String, device: String, mac: [u8; 6]) -> Self {
         Self {
             uuid,
             network_uuid,
             device,
+            extra_devices: Vec::new(),
             mac,
             vm_uuid: None,
             locking_mode: LockingMode::NetworkDefault,

@@ -46,10 +46,22 @@ pub struct Config {
 pub enum Request {
     /// An `xe` command: the command line after `lockd`.
     Xe { argv: Vec<String> },
-    /// The toolstack hook's settings for one VIF, parsed by the hook from xenopsd's record.
+    /// The toolstack hook's `filter`: settings for one VIF on one netdev, parsed by the hook
+    /// from xenopsd's record. `network_name_label` is the record's bridge; with `plumb` the
+    /// netdev is also put on it (off every bridge if the VIF is disabled) and up, as the
+    /// original `setup-vif-rules` does.
     Apply {
         vif: VifSettings,
         network_name_label: String,
+        #[serde(default)]
+        plumb: bool,
+    },
+    /// The toolstack hook's `clear` of one netdev: only that netdev loses its policy; with
+    /// `plumb` it leaves its bridge and is set up.
+    Unplug {
+        device: String,
+        #[serde(default)]
+        plumb: bool,
     },
     /// The toolstack hook could not read or apply the record for `device`: the VIF keeps the
     /// policy it has, or, having none, is enforced as `disabled` until a valid one arrives.
@@ -68,7 +80,7 @@ pub struct Reply {
 const GC_IDLE: std::time::Duration = std::time::Duration::from_millis(20);
 
 enum Msg {
-    Command(Request, oneshot::Sender<Reply>),
+    Command(Box<Request>, oneshot::Sender<Reply>),
     Links(Vec<LinkEvent>),
 }
 
@@ -172,6 +184,8 @@ impl Core {
         };
         let started = Instant::now();
         let mut notes = String::new();
+        // (netdev, bridge to put it on) for the hook's plumbing after the policy is in force.
+        let mut bridge: Option<(String, Option<String>)> = None;
         let out = match req {
             Request::Fence { device, reason } => return self.fence(device, reason),
             Request::Xe { argv } => {
@@ -197,8 +211,12 @@ impl Core {
             Request::Apply {
                 vif,
                 network_name_label,
+                plumb,
             } => {
                 let (uuid, device) = (vif.uuid.clone(), vif.device.clone());
+                if plumb {
+                    bridge = Some((device.clone(), Some(network_name_label.clone())));
+                }
                 match xe::vif_apply(&self.state, vif, &network_name_label) {
                     Ok(o) => Ok(o),
                     // The toolstack's settings cannot be applied: fail closed.
@@ -206,6 +224,12 @@ impl Core {
                         return self.fence(device.clone(), format!("VIF {uuid} ({device}): {e}"));
                     }
                 }
+            }
+            Request::Unplug { device, plumb } => {
+                if plumb {
+                    bridge = Some((device.clone(), None));
+                }
+                xe::vif_unplug(&self.state, &device)
             }
         };
         let out = match out {
@@ -247,11 +271,40 @@ impl Core {
                 "command applied"
             );
         }
+        if let Some((device, br)) = bridge
+            && let Err(e) = self.plumb(&device, br.as_deref())
+        {
+            return Reply {
+                code: 1,
+                stdout: out.output,
+                stderr: format!("{notes}lockd: {device}: {e:#} (its policy is in force)\n"),
+            };
+        }
         Reply {
             code: 0,
             stdout: out.output,
             stderr: notes,
         }
+    }
+
+    /// The original script's other duty: the netdev on its bridge (none when its VIF is
+    /// disabled or cleared) and up. Only what differs is changed; a netdev not there yet is
+    /// left to its hotplug.
+    fn plumb(&self, device: &str, bridge: Option<&str>) -> Result<()> {
+        let Some(&ifx) = self.links.get(device) else {
+            return Ok(());
+        };
+        let disabled = self.state.vif_by_device(device).is_some_and(|v| {
+            self.state.policy(v).mode == lockd_common::policy::EffectiveMode::Disabled
+        });
+        let master = match bridge {
+            Some(b) if !disabled => *self
+                .links
+                .get(b)
+                .with_context(|| format!("bridge {b} does not exist"))?,
+            _ => 0,
+        };
+        netlink::plumb(ifx, master).with_context(|| format!("plumbing {device}"))
     }
 
     /// `Request::Fence`: the hook could not give `device` a policy.
@@ -431,7 +484,7 @@ pub fn run(cfg: Config) -> Result<()> {
         .spawn(move || {
             let handle = |core: &mut Core, msg| match msg {
                 Msg::Command(req, reply) => {
-                    let _gone = reply.send(core.command(req));
+                    let _gone = reply.send(core.command(*req));
                 }
                 Msg::Links(ev) => core.links_changed(ev),
             };
@@ -498,7 +551,7 @@ async fn serve(stream: UnixStream, tx: mpsc::Sender<Msg>) -> Result<()> {
     let reply = match serde_json::from_str::<Request>(&line) {
         Ok(req) => {
             let (rtx, rrx) = oneshot::channel();
-            tx.send(Msg::Command(req, rtx))
+            tx.send(Msg::Command(Box::new(req), rtx))
                 .map_err(|_| anyhow::anyhow!("core stopped"))?;
             rrx.await?
         }

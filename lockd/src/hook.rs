@@ -56,17 +56,32 @@ fn list<N>(
     Ok(out)
 }
 
-/// Translates a xenopsd VIF record into the VIF's settings and its network's name label.
+/// Translates a xenopsd VIF record (`Vif.t` as xenopsd's encoder writes it, see
+/// `../shared/TOOLSTACK.md`) into the VIF's settings and its bridge. Fields take the type's
+/// defaults when absent; unknown fields are ignored.
 pub fn settings_of(record: &Value, vif_name: &str, vm_uuid: &str) -> Result<(VifSettings, String)> {
     let uuid = |key: &str| -> Result<String> {
         let v =
             private_key(record, key).with_context(|| format!("extra_private_keys has no {key}"))?;
         params::uuid(v).map_err(|e| anyhow::anyhow!("{key}: {e}"))
     };
-    let mac = record["mac"].as_str().context("no mac")?;
+    let mac = match &record["mac"] {
+        Value::Null => "fe:ff:ff:ff:ff:ff",
+        m => m.as_str().context("mac is not a string")?,
+    };
     let bridge = match &record["backend"] {
-        Value::Array(b) => b.get(1).and_then(Value::as_str).unwrap_or(""),
-        _ => "",
+        Value::Null => "xenbr0".to_string(),
+        Value::Array(b) if b.first().and_then(Value::as_str) == Some("Local") => b
+            .get(1)
+            .and_then(Value::as_str)
+            .filter(|b| !b.is_empty())
+            .context("backend Local without a bridge name")?
+            .to_string(),
+        Value::Array(b) if b.first().and_then(Value::as_str) == Some("Remote") => bail!(
+            "backend {}: a bridge in another (driver) domain is not one lockd can filter",
+            record["backend"]
+        ),
+        other => bail!("unsupported backend {other}"),
     };
     let mut vif = VifSettings::new(
         uuid("vif-uuid")?,
@@ -75,35 +90,52 @@ pub fn settings_of(record: &Value, vif_name: &str, vm_uuid: &str) -> Result<(Vif
         parse_mac(mac)?,
     );
     vif.vm_uuid = params::uuid(vm_uuid).ok();
+    // xapi resolves network_default before xenopsd sees it; absent means Unlocked.
+    // Constructor names compared as the original script does (lowercased).
+    let is = |v: Option<&Value>, name: &str| {
+        v.and_then(Value::as_str)
+            .is_some_and(|s| s.eq_ignore_ascii_case(name))
+    };
     match &record["locking_mode"] {
-        Value::String(m) if m == "Unlocked" => vif.locking_mode = LockingMode::Unlocked,
-        Value::String(m) if m == "Disabled" => vif.locking_mode = LockingMode::Disabled,
-        Value::Array(l) if l.first().and_then(Value::as_str) == Some("Locked") => {
+        m @ Value::String(_) if is(Some(m), "Unlocked") => vif.locking_mode = LockingMode::Unlocked,
+        Value::Null => vif.locking_mode = LockingMode::Unlocked,
+        m @ Value::String(_) if is(Some(m), "Disabled") => vif.locking_mode = LockingMode::Disabled,
+        Value::Array(l) if is(l.first(), "Locked") => {
             let lists = l.get(1).context("Locked without address lists")?;
             vif.locking_mode = LockingMode::Locked;
             vif.ipv4_allowed = list(lists.get("ipv4"), "ipv4", parse_ipv4_list)?;
             vif.ipv6_allowed = list(lists.get("ipv6"), "ipv6", parse_ipv6_list)?;
         }
-        Value::Null => {}
         other => bail!("unknown locking_mode {other}"),
     }
     match &record["rate"] {
         Value::Null => {}
         Value::Array(r) => {
-            let kbps = r.first().and_then(Value::as_u64).context("rate kbps")?;
-            vif.qos = Qos {
-                algorithm: QosAlgorithm::Ratelimit,
-                kbps: Some(kbps),
-                // Absent or 0 from the toolstack: the default.
-                timeslice_us: r.get(1).and_then(Value::as_u64).filter(|t| *t != 0),
+            let int = |i: usize, what: &str| {
+                let v = r.get(i).unwrap_or(&Value::Null);
+                v.as_i64()
+                    .with_context(|| format!("rate: {what} {v} is not a 64-bit integer"))
             };
+            let (kbps, timeslice) = (int(0, "kbps")?, int(1, "timeslice")?);
+            // As netback reads them: kbps ≤ 0 is no limit, timeslice 0 the default.
+            if kbps > 0 {
+                vif.qos = Qos {
+                    algorithm: QosAlgorithm::Ratelimit,
+                    kbps: Some(kbps as u64),
+                    timeslice_us: match u64::try_from(timeslice) {
+                        Ok(0) => None,
+                        Ok(t) => Some(t),
+                        Err(_) => bail!("rate: timeslice {timeslice} is negative"),
+                    },
+                };
+            }
         }
         other => bail!("unknown rate {other}"),
     }
-    Ok((vif, bridge.to_string()))
+    Ok((vif, bridge))
 }
 
-/// Reads the VIF record for `filter`; `clear` needs only its uuid.
+/// Reads the VIF record for `filter`.
 pub fn read_record(dir: &Path, backend: &str, vm_uuid: &str, devid: &str) -> Result<Value> {
     let path = vif_file(dir, backend, vm_uuid, devid);
     let text =
@@ -120,27 +152,21 @@ pub fn command(
     devid: &str,
     action: &str,
 ) -> Result<Request> {
-    let record = read_record(dir, backend, vm_uuid, devid)?;
     match action {
         "filter" => {
+            let record = read_record(dir, backend, vm_uuid, devid)?;
             let (vif, network_name_label) = settings_of(&record, vif_name, vm_uuid)?;
             Ok(Request::Apply {
                 vif,
                 network_name_label,
+                plumb: true,
             })
         }
-        "clear" => {
-            let uuid =
-                private_key(&record, "vif-uuid").context("extra_private_keys has no vif-uuid")?;
-            // Unplugging a VIF lockd no longer knows is not an error for the toolstack.
-            Ok(Request::Xe {
-                argv: vec![
-                    "vif-destroy".into(),
-                    format!("uuid={uuid}"),
-                    "--if-exists".into(),
-                ],
-            })
-        }
+        // Only this netdev; the record is not needed (and may be gone already).
+        "clear" => Ok(Request::Unplug {
+            device: vif_name.to_string(),
+            plumb: true,
+        }),
         other => bail!("action must be filter or clear, not '{other}'"),
     }
 }

@@ -5,11 +5,11 @@
 use std::io;
 
 use netlink_packet_core::{
-    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
 };
 use netlink_packet_route::{
     RouteNetlinkMessage,
-    link::{LinkAttribute, LinkMessage},
+    link::{LinkAttribute, LinkFlags, LinkMessage},
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
@@ -128,6 +128,82 @@ impl Watcher {
         let n = self.socket.recv(&mut &mut self.buf[..], 0)?;
         Ok(parse(&self.buf[..n])?.0)
     }
+}
+
+/// Sends one request and waits for its acknowledgement (or the reply it asked for).
+fn request(
+    msg: RouteNetlinkMessage,
+    flags: u16,
+) -> io::Result<Vec<NetlinkMessage<RouteNetlinkMessage>>> {
+    let s = socket(0)?;
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | flags;
+    header.sequence_number = 1;
+    let mut req = NetlinkMessage::new(header, NetlinkPayload::from(msg));
+    req.finalize();
+    let mut bytes = vec![0u8; req.buffer_len()];
+    req.serialize(&mut bytes);
+    s.send(&bytes, 0)?;
+    let mut buf = vec![0u8; 1 << 16];
+    let n = s.recv(&mut &mut buf[..], 0)?;
+    let mut out = Vec::new();
+    let mut off = 0;
+    while off < n {
+        let Ok(m) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[off..n]) else {
+            break;
+        };
+        let len = m.header.length as usize;
+        if let NetlinkPayload::Error(e) = &m.payload
+            && let Some(code) = e.code
+        {
+            return Err(io::Error::from_raw_os_error(-code.get()));
+        }
+        out.push(m);
+        if len == 0 {
+            break;
+        }
+        off += (len + 3) & !3;
+    }
+    Ok(out)
+}
+
+/// A link's bridge (its controller's ifindex, 0 for none) and whether it is up.
+pub fn link_state(ifindex: u32) -> io::Result<(u32, bool)> {
+    let mut get = LinkMessage::default();
+    get.header.index = ifindex;
+    for m in request(RouteNetlinkMessage::GetLink(get), 0)? {
+        if let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) = m.payload {
+            let master = l
+                .attributes
+                .iter()
+                .find_map(|a| match a {
+                    LinkAttribute::Controller(m) => Some(*m),
+                    _ => None,
+                })
+                .unwrap_or(0);
+            return Ok((master, l.header.flags.contains(LinkFlags::Up)));
+        }
+    }
+    Err(io::Error::other(format!("no answer for ifindex {ifindex}")))
+}
+
+/// Puts a netdev on bridge `master` (0: on none) and up, changing only what differs: a link
+/// already up on the right bridge is not touched (never flapped).
+pub fn plumb(ifindex: u32, master: u32) -> io::Result<()> {
+    let (current, up) = link_state(ifindex)?;
+    if current == master && up {
+        return Ok(());
+    }
+    let mut set = LinkMessage::default();
+    set.header.index = ifindex;
+    if current != master {
+        set.attributes.push(LinkAttribute::Controller(master));
+    }
+    if !up {
+        set.header.flags = LinkFlags::Up;
+        set.header.change_mask = LinkFlags::Up;
+    }
+    request(RouteNetlinkMessage::SetLink(set), NLM_F_ACK).map(|_| ())
 }
 
 #[cfg(test)]

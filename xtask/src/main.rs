@@ -79,6 +79,9 @@ const APT: &[(&str, &str)] = &[
     ("iproute2", "ip"),
     ("nftables", "nft"),
     ("ebtables", "ebtables"),
+    // ebtables-nft (the bench's ebtables where the kernel has no ebtables-legacy filter table)
+    // comes only with Debian's iptables package.
+    ("iptables", "ebtables-nft"),
     ("bridge-utils", "brctl"),
     ("iperf3", "iperf3"),
     ("tcpdump", "tcpdump"),

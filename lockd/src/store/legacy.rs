@@ -103,6 +103,7 @@ fn changes(path: &Path, text: &str) -> Result<Vec<Change>, StoreError> {
             uuid: v.uuid,
             network_uuid: v.network_uuid,
             device: v.device,
+            extra_devices: Vec::new(),
             vm_uuid: v.vm_uuid,
             locking_mode: v.locking_mode,
         }));

@@ -87,14 +87,18 @@ impl State {
             },
             Change::PutVif(v) => {
                 let uuid = v.uuid.clone();
-                let device = v.device.clone();
+                let devices: Vec<String> = v.devices().cloned().collect();
                 let old = self.vifs.insert(uuid.clone(), v);
-                if let Some(o) = &old
-                    && o.device != device
-                {
-                    self.by_device.remove(&o.device);
+                if let Some(o) = &old {
+                    for d in o.devices() {
+                        if !devices.contains(d) && self.by_device.get(d) == Some(&uuid) {
+                            self.by_device.remove(d);
+                        }
+                    }
                 }
-                self.by_device.insert(device, uuid.clone());
+                for d in devices {
+                    self.by_device.insert(d, uuid.clone());
+                }
                 match old {
                     Some(old) => Change::PutVif(old),
                     None => Change::DeleteVif(uuid),
@@ -102,8 +106,10 @@ impl State {
             }
             Change::DeleteVif(uuid) => match self.vifs.remove(&uuid) {
                 Some(old) => {
-                    if self.by_device.get(&old.device) == Some(&uuid) {
-                        self.by_device.remove(&old.device);
+                    for d in old.devices() {
+                        if self.by_device.get(d) == Some(&uuid) {
+                            self.by_device.remove(d);
+                        }
                     }
                     Change::PutVif(old)
                 }
@@ -116,13 +122,23 @@ impl State {
     /// VIF's old and new device, or every device on a changed network.
     pub fn devices_touched(&self, change: &Change, out: &mut Vec<String>) {
         match change {
-            Change::PutNetwork(n) => out.extend(self.vifs_on(&n.uuid).map(|v| v.device.clone())),
-            Change::DeleteNetwork(u) => out.extend(self.vifs_on(u).map(|v| v.device.clone())),
-            Change::PutVif(v) => {
-                out.push(v.device.clone());
-                out.extend(self.vif(&v.uuid).map(|o| o.device.clone()));
+            Change::PutNetwork(n) => {
+                out.extend(self.vifs_on(&n.uuid).flat_map(|v| v.devices().cloned()))
             }
-            Change::DeleteVif(u) => out.extend(self.vif(u).map(|o| o.device.clone())),
+            Change::DeleteNetwork(u) => {
+                out.extend(self.vifs_on(u).flat_map(|v| v.devices().cloned()))
+            }
+            Change::PutVif(v) => {
+                out.extend(v.devices().cloned());
+                out.extend(
+                    self.vif(&v.uuid)
+                        .into_iter()
+                        .flat_map(|o| o.devices().cloned()),
+                );
+            }
+            Change::DeleteVif(u) => {
+                out.extend(self.vif(u).into_iter().flat_map(|o| o.devices().cloned()))
+            }
         }
     }
 }

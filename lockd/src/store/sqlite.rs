@@ -17,7 +17,7 @@ use super::{Change, State, Store, StoreError};
 /// The database file in the state directory.
 pub const DB_FILE: &str = "lockd.db";
 /// Schema version (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS network (
@@ -36,7 +36,8 @@ CREATE TABLE IF NOT EXISTS vif (
     ipv6_allowed TEXT NOT NULL,
     qos_algorithm_type TEXT NOT NULL,
     qos_kbps INTEGER,
-    qos_timeslice_us INTEGER
+    qos_timeslice_us INTEGER,
+    extra_devices TEXT NOT NULL DEFAULT ''
 );
 ";
 
@@ -123,6 +124,11 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(corrupt)?;
         conn.execute_batch(SCHEMA).map_err(corrupt)?;
+        if version == 1 {
+            // Version 2 added the netdevs a VIF has beside its first (comma separated).
+            conn.execute_batch("ALTER TABLE vif ADD COLUMN extra_devices TEXT NOT NULL DEFAULT ''")
+                .map_err(corrupt)?;
+        }
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(corrupt)?;
         let checkpointer = spawn_checkpointer(&path);
@@ -185,7 +191,8 @@ impl SqliteStore {
                     tx.prepare_cached(
                         "INSERT OR REPLACE INTO vif (uuid, network_uuid, device, mac, vm_uuid, \
                          locking_mode, ipv4_allowed, ipv6_allowed, qos_algorithm_type, qos_kbps, \
-                         qos_timeslice_us) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                         qos_timeslice_us, extra_devices) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
                     )?
                     .execute(params![
                         v.uuid,
@@ -202,6 +209,7 @@ impl SqliteStore {
                         },
                         int(v.qos.kbps),
                         int(v.qos.timeslice_us),
+                        v.extra_devices.join(","),
                     ])?;
                 }
                 Change::DeleteVif(u) => {
@@ -254,7 +262,7 @@ impl SqliteStore {
             .conn
             .prepare(
                 "SELECT uuid, network_uuid, device, mac, vm_uuid, locking_mode, ipv4_allowed, \
-                 ipv6_allowed, qos_algorithm_type, qos_kbps, qos_timeslice_us FROM vif",
+                 ipv6_allowed, qos_algorithm_type, qos_kbps, qos_timeslice_us, extra_devices FROM vif",
             )
             .map_err(corrupt)?;
         type Row = (
@@ -269,6 +277,7 @@ impl SqliteStore {
             String,
             Option<i64>,
             Option<i64>,
+            String,
         );
         let rows = stmt
             .query_map([], |r| -> rusqlite::Result<Row> {
@@ -284,11 +293,12 @@ impl SqliteStore {
                     r.get(8)?,
                     r.get(9)?,
                     r.get(10)?,
+                    r.get(11)?,
                 ))
             })
             .map_err(corrupt)?;
         for row in rows {
-            let (uuid, network_uuid, device, mac, vm_uuid, mode, v4, v6, qt, kbps, ts) =
+            let (uuid, network_uuid, device, mac, vm_uuid, mode, v4, v6, qt, kbps, ts, extra) =
                 row.map_err(corrupt)?;
             let bad = |field: &str, e: &dyn ToString| {
                 row_err(
@@ -321,6 +331,11 @@ impl SqliteStore {
                 qos,
                 network_uuid,
                 device,
+                extra_devices: extra
+                    .split(',')
+                    .filter(|d| !d.is_empty())
+                    .map(str::to_string)
+                    .collect(),
                 vm_uuid,
                 uuid,
             };

@@ -388,12 +388,14 @@ fn check_vif(state: &State, v: &VifSettings) -> Result<(), XeError> {
     }
 }
 
-/// The toolstack hook's one step: "this VIF, on this network, with these settings". Creates
-/// the network if missing, replaces any VIF with the same uuid, and takes the device over from
-/// a stale VIF record (a previous boot's). The settings were parsed by the hook, at its edge.
+/// The toolstack hook's `filter` of one netdev: "this VIF, on this network, with these
+/// settings, on this netdev". Creates the network if missing. A VIF is enforced on every
+/// netdev it was filtered on and not yet cleared from (an HVM guest's `vif` and `tap`, or both
+/// domains during a localhost migration): the settings are the record's, the netdev joins
+/// the VIF's. A stale VIF record on the netdev (a previous boot's) gives it up.
 pub fn vif_apply(
     state: &State,
-    vif: VifSettings,
+    mut vif: VifSettings,
     network_name_label: &str,
 ) -> Result<Outcome, XeError> {
     params::check_vif(&vif).map_err(|(key, reason)| XeError::BadValue { key, reason })?;
@@ -406,14 +408,23 @@ pub fn vif_apply(
             default_locking_mode: Default::default(),
         }));
     }
-    if let Some(stale) = state.vif_by_device(&vif.device)
+    let device = vif.device.clone();
+    if let Some(stale) = state.vif_by_device(&device)
         && stale.uuid != vif.uuid
     {
-        notes.push_str(&format!(
-            "replaced stale VIF {} on {}\n",
-            stale.uuid, vif.device
-        ));
-        changes.push(Change::DeleteVif(stale.uuid.clone()));
+        notes.push_str(&format!("replaced stale VIF {} on {device}\n", stale.uuid));
+        changes.push(match without_device(stale, &device) {
+            Some(rest) => Change::PutVif(rest),
+            None => Change::DeleteVif(stale.uuid.clone()),
+        });
+    }
+    if let Some(current) = state.vif(&vif.uuid) {
+        // Keep the netdevs the VIF already has; this one joins them.
+        vif.device = current.device.clone();
+        vif.extra_devices = current.extra_devices.clone();
+        if !vif.devices().any(|d| *d == device) {
+            vif.extra_devices.push(device);
+        }
     }
     let out = format!("{notes}{}\n", vif.uuid);
     changes.push(Change::PutVif(vif));
@@ -421,6 +432,31 @@ pub fn vif_apply(
         changes,
         output: out,
     })
+}
+
+/// `vif` without netdev `device`; None if it was its only one.
+fn without_device(vif: &VifSettings, device: &str) -> Option<VifSettings> {
+    let mut rest: Vec<String> = vif.devices().filter(|d| *d != device).cloned().collect();
+    if rest.is_empty() {
+        return None;
+    }
+    let mut v = vif.clone();
+    v.device = rest.remove(0);
+    v.extra_devices = rest;
+    Some(v)
+}
+
+/// The toolstack hook's `clear` of one netdev: the VIF that has it gives up that netdev only
+/// (and is removed with its last one). Clearing a netdev lockd does not know is not an error.
+pub fn vif_unplug(state: &State, device: &str) -> Result<Outcome, XeError> {
+    let Some(vif) = state.vif_by_device(device) else {
+        return Outcome::print(String::new());
+    };
+    let change = match without_device(vif, device) {
+        Some(rest) => Change::PutVif(rest),
+        None => Change::DeleteVif(vif.uuid.clone()),
+    };
+    Ok(changed(change, String::new()))
 }
 
 /// The VIF named by the command's `uuid=`.

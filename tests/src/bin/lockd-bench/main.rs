@@ -130,6 +130,11 @@ fn main() {
     for vcpus in [1usize, 2] {
         for path in Path::ALL {
             let s = measure(path, vcpus, per_thread, &mut helpers);
+            if let Some(why) = &s.unavailable {
+                eprintln!("  {:30} {vcpus} vCPU: unavailable: {why}", path.name());
+                samples.push(s);
+                continue;
+            }
             eprintln!(
                 "  {:30} {vcpus} vCPU: {:10.0} pps {:7.1} ns/pkt  sent {} dropped {}",
                 path.name(),

@@ -43,7 +43,11 @@ pub fn markdown(r: &Value) -> String {
         ),
         (
             "speed-up vs ebtables",
-            format!("{:.2}×", f(&r["speedup_vs_ebtables"])),
+            if r["speedup_vs_ebtables"].is_number() {
+                format!("{:.2}×", f(&r["speedup_vs_ebtables"]))
+            } else {
+                "unavailable (see the throughput table)".to_string()
+            },
             "≥ 8×",
         ),
         (
@@ -99,6 +103,15 @@ pub fn markdown(r: &Value) -> String {
         "\n### Throughput through one VIF (64-byte spoofed frames)\n\n| path | vCPUs | Mpps | ns/packet | sent | dropped (counted) |\n|---|---|---|---|---|---|"
     );
     for t in r["throughput"].as_array().into_iter().flatten() {
+        if let Some(why) = t["unavailable"].as_str() {
+            let _ = writeln!(
+                s,
+                "| {} | {} | unavailable: {why} | | | |",
+                t["name"].as_str().unwrap_or(""),
+                t["vcpus"]
+            );
+            continue;
+        }
         let _ = writeln!(
             s,
             "| {}{} | {} | {:.3} | {:.1} | {} | {} |",

@@ -206,6 +206,8 @@ enum Setup {
     Helper,
     Nft(&'static str),
     Ebtables(String),
+    /// The path cannot run on this machine, and why.
+    Unavailable(String),
 }
 
 fn setup(path: Path, t: &Topo, helpers: &mut Helpers) -> Setup {
@@ -282,7 +284,10 @@ fn setup(path: Path, t: &Topo, helpers: &mut Helpers) -> Setup {
                 ]);
             }
             // xapi's rules for a locked VIF on the bridge backend.
-            let eb = ebtables_cmd(&t.host);
+            let eb = match ebtables_cmd(&t.host) {
+                Ok(eb) => eb,
+                Err(why) => return Setup::Unavailable(why),
+            };
             for rule in [
                 vec![
                     "-A", "FORWARD", "-i", "vif0", "-s", "!", GUEST_STR, "-j", "DROP",
@@ -307,20 +312,29 @@ fn setup(path: Path, t: &Topo, helpers: &mut Helpers) -> Setup {
             ] {
                 let mut args = vec![eb.as_str()];
                 args.extend(rule);
-                t.host.exec(&args).expect("ebtables rule");
+                if let Err(e) = t.host.exec(&args) {
+                    return Setup::Unavailable(format!("{eb} refused xapi's rule: {e}"));
+                }
             }
             Setup::Ebtables(eb)
         }
     }
 }
 
-/// ebtables-legacy (the kernel's ebtables, as XenServer uses) where it works, else the
-/// nftables-backed ebtables.
-fn ebtables_cmd(ns: &NetNs) -> String {
-    if ns.exec(&["ebtables-legacy", "-L"]).is_ok() {
-        "ebtables-legacy".into()
-    } else {
-        "ebtables".into()
+/// ebtables-legacy (the kernel's ebtables, as XenServer uses) where this kernel has its
+/// `filter` table, else the nftables-backed ebtables (`ebtables-nft`, from Debian's iptables
+/// package), else why neither can run.
+fn ebtables_cmd(ns: &NetNs) -> Result<String, String> {
+    let legacy = ns.exec(&["ebtables-legacy", "-t", "filter", "-L"]);
+    if legacy.is_ok() {
+        return Ok("ebtables-legacy".into());
+    }
+    match ns.exec(&["ebtables-nft", "-t", "filter", "-L"]) {
+        Ok(_) => Ok("ebtables-nft".into()),
+        Err(nft) => Err(format!(
+            "neither ebtables-legacy ({}) nor ebtables-nft ({nft}) works here",
+            legacy.err().map(|e| e.to_string()).unwrap_or_default()
+        )),
     }
 }
 
@@ -331,7 +345,7 @@ fn dropped(s: &Setup, t: &Topo) -> Option<u64> {
                 .expect("counter")
                 .packets,
         ),
-        Setup::Helper => None,
+        Setup::Helper | Setup::Unavailable(_) => None,
         Setup::Nft(family) => Some(nft_counter(&t.host, family)),
         Setup::Ebtables(eb) => {
             let out = t.host.exec(&[eb.as_str(), "-L", "FORWARD", "--Lc"]).ok()?;
@@ -354,12 +368,26 @@ pub struct Sample {
     pub sent: u64,
     pub counted: Option<u64>,
     pub tool: String,
+    /// Why the path could not run on this machine.
+    pub unavailable: Option<String>,
 }
 
 pub fn measure(path: Path, vcpus: usize, per_thread: u32, helpers: &mut Helpers) -> Sample {
     let bridge = matches!(path, Path::NftBridge | Path::Ebtables { .. });
     let t = topo(bridge);
     let setup = setup(path, &t, helpers);
+    if let Setup::Unavailable(why) = setup {
+        return Sample {
+            path,
+            vcpus,
+            pps: f64::NAN,
+            ns_per_pkt: f64::NAN,
+            sent: 0,
+            counted: None,
+            tool: String::new(),
+            unavailable: Some(why),
+        };
+    }
     helpers.set_target(t.vm_ifx);
     let frame = spoofed_frame();
     // Warm up, then measure.
@@ -385,6 +413,7 @@ pub fn measure(path: Path, vcpus: usize, per_thread: u32, helpers: &mut Helpers)
         sent,
         counted,
         tool,
+        unavailable: None,
     }
 }
 
@@ -392,5 +421,6 @@ pub fn sample_json(s: &Sample) -> Value {
     json!({
         "path": s.path.key(), "name": s.path.name(), "vcpus": s.vcpus, "pps": s.pps,
         "ns_per_pkt": s.ns_per_pkt, "sent": s.sent, "dropped_counted": s.counted, "tool": s.tool,
+        "unavailable": s.unavailable,
     })
 }

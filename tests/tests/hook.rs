@@ -1,0 +1,284 @@
+//! The toolstack hook as xenopsd drives it (`../shared/TOOLSTACK.md`): records in its
+//! encoder's exact shape under `<dir>/classic/VM/<vm>/vif.<devid>`, the real call sequences,
+//! real frames through real netdevs that the hook itself puts on the bridge.
+
+use std::{net::Ipv4Addr, path::Path};
+
+use lockd_common::policy::format_mac;
+use lockd_kit::{
+    frames::{self, BROADCAST, Mac},
+    netlab::{NetNs, bridge, veth},
+};
+use lockd_tests::{
+    daemon::{Instance, Out},
+    wire::{Capture, delivered, send},
+};
+
+const MAC_A: Mac = [0x02, 0, 0, 0, 0, 0x0a];
+const MAC_B: Mac = [0x02, 0, 0, 0, 0, 0x0b];
+const IP_A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+const IP_B: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+const IP_PREFIX: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 9);
+const IP_SPOOF: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 99);
+const VM: &str = "a1b2c3d4-0000-4000-8000-000000000007";
+const VM_TARGET: &str = "a1b2c3d4-0000-4000-8000-000000000008";
+const VIF: &str = "6f1c3bd8-0a52-4b8e-9f3e-1f0c2e6b7a07";
+
+/// xenbr0 with VM-a (receiver) on it; VM-b's netdevs exist but are on no bridge, as netback
+/// and qemu create them: `vif7.0` (its eth0) and `tap7.0` (its eth1).
+struct Host {
+    ns: NetNs,
+    a: NetNs,
+    b: NetNs,
+    d: Instance,
+    dir: std::path::PathBuf,
+}
+
+impl Host {
+    fn new() -> Host {
+        let ns = NetNs::new("hh").expect("ns");
+        bridge(&ns, "xenbr0").expect("bridge");
+        let a = NetNs::new("ha").expect("ns");
+        veth(&ns, "vifa", &a, "eth0", &format_mac(MAC_A), Some("xenbr0")).expect("veth a");
+        let b = NetNs::new("hb").expect("ns");
+        for (dev, peer) in [("vif7.0", "eth0"), ("tap7.0", "eth1"), ("vif8.0", "eth2")] {
+            veth(&ns, dev, &b, peer, &format_mac(MAC_B), None).expect("veth b");
+            ns.exec(&["ip", "link", "set", dev, "down"]).expect("down");
+        }
+        let mut d = Instance::new(&ns);
+        d.start();
+        let dir = d.state_dir.with_file_name("xenopsd");
+        Host { ns, a, b, d, dir }
+    }
+
+    /// Writes `fixture` (with `edit` applied) as VM `vm`'s record for devid 0.
+    fn record(&self, vm: &str, fixture: &str, edit: impl Fn(String) -> String) {
+        let target = self.dir.join("classic/VM").join(vm);
+        std::fs::create_dir_all(&target).expect("record dir");
+        let text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("fixtures/xenopsd")
+                .join(fixture),
+        )
+        .expect("fixture");
+        std::fs::write(target.join("vif.0"), edit(text)).expect("record");
+    }
+
+    fn hook(&self, dev: &str, vm: &str, action: &str) -> Out {
+        self.d.cli(&[
+            "hook",
+            "setup-vif-rules",
+            "classic",
+            dev,
+            vm,
+            "0",
+            action,
+            "--xenopsd-dir",
+            self.dir.to_str().expect("utf-8"),
+        ])
+    }
+
+    /// (bridge, up) of a host netdev.
+    fn plumbing(&self, dev: &str) -> (String, bool) {
+        let j: serde_json::Value = serde_json::from_str(
+            &self
+                .ns
+                .exec(&["ip", "-j", "link", "show", dev])
+                .expect("ip"),
+        )
+        .expect("json");
+        let l = &j[0];
+        let up = l["flags"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|x| x == "UP"));
+        (l["master"].as_str().unwrap_or("").to_string(), up)
+    }
+
+    /// From VM-b's `peer`: (spoofed frames delivered to VM-a, genuine ones delivered).
+    fn burst(&self, peer: &str, base: u16) -> (usize, usize) {
+        let udp = |src: Ipv4Addr, i: u16| {
+            frames::udp4(
+                MAC_B,
+                BROADCAST,
+                src,
+                IP_A,
+                7000 + base + i,
+                9,
+                b"lockd hook",
+            )
+        };
+        let spoof: Vec<_> = (0..5).map(|i| udp(IP_SPOOF, i)).collect();
+        let good: Vec<_> = (0..5)
+            .map(|i| udp(if i % 2 == 0 { IP_B } else { IP_PREFIX }, i))
+            .collect();
+        let cap = Capture::start(&self.a, "eth0");
+        let mut all = spoof.clone();
+        all.extend(good.clone());
+        send(&self.b, peer, &all);
+        let got = cap.finish();
+        (delivered(&got, &spoof), delivered(&got, &good))
+    }
+
+    fn vifs(&self) -> serde_json::Value {
+        self.d.cli(&["vif-list", "--json"]).json()
+    }
+}
+
+/// An HVM guest: `vif7.0` and `tap7.0` for one VIF uuid; both filtered, a live locking-mode
+/// change re-filters both, the tap is cleared when PV drivers load and the vif stays enforced.
+#[test]
+fn hvm_vif_and_tap_share_one_vif() {
+    let h = Host::new();
+    h.record(VM, "vif-locked.json", |t| t);
+    let r = h.hook("vif7.0", VM, "filter");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // The record's host-bit prefix is accepted and stored as its network.
+    let v = &h.vifs()[0];
+    assert_eq!(v["uuid"], VIF);
+    assert_eq!(
+        v["ipv4_allowed"],
+        serde_json::json!(["10.0.0.2", "10.0.2.0/24"])
+    );
+    // rate [1024, 0]: 1024 kB/s with the default timeslice.
+    assert_eq!(v["qos_algorithm_params"]["kbps"], 1024);
+    assert_eq!(
+        h.plumbing("vif7.0"),
+        ("xenbr0".into(), true),
+        "on its bridge and up"
+    );
+    assert_eq!(h.burst("eth0", 0), (0, 5));
+
+    h.hook("tap7.0", VM, "filter").ok();
+    assert_eq!(h.plumbing("tap7.0"), ("xenbr0".into(), true));
+    assert_eq!(h.burst("eth1", 10), (0, 5), "the tap is enforced too");
+    assert_eq!(
+        h.burst("eth0", 20),
+        (0, 5),
+        "filtering the tap left the vif enforced"
+    );
+    assert_eq!(
+        h.vifs().as_array().map(Vec::len),
+        Some(1),
+        "one VIF uuid, two netdevs"
+    );
+
+    // Live locking-mode change: xenopsd re-filters both names.
+    h.record(VM, "vif-disabled.json", |t| t);
+    h.hook("vif7.0", VM, "filter").ok();
+    h.hook("tap7.0", VM, "filter").ok();
+    assert_eq!(
+        h.plumbing("vif7.0"),
+        (String::new(), true),
+        "a disabled VIF is on no bridge"
+    );
+    assert_eq!(h.plumbing("tap7.0"), (String::new(), true));
+    assert_eq!(h.burst("eth0", 30), (0, 0));
+    h.record(VM, "vif-locked.json", |t| t);
+    h.hook("vif7.0", VM, "filter").ok();
+    h.hook("tap7.0", VM, "filter").ok();
+    assert_eq!(h.burst("eth0", 40), (0, 5));
+
+    // PV drivers take over: the tap goes, the vif stays enforced.
+    h.hook("tap7.0", VM, "clear").ok();
+    assert_eq!(
+        h.plumbing("tap7.0"),
+        (String::new(), true),
+        "clear takes it off the bridge"
+    );
+    assert_eq!(
+        h.burst("eth0", 50),
+        (0, 5),
+        "clearing the tap left the vif unenforced"
+    );
+    assert_eq!(h.vifs()[0]["device"], "vif7.0");
+    // Re-filtering a netdev already up on the right bridge does not flap it.
+    let flaps = |h: &Host| {
+        h.ns.exec(&["cat", "/sys/class/net/vif7.0/carrier_changes"])
+            .expect("carrier")
+    };
+    let before = flaps(&h);
+    h.hook("vif7.0", VM, "filter").ok();
+    assert_eq!(flaps(&h), before, "the link was flapped");
+    h.hook("vif7.0", VM, "clear").ok();
+    assert_eq!(h.vifs(), serde_json::json!([]));
+    // A second clear changes nothing and succeeds.
+    h.hook("vif7.0", VM, "clear").ok();
+}
+
+/// Localhost migration: source and target domains at once, two records, two netdevs, one VIF
+/// uuid; each clear concerns its own netdev only.
+#[test]
+fn localhost_migration_keeps_both_sides_enforced() {
+    let h = Host::new();
+    h.record(VM, "vif-locked.json", |t| t);
+    h.record(VM_TARGET, "vif-locked.json", |t| t.replace(VM, VM_TARGET));
+    h.hook("vif7.0", VM, "filter").ok();
+    h.hook("vif8.0", VM_TARGET, "filter").ok();
+    assert_eq!(h.burst("eth0", 0), (0, 5));
+    assert_eq!(h.burst("eth2", 10), (0, 5));
+    // The source goes away first.
+    h.hook("vif7.0", VM, "clear").ok();
+    assert_eq!(
+        h.burst("eth2", 20),
+        (0, 5),
+        "the source's clear removed the target's policy"
+    );
+    assert_eq!(h.vifs()[0]["device"], "vif8.0");
+    h.hook("vif8.0", VM_TARGET, "clear").ok();
+    assert_eq!(h.vifs(), serde_json::json!([]));
+}
+
+/// Unlocked with `rate [0, 0]` (no limit), a Remote backend, and a record that cannot be read
+/// after a valid one: each as POLICY.md v2 and netback say.
+#[test]
+fn records_lockd_cannot_use_fail_closed() {
+    let h = Host::new();
+    h.record(VM, "vif-unlocked.json", |t| t);
+    h.hook("vif7.0", VM, "filter").ok();
+    let v = &h.vifs()[0];
+    assert_eq!(v["locking_mode"], "unlocked");
+    assert_eq!(v["qos_algorithm_type"], "", "kbps 0 is no limit");
+    assert_eq!(h.burst("eth0", 0), (5, 5));
+
+    h.record(VM, "vif-locked.json", |t| t);
+    h.hook("vif7.0", VM, "filter").ok();
+    assert_eq!(h.burst("eth0", 10), (0, 5));
+    // Unreadable after valid: the VIF keeps its policy, the hook fails naming it.
+    h.record(VM, "vif-locked.json", |t| t[..t.len() / 2].to_string());
+    let r = h.hook("vif7.0", VM, "filter");
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr.contains("vif7.0") && r.stderr.contains("keeps the policy"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(h.burst("eth0", 20), (0, 5));
+    // A rate the kernel cannot hold: refused, the policy stays.
+    h.record(VM, "vif-locked.json", |t| {
+        t.replace("[1024,0]", "[18446744073709551615,0]")
+    });
+    let r = h.hook("vif7.0", VM, "filter");
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("18446744073709551615"), "{}", r.stderr);
+    assert_eq!(h.vifs()[0]["qos_algorithm_params"]["kbps"], 1024);
+
+    // A Remote backend on a fresh netdev: a clear error, and the netdev is held disabled.
+    h.record(VM_TARGET, "vif-remote.json", |t| {
+        t.replace(VM, VM_TARGET).replace("7a07", "7a08")
+    });
+    h.ns.exec(&["ip", "link", "set", "vif8.0", "master", "xenbr0", "up"])
+        .expect("plug");
+    assert_eq!(
+        h.burst("eth2", 30),
+        (5, 5),
+        "before lockd, the netdev passes everything"
+    );
+    let r = h.hook("vif8.0", VM_TARGET, "filter");
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr.contains("Remote") && r.stderr.contains("enforced as disabled"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(h.burst("eth2", 40), (0, 0));
+}
