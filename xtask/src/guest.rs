@@ -27,7 +27,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{cargo_output, ensure_packages, status, workspace};
+use crate::{cargo_output, ensure_packages, initramfs::build_initramfs, status, workspace};
 
 /// What the guest needs on the host beyond the test tiers' packages.
 pub const APT: &[(&str, &str)] = &[
@@ -110,10 +110,10 @@ pub fn run(series: &str) -> Result<()> {
     boot(&kernel, &initrd, &script, &parts)
 }
 
-struct Kernel {
+pub(crate) struct Kernel {
     /// The unpacked package.
-    root: PathBuf,
-    version: String,
+    pub(crate) root: PathBuf,
+    pub(crate) version: String,
     vmlinuz: PathBuf,
 }
 
@@ -210,7 +210,7 @@ fn version_key(name: &str) -> Vec<u64> {
 }
 
 /// The modules `name` needs, in load order, as `modprobe --show-depends` lists them.
-fn module_chain(k: &Kernel, name: &str) -> Result<Vec<PathBuf>> {
+pub(crate) fn module_chain(k: &Kernel, name: &str) -> Result<Vec<PathBuf>> {
     let out = Command::new("modprobe")
         .arg("-d")
         .arg(&k.root)
@@ -366,152 +366,6 @@ fn guest_script(k: &Kernel, parts: &[Part]) -> String {
         );
     }
     s
-}
-
-/// The guest's `/init`: busybox only, until the host's root is mounted.
-fn init_script(modules: &[String]) -> String {
-    let mut s = String::from(
-        "#!/bin/busybox sh\n\
-         /bin/busybox mount -t proc proc /proc\n\
-         /bin/busybox mount -t sysfs sys /sys\n\
-         /bin/busybox mount -t devtmpfs dev /dev\n\
-         exec >/dev/console 2>&1\n",
-    );
-    for m in modules {
-        s += &format!("/bin/busybox insmod /m/{m} || echo \"insmod {m} failed\"\n");
-    }
-    s += "/bin/busybox mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose hostroot /host || { echo 'LOCKD-GUEST-EXIT 99'; /bin/busybox poweroff -f; }\n";
-    s += "/bin/busybox mount -t proc proc /host/proc\n";
-    s += "/bin/busybox mount -t sysfs sys /host/sys\n";
-    s += "/bin/busybox mount -t devtmpfs dev /host/dev\n";
-    s += "for d in tmp run var/tmp; do /bin/busybox mount -t tmpfs tmpfs /host/$d; done\n";
-    s += "/bin/busybox mkdir -p /host/dev/pts /host/dev/shm\n";
-    s += "/bin/busybox mount -t devpts devpts /host/dev/pts\n";
-    s += "/bin/busybox mount -t tmpfs tmpfs /host/dev/shm\n";
-    s += "/bin/busybox mount -t bpf bpffs /host/sys/fs/bpf\n";
-    s +=
-        "script=$(/bin/busybox sed -n 's/.*lockd.script=\\([^ ]*\\).*/\\1/p' /host/proc/cmdline)\n";
-    s += "/bin/busybox chroot /host /bin/sh \"$script\"\n";
-    s += "echo \"LOCKD-GUEST-EXIT $?\"\n";
-    s += "echo o > /host/proc/sysrq-trigger\n/bin/busybox sleep 5\n/bin/busybox poweroff -f\n";
-    s
-}
-
-fn build_initramfs(k: &Kernel, out: &Path) -> Result<()> {
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
-        .context("busybox is not installed")?;
-    let mut mods: Vec<PathBuf> = Vec::new();
-    for m in ["virtio_pci", "9pnet_virtio", "9p"] {
-        for p in module_chain(k, m)? {
-            if !mods.contains(&p) {
-                mods.push(p);
-            }
-        }
-    }
-    let mut c = Cpio::default();
-    for d in ["bin", "m", "proc", "sys", "dev", "host"] {
-        c.dir(d);
-    }
-    c.node("dev/console", 0o020600, (5, 1));
-    let bb = fs::read(&busybox)?;
-    // The initramfs has no C library: a dynamically linked busybox cannot start there.
-    if has_interpreter(&bb) {
-        bail!(
-            "{} is dynamically linked; the guest needs busybox-static (apt-get install busybox-static)",
-            busybox.display()
-        );
-    }
-    c.file("bin/busybox", 0o100755, &bb);
-    let mut names = Vec::new();
-    for p in &mods {
-        let name = p
-            .file_name()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .into_owned();
-        c.file(&format!("m/{name}"), 0o100644, &fs::read(p)?);
-        names.push(name);
-    }
-    c.file("init", 0o100755, init_script(&names).as_bytes());
-    fs::write(out, c.finish())?;
-    Ok(())
-}
-
-/// Whether an ELF64 binary names a program interpreter (`PT_INTERP`): dynamically linked.
-fn has_interpreter(elf: &[u8]) -> bool {
-    let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
-    let u64_at = |o: usize| {
-        elf.get(o..o + 8)
-            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
-    };
-    let (Some(phoff), Some(size), Some(n)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38)) else {
-        return true;
-    };
-    (0..usize::from(n)).any(|i| {
-        let at = phoff as usize + i * usize::from(size);
-        elf.get(at..at + 4) == Some(&3u32.to_le_bytes()[..])
-    })
-}
-
-/// A `newc` cpio archive (what the kernel unpacks as an initramfs).
-#[derive(Default)]
-struct Cpio {
-    buf: Vec<u8>,
-    ino: u32,
-}
-
-impl Cpio {
-    fn entry(&mut self, name: &str, mode: u32, dev: (u32, u32), data: &[u8]) {
-        self.ino += 1;
-        let header = format!(
-            "070701{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}",
-            self.ino,
-            mode,
-            0,
-            0,
-            1,
-            0,
-            data.len(),
-            0,
-            0,
-            dev.0,
-            dev.1,
-            name.len() + 1,
-            0
-        );
-        self.buf.extend_from_slice(header.as_bytes());
-        self.buf.extend_from_slice(name.as_bytes());
-        self.buf.push(0);
-        self.pad();
-        self.buf.extend_from_slice(data);
-        self.pad();
-    }
-
-    fn pad(&mut self) {
-        while !self.buf.len().is_multiple_of(4) {
-            self.buf.push(0);
-        }
-    }
-
-    fn dir(&mut self, name: &str) {
-        self.entry(name, 0o040755, (0, 0), &[]);
-    }
-
-    fn node(&mut self, name: &str, mode: u32, dev: (u32, u32)) {
-        self.entry(name, mode, dev, &[]);
-    }
-
-    fn file(&mut self, name: &str, mode: u32, data: &[u8]) {
-        self.entry(name, mode, (0, 0), data);
-    }
-
-    fn finish(mut self) -> Vec<u8> {
-        self.entry("TRAILER!!!", 0, (0, 0), &[]);
-        self.buf
-    }
 }
 
 fn boot(k: &Kernel, initrd: &Path, script: &Path, parts: &[Part]) -> Result<()> {

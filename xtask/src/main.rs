@@ -17,6 +17,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod guest;
+mod initramfs;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "lockd developer tasks")]
