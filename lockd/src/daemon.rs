@@ -11,7 +11,7 @@ use std::{
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     sync::mpsc,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -38,6 +38,9 @@ pub struct Config {
     pub socket: PathBuf,
     pub bpffs: PathBuf,
     pub xdp_mode: XdpModeRequest,
+    /// xenopsd's record directory, read at start for VIFs the toolstack changed while the
+    /// daemon was down.
+    pub xenopsd_dir: PathBuf,
 }
 
 /// A client request.
@@ -77,7 +80,7 @@ pub struct Reply {
 }
 
 /// How long the core must be idle before it deletes replaced generations.
-const GC_IDLE: std::time::Duration = std::time::Duration::from_millis(20);
+const GC_IDLE: Duration = Duration::from_millis(20);
 
 enum Msg {
     Command(Box<Request>, oneshot::Sender<Reply>),
@@ -307,6 +310,47 @@ impl Core {
         netlink::plumb(ifx, master).with_context(|| format!("plumbing {device}"))
     }
 
+    /// At start: a VIF the toolstack plugged through the hook has its record on disk; if the
+    /// record changed while the daemon was down (a live locking-mode change the hook could not
+    /// deliver), it is applied now. Records for netdevs that do not exist are left alone.
+    fn resync_from_records(&mut self, dir: &Path) {
+        let mut todo = Vec::new();
+        for vif in self.state.vifs() {
+            let Some(vm) = &vif.vm_uuid else { continue };
+            for dev in vif.devices() {
+                let devid = dev
+                    .strip_prefix("vif")
+                    .or_else(|| dev.strip_prefix("tap"))
+                    .and_then(|rest| rest.split_once('.'))
+                    .map(|(_, devid)| devid.to_string());
+                if let Some(devid) = devid
+                    && self.links.contains_key(dev)
+                {
+                    todo.push((dev.clone(), vm.clone(), devid));
+                }
+            }
+        }
+        for (dev, vm, devid) in todo {
+            let req = match crate::hook::read_record(dir, "classic", &vm, &devid)
+                .and_then(|r| crate::hook::settings_of(&r, &dev, &vm))
+            {
+                Ok((vif, bridge)) => Request::Apply {
+                    vif,
+                    network_name_label: bridge,
+                    plumb: true,
+                },
+                Err(e) => {
+                    tracing::debug!(device = %dev, error = %format!("{e:#}"), "no usable record");
+                    continue;
+                }
+            };
+            let r = self.command(req);
+            if r.code != 0 {
+                tracing::warn!(device = %dev, error = %r.stderr.trim(), "resync from xenopsd's record");
+            }
+        }
+    }
+
     /// `Request::Fence`: the hook could not give `device` a policy.
     fn fence(&mut self, device: String, reason: String) -> Reply {
         let kept = self.state.vif_by_device(&device).map(|v| v.uuid.clone());
@@ -443,6 +487,7 @@ pub fn run(cfg: Config) -> Result<()> {
         fenced: Default::default(),
     };
     core.reconcile_all().context("enforcing the stored state")?;
+    core.resync_from_records(&cfg.xenopsd_dir);
 
     let (tx, rx) = mpsc::channel::<Msg>();
     let link_tx = tx.clone();
@@ -575,6 +620,19 @@ pub fn call(socket: &Path, argv: &[String]) -> Result<Reply> {
             argv: argv.to_vec(),
         },
     )
+}
+
+/// Like [`request`], but waits up to `patience` for a daemon that is (re)starting: the
+/// toolstack's hook must not fail a VIF plug because lockd is being restarted.
+pub fn request_patiently(socket: &Path, req: &Request, patience: Duration) -> Result<Reply> {
+    let start = Instant::now();
+    loop {
+        match std::os::unix::net::UnixStream::connect(socket) {
+            Ok(_) => return request(socket, req),
+            Err(_) if start.elapsed() < patience => std::thread::sleep(Duration::from_millis(50)),
+            Err(_) => return request(socket, req),
+        }
+    }
 }
 
 /// Client side: sends `req` to the daemon at `socket` and returns its reply.

@@ -39,6 +39,9 @@ enum Cmd {
         bpffs: PathBuf,
         #[arg(long, value_enum, default_value_t = XdpModeRequest::Auto)]
         xdp_mode: XdpModeRequest,
+        /// xenopsd's per-VIF records, re-read at start for changes made while lockd was down.
+        #[arg(long, env = "LOCKD_XENOPSD_DIR", default_value = hook::DEFAULT_XENOPSD_DIR)]
+        xenopsd_dir: PathBuf,
     },
     /// Remove every pinned program, link and map (stops enforcement). The daemon must be stopped.
     Cleanup {
@@ -89,6 +92,7 @@ fn run(cli: Cli) -> Result<u8> {
             state_dir,
             bpffs,
             xdp_mode,
+            xenopsd_dir,
         } => {
             // A panic on any thread ends the process: enforcement stays pinned and systemd
             // restarts the daemon, instead of a daemon that is up but cannot serve.
@@ -103,6 +107,7 @@ fn run(cli: Cli) -> Result<u8> {
                 socket: cli.socket,
                 bpffs,
                 xdp_mode,
+                xenopsd_dir,
             })?;
             Ok(0)
         }
@@ -139,7 +144,9 @@ fn run(cli: Cli) -> Result<u8> {
                     },
                     Err(e) => return Err(e),
                 };
-            let r = daemon::request(&cli.socket, &req)?;
+            // A daemon that is restarting gets a moment (bounded) rather than a failed plug.
+            let r =
+                daemon::request_patiently(&cli.socket, &req, std::time::Duration::from_secs(10))?;
             print!("{}", r.stdout);
             eprint!("{}", r.stderr);
             Ok(r.code.clamp(0, 255) as u8)

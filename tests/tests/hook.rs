@@ -46,8 +46,10 @@ impl Host {
             ns.exec(&["ip", "link", "set", dev, "down"]).expect("down");
         }
         let mut d = Instance::new(&ns);
-        d.start();
         let dir = d.state_dir.with_file_name("xenopsd");
+        d.env
+            .push(("LOCKD_XENOPSD_DIR".into(), dir.display().to_string()));
+        d.start();
         Host { ns, a, b, d, dir }
     }
 
@@ -281,4 +283,64 @@ fn records_lockd_cannot_use_fail_closed() {
         r.stderr
     );
     assert_eq!(h.burst("eth2", 40), (0, 0));
+}
+
+/// A daemon that was down, or is restarting: a hook call waits for it (bounded) instead of
+/// failing the plug, and a change the toolstack recorded while it was down is applied when it
+/// starts.
+#[test]
+fn a_restarting_daemon_loses_nothing() {
+    let mut h = Host::new();
+    h.record(VM, "vif-locked.json", |t| t);
+    h.hook("vif7.0", VM, "filter").ok();
+    assert_eq!(h.burst("eth0", 0), (0, 5));
+
+    h.d.stop(libc::SIGTERM);
+    // A live locking-mode change while lockd is down: the record changes, the hook cannot run.
+    h.record(VM, "vif-disabled.json", |t| t);
+    assert_eq!(
+        h.burst("eth0", 10),
+        (0, 5),
+        "the pinned policy kept enforcing"
+    );
+    h.d.start();
+    assert_eq!(
+        h.vifs()[0]["locking_mode"],
+        "disabled",
+        "the record was re-read at start"
+    );
+    assert_eq!(h.plumbing("vif7.0"), (String::new(), true));
+    assert_eq!(h.burst("eth0", 20), (0, 0));
+
+    // A hook call while the daemon restarts waits for it.
+    h.record(VM, "vif-locked.json", |t| t);
+    h.d.stop(libc::SIGTERM);
+    let started = std::time::Instant::now();
+    let (sock, dir) = (h.d.socket.clone(), h.dir.clone());
+    let call = std::thread::spawn(move || {
+        std::process::Command::new(lockd_tests::daemon::lockd_bin())
+            .args([
+                "hook",
+                "setup-vif-rules",
+                "classic",
+                "vif7.0",
+                VM,
+                "0",
+                "filter",
+            ])
+            .env("LOCKD_SOCKET", sock)
+            .env("LOCKD_XENOPSD_DIR", dir)
+            .output()
+            .expect("hook")
+    });
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    h.d.start();
+    let out = call.join().expect("hook thread");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(started.elapsed() >= std::time::Duration::from_millis(1500));
+    assert_eq!(h.burst("eth0", 30), (0, 5));
 }
