@@ -63,6 +63,9 @@ enum Cmd {
         /// Only the kernel pktgen section (says `unavailable` where the kernel has none).
         #[arg(long)]
         pktgen: bool,
+        /// Only the toolstack hook section (500 plugs, 200 live re-filters).
+        #[arg(long)]
+        hook: bool,
     },
     /// Run the kernel-vs-model differential test on many random frames.
     Fuzz {
@@ -160,6 +163,7 @@ fn run(cli: Cli) -> Result<()> {
             json,
             api,
             pktgen,
+            hook,
         } => {
             require_root()?;
             cargo(
@@ -188,6 +192,9 @@ fn run(cli: Cli) -> Result<()> {
             }
             if pktgen {
                 cmd.arg("--pktgen");
+            }
+            if hook {
+                cmd.arg("--hook");
             }
             if let Some(j) = json {
                 cmd.arg("--json").arg(j);

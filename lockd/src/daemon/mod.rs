@@ -299,7 +299,7 @@ pub fn request_patiently(socket: &Path, req: &Request, patience: Duration) -> Re
     let start = Instant::now();
     loop {
         match std::os::unix::net::UnixStream::connect(socket) {
-            Ok(_) => return request(socket, req),
+            Ok(s) => return exchange(s, req),
             Err(_) if start.elapsed() < patience => std::thread::sleep(Duration::from_millis(50)),
             Err(_) => return request(socket, req),
         }
@@ -308,14 +308,19 @@ pub fn request_patiently(socket: &Path, req: &Request, patience: Duration) -> Re
 
 /// Client side: sends `req` to the daemon at `socket` and returns its reply.
 pub fn request(socket: &Path, req: &Request) -> Result<Reply> {
-    use std::io::{BufRead as _, Write as _};
-    let mut s = std::os::unix::net::UnixStream::connect(socket).map_err(|e| {
+    let s = std::os::unix::net::UnixStream::connect(socket).map_err(|e| {
         anyhow::anyhow!(
             "the lockd daemon is not running (cannot connect to {}: {e}); start it with \
              `systemctl start lockd` or `lockd daemon`",
             socket.display()
         )
     })?;
+    exchange(s, req)
+}
+
+/// One request and its reply on a connected socket.
+fn exchange(mut s: std::os::unix::net::UnixStream, req: &Request) -> Result<Reply> {
+    use std::io::{BufRead as _, Write as _};
     let mut bytes = serde_json::to_vec(req)?;
     bytes.push(b'\n');
     s.write_all(&bytes)?;

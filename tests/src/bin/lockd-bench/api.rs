@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use crate::step;
 
 /// p-th percentile (0..=100) of `v`, in milliseconds.
-fn pct_ms(v: &mut [Duration], p: f64) -> f64 {
+pub(crate) fn pct_ms(v: &mut [Duration], p: f64) -> f64 {
     v.sort_unstable();
     let i = ((v.len() as f64 - 1.0) * p / 100.0).round() as usize;
     v[i].as_secs_f64() * 1e3

@@ -4,6 +4,7 @@
 
 mod api;
 mod cost;
+mod hook;
 mod live;
 mod pktgen;
 mod report;
@@ -28,6 +29,8 @@ struct Opts {
     api_only: bool,
     /// Only the pktgen section (`--pktgen`).
     pktgen_only: bool,
+    /// Only the toolstack hook section (`--hook`).
+    hook_only: bool,
     quick: bool,
     json: PathBuf,
     out_dir: PathBuf,
@@ -37,6 +40,7 @@ fn parse_opts() -> Opts {
     let mut quick = false;
     let mut api_only = false;
     let mut pktgen_only = false;
+    let mut hook_only = false;
     let mut json = None;
     let mut out_dir = PathBuf::from("target/bench");
     let mut args = std::env::args().skip(1);
@@ -45,17 +49,19 @@ fn parse_opts() -> Opts {
             "--quick" => quick = true,
             "--api" => api_only = true,
             "--pktgen" => pktgen_only = true,
+            "--hook" => hook_only = true,
             "--pktgen-check" => std::process::exit(if pktgen::check() { 0 } else { 1 }),
             "--json" => json = Some(PathBuf::from(args.next().expect("--json PATH"))),
             "--out-dir" => out_dir = PathBuf::from(args.next().expect("--out-dir DIR")),
             other => panic!(
-                "unknown argument {other}; usage: lockd-bench [--quick] [--api] [--pktgen] [--pktgen-check] [--json PATH] [--out-dir DIR]"
+                "unknown argument {other}; usage: lockd-bench [--quick] [--api] [--pktgen] [--pktgen-check] [--hook] [--json PATH] [--out-dir DIR]"
             ),
         }
     }
     Opts {
         api_only,
         pktgen_only,
+        hook_only,
         quick,
         json: json.unwrap_or_else(|| out_dir.join("bench.json")),
         out_dir,
@@ -98,6 +104,15 @@ fn main() {
                 "api": api,
             }))
             .expect("json"),
+        )
+        .expect("write json");
+        return;
+    }
+    if opts.hook_only {
+        let hk = hook::hook_cost();
+        std::fs::write(
+            &opts.json,
+            serde_json::to_string_pretty(&json!({"machine": machine(), "hook": hk})).expect("json"),
         )
         .expect("write json");
         return;
@@ -149,6 +164,7 @@ fn main() {
     let upd = updates(&opts, &mut helpers);
     let rl = ratelimit(&opts, &mut helpers);
     let api = daemon_api_and_rss();
+    let hk = hook::hook_cost();
     step("pktgen into one VIF (where the kernel has it)");
     let pg = pktgen::measure(if opts.quick { 2_000_000 } else { 10_000_000 });
 
@@ -203,6 +219,9 @@ fn main() {
         "api_update_p99_ms": api["api_update_p99_ms"],
         "api": api,
         "pktgen": pg["pktgen"],
+        "hook_p99_ms": hk["hook_p99_ms"],
+        "hook_storm_500_s": hk["hook_storm_500_s"],
+        "hook": hk,
         "vifs_scaling": vifs_scaling,
         "allowed_scaling": allowed_scaling,
         "throughput": samples.iter().map(sample_json).collect::<Vec<_>>(),

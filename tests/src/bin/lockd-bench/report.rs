@@ -94,6 +94,16 @@ pub fn markdown(r: &Value) -> String {
             ),
             "reported",
         ),
+        (
+            "hook re-filter p99 (process start to exit)",
+            format!("{:.1} ms", f(&r["hook_p99_ms"])),
+            "≤ 10 ms",
+        ),
+        (
+            "hook: 500 VIFs plugged back to back",
+            format!("{:.1} s", f(&r["hook_storm_500_s"])),
+            "≤ 5 s",
+        ),
     ];
     for (a, b, c) in rows {
         let _ = writeln!(s, "| {a} | {b} | {c} |");
