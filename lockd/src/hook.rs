@@ -143,6 +143,46 @@ pub fn read_record(dir: &Path, backend: &str, vm_uuid: &str, devid: &str) -> Res
     serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
+/// The toolstack's own script, which the hook chains to for the port plumbing on an Open
+/// vSwitch host (`/sys/module/openvswitch` present, as the original script detects it).
+/// `LOCKD_NETWORK_BACKEND=openvswitch|bridge` overrides the detection and
+/// `LOCKD_ORIGINAL_SETUP_VIF_RULES` the script's path.
+pub fn openvswitch() -> Option<PathBuf> {
+    let ovs = match std::env::var("LOCKD_NETWORK_BACKEND").as_deref() {
+        Ok("openvswitch") => true,
+        Ok("bridge") => false,
+        _ => Path::new("/sys/module/openvswitch").exists(),
+    };
+    ovs.then(|| {
+        std::env::var_os("LOCKD_ORIGINAL_SETUP_VIF_RULES")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(ORIGINAL_SETUP_VIF_RULES))
+    })
+}
+
+/// Where xenopsd installs its own `setup-vif-rules`.
+pub const ORIGINAL_SETUP_VIF_RULES: &str = "/usr/libexec/xenopsd/setup-vif-rules";
+
+/// `req` without the bridge plumbing (another party owns the ports).
+pub fn without_plumbing(req: Request) -> Request {
+    match req {
+        Request::Apply {
+            vif,
+            network_name_label,
+            ..
+        } => Request::Apply {
+            vif,
+            network_name_label,
+            plumb: false,
+        },
+        Request::Unplug { device, .. } => Request::Unplug {
+            device,
+            plumb: false,
+        },
+        other => other,
+    }
+}
+
 /// The daemon request for a hook call.
 pub fn command(
     dir: &Path,

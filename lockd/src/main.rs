@@ -133,8 +133,11 @@ fn run(cli: Cli) -> Result<u8> {
                     xenopsd_dir,
                 },
         } => {
+            let ovs = hook::openvswitch();
             let req =
                 match hook::command(&xenopsd_dir, &backend, &vif_name, &vm_uuid, &devid, &action) {
+                    // On an Open vSwitch host the original script does the port plumbing.
+                    Ok(req) if ovs.is_some() => hook::without_plumbing(req),
                     Ok(req) => req,
                     // A record lockd cannot read leaves no VIF unfiltered: the daemon keeps the
                     // VIF's policy, or holds the netdev disabled.
@@ -149,7 +152,20 @@ fn run(cli: Cli) -> Result<u8> {
                 daemon::request_patiently(&cli.socket, &req, std::time::Duration::from_secs(10))?;
             print!("{}", r.stdout);
             eprint!("{}", r.stderr);
-            Ok(r.code.clamp(0, 255) as u8)
+            if r.code != 0 {
+                return Ok(r.code.clamp(1, 255) as u8);
+            }
+            match ovs {
+                // lockd enforces; the toolstack's own script adds (or removes) the OVS port.
+                Some(original) => {
+                    let status = std::process::Command::new(&original)
+                        .args([&backend, &vif_name, &vm_uuid, &devid, &action])
+                        .status()
+                        .map_err(|e| anyhow::anyhow!("running {}: {e}", original.display()))?;
+                    Ok(status.code().unwrap_or(1).clamp(0, 255) as u8)
+                }
+                None => Ok(0),
+            }
         }
         Cmd::Features { json } => {
             let probed = lockd::features::probe();

@@ -344,3 +344,65 @@ fn a_restarting_daemon_loses_nothing() {
     assert!(started.elapsed() >= std::time::Duration::from_millis(1500));
     assert_eq!(h.burst("eth0", 30), (0, 5));
 }
+
+/// On an Open vSwitch host lockd enforces and chains to the toolstack's own script for the
+/// port plumbing (played here by a script that records its arguments and plugs the netdev).
+#[test]
+fn openvswitch_hosts_chain_to_the_original_script() {
+    let h = Host::new();
+    h.record(VM, "vif-locked.json", |t| t);
+    let log = h.dir.with_file_name("original.log");
+    let script = h.dir.with_file_name("original-setup-vif-rules");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"$@\" >> {log}\nif [ \"$5\" = filter ]; then ip -n {ns} link set \"$2\" master xenbr0 up; else ip -n {ns} link set \"$2\" nomaster; fi\n",
+            log = log.display(),
+            ns = h.ns.name()
+        ),
+    )
+    .expect("script");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let hook = |action: &str| {
+        std::process::Command::new(lockd_tests::daemon::lockd_bin())
+            .args([
+                "hook",
+                "setup-vif-rules",
+                "classic",
+                "vif7.0",
+                VM,
+                "0",
+                action,
+            ])
+            .env("LOCKD_SOCKET", &h.d.socket)
+            .env("LOCKD_XENOPSD_DIR", &h.dir)
+            .env("LOCKD_NETWORK_BACKEND", "openvswitch")
+            .env("LOCKD_ORIGINAL_SETUP_VIF_RULES", &script)
+            .output()
+            .expect("hook")
+    };
+    let out = hook("filter");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        h.burst("eth0", 0),
+        (0, 5),
+        "enforced by lockd, plugged by the original"
+    );
+    let out = hook("clear");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let calls = std::fs::read_to_string(&log).expect("log");
+    assert_eq!(
+        calls,
+        format!("classic vif7.0 {VM} 0 filter\nclassic vif7.0 {VM} 0 clear\n")
+    );
+    assert_eq!(h.vifs(), serde_json::json!([]));
+}
