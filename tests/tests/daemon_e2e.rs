@@ -312,3 +312,76 @@ fn state_is_the_last_acknowledged_after_kill_9() {
         "state {got} is neither {want} nor {in_flight}"
     );
 }
+
+/// An upgrade from a release with an older pinned layout (played by this daemon writing
+/// layout 1, the unversioned one every release before layout versioning used): the new daemon
+/// builds its own layout, moves every link over with one atomic program swap, and removes the
+/// old one — with traffic flowing, no spoofed frame delivered and no genuine frame lost, and
+/// no `lockd cleanup`.
+#[test]
+fn upgrade_from_an_older_layout_has_no_gap() {
+    let t = topo();
+    plug_b(&t);
+    let mut d = Instance::new(&t.host);
+    d.env.push(("LOCKD_LAYOUT_VERSION".into(), "1".into()));
+    d.start();
+    configure(&d);
+    assert!(d.bpffs.join("links").is_dir(), "the old release's layout");
+    let stop = Arc::new(AtomicBool::new(false));
+    let cap = Capture::start(&t.a, "eth0");
+    let sender = {
+        let stop = stop.clone();
+        t.b.spawn(move || {
+            use pnet::datalink::{self, Channel};
+            let iface = datalink::interfaces()
+                .into_iter()
+                .find(|i| i.name == "eth0")
+                .expect("eth0");
+            let Ok(Channel::Ethernet(mut tx, _rx)) = datalink::channel(&iface, Default::default())
+            else {
+                panic!("channel");
+            };
+            let mut i = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                for f in [udp(IP_SPOOF, i), udp(IP_B, i)] {
+                    tx.send_to(&f, None).expect("sent").expect("send");
+                }
+                i += 1;
+                std::thread::sleep(Duration::from_micros(500));
+            }
+            i
+        })
+        .expect("sender")
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    d.stop(libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(200));
+    d.env.clear(); // the new release
+    d.start();
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let pairs = sender.join().expect("sender thread").expect("sender ns");
+    let got = cap.finish();
+    let spoof: Vec<_> = (0..pairs).map(|i| udp(IP_SPOOF, i)).collect();
+    let good: Vec<_> = (0..pairs).map(|i| udp(IP_B, i)).collect();
+    let (s, g) = (delivered(&got, &spoof), delivered(&got, &good));
+    eprintln!("{pairs} pairs: {s} spoofed and {g} genuine delivered");
+    assert!(pairs > 500, "sender barely ran");
+    assert_eq!(s, 0, "spoofed frames were delivered during the upgrade");
+    assert_eq!(
+        g, pairs as usize,
+        "genuine frames were lost during the upgrade"
+    );
+    let v = &d.cli(&["vif-list", "--json"]).json()[0];
+    assert_eq!(v["attach"], "native");
+    let layout = d
+        .bpffs
+        .join(format!("v{}", lockd::dataplane::LAYOUT_VERSION));
+    assert!(layout.join("links").is_dir() && layout.join("maps").is_dir());
+    assert!(
+        !d.bpffs.join("links").exists() && !d.bpffs.join("maps").exists(),
+        "the old layout is gone"
+    );
+    // Every program is there: a spoofed burst is still dropped after the takeover.
+    assert_eq!(burst(&t, 5, 1_000_000), (0, 5));
+}

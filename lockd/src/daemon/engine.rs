@@ -24,6 +24,9 @@ pub(super) struct Core {
     /// Netdevs with no VIF whose policy could not be applied: enforced as `disabled` until a
     /// VIF with a valid policy takes the netdev (POLICY.md, failing closed).
     pub(super) fenced: std::collections::HashSet<String>,
+    /// Netdevs an older pinned layout still enforces, during a takeover at start: their
+    /// policies are set here but their programs are not attached anew.
+    pub(super) no_attach: std::collections::HashSet<u32>,
 }
 
 /// What a fenced netdev is held to: nothing passes either way.
@@ -53,7 +56,11 @@ impl Core {
     /// Makes the dataplane match the state for every VIF whose netdev exists: removes
     /// policies nobody wants, replaces changed ones atomically, attaches where missing.
     pub(super) fn reconcile_all(&mut self) -> Result<()> {
-        let mut devices: Vec<String> = self.state.vifs().map(|v| v.device.clone()).collect();
+        let mut devices: Vec<String> = self
+            .state
+            .vifs()
+            .flat_map(|v| v.devices().cloned())
+            .collect();
         let wanted: std::collections::HashSet<u32> = devices
             .iter()
             .filter_map(|d| self.links.get(d).copied())
@@ -95,7 +102,7 @@ impl Core {
             self.dp
                 .set_policy(ifx, &policy)
                 .with_context(|| format!("VIF {uuid} (ifindex {ifx})"))?;
-            if self.dp.attach_mode(ifx).is_none() {
+            if self.dp.attach_mode(ifx).is_none() && !self.no_attach.contains(&ifx) {
                 let mode = self
                     .dp
                     .attach(ifx, self.xdp_mode)

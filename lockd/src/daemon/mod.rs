@@ -142,6 +142,7 @@ pub fn run(cfg: Config) -> Result<()> {
     if !adopted.is_empty() {
         tracing::info!(count = adopted.len(), "adopted pinned attachments");
     }
+    let older = dp.older_layout_ifindexes();
     // Subscribe before the dump so no event falls between them.
     let mut watcher = netlink::Watcher::subscribe().context("subscribing to rtnetlink")?;
     let links = netlink::dump()
@@ -156,8 +157,20 @@ pub fn run(cfg: Config) -> Result<()> {
         links,
         xdp_mode: cfg.xdp_mode,
         fenced: Default::default(),
+        no_attach: older.into_iter().collect(),
     };
     core.reconcile_all().context("enforcing the stored state")?;
+    // An earlier release's layout: the policies are now in this layout's maps; every old link
+    // moves over with one atomic program swap, then the missing programs are attached.
+    let moved = core
+        .dp
+        .take_over_older()
+        .context("taking over an older pinned layout")?;
+    if moved > 0 || !core.no_attach.is_empty() {
+        core.no_attach.clear();
+        core.reconcile_all()
+            .context("enforcing the stored state after the takeover")?;
+    }
     core.resync_from_records(&cfg.xenopsd_dir);
 
     let (tx, rx) = mpsc::channel::<Msg>();

@@ -4,7 +4,7 @@
 //! generations are deleted), and every pinned link's program is atomically replaced by this
 //! daemon's (`bpf_link_update`) — enforcement never stops.
 
-use std::{fs, io};
+use std::{fs, io, os::fd::AsFd as _};
 
 use aya::programs::{
     Xdp,
@@ -212,5 +212,119 @@ impl Dataplane {
         sweep!(prefix4, p4);
         sweep!(prefix6, p6);
         Ok(())
+    }
+}
+
+impl Dataplane {
+    /// The ifindexes an older pinned layout still enforces (their programs must not be
+    /// attached anew: an XDP link would be refused beside the old one).
+    pub fn older_layout_ifindexes(&self) -> Vec<u32> {
+        let Some(pins) = &self.pins else {
+            return Vec::new();
+        };
+        let mut out: Vec<u32> = pins
+            .older
+            .iter()
+            .filter_map(|root| fs::read_dir(root.join("links")).ok())
+            .flatten()
+            .flatten()
+            .filter_map(
+                |e| match parse_link_name(&e.file_name().to_string_lossy())? {
+                    LinkName::Xdp(i, _) | LinkName::Tc(i, _) | LinkName::Clsact(i, _, _, _) => {
+                        Some(i)
+                    }
+                },
+            )
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// Takes over from an older pinned layout (an earlier release's), without a gap. The
+    /// policies must already be in this layout's maps (the daemon sets them first): then
+    /// every old link gets this release's program with one `bpf_link_update` (a clsact
+    /// filter, one netlink replace) and is pinned here, and the old layout is removed. A link
+    /// for a VIF without a policy here goes with it. Returns how many links moved.
+    pub fn take_over_older(&mut self) -> Result<usize> {
+        let Some(pins) = &self.pins else {
+            return Ok(0);
+        };
+        let (older, links_dir) = (pins.older.clone(), pins.links.clone());
+        let mut moved = 0;
+        for root in &older {
+            let old_links = root.join("links");
+            for e in fs::read_dir(&old_links).into_iter().flatten().flatten() {
+                let path = e.path();
+                let parsed = parse_link_name(&e.file_name().to_string_lossy());
+                let known = |dp: &Self, ifx: u32| dp.vifs.contains_key(&ifx);
+                match parsed {
+                    Some(LinkName::Xdp(ifindex, mode)) if known(self, ifindex) => {
+                        let pinned = PinnedLink::from_pin(&path)
+                            .map_err(|err| pin_err(&path)(io::Error::other(err)))?;
+                        let link = XdpLink::try_from(FdLink::from(pinned))
+                            .map_err(|err| pin_err(&path)(io::Error::other(err)))?;
+                        let prog: &mut Xdp = self.xdp(PROG_VIF_INGRESS)?;
+                        let id = prog
+                            .attach_to_link(link)
+                            .map_err(prog_err(PROG_VIF_INGRESS))?;
+                        let new_path = self.pins.as_ref().expect("pinned").link_path(ifindex, mode);
+                        let link = self.pin_link(id, &new_path)?;
+                        self.vifs.get_mut(&ifindex).expect("known").xdp = Some((
+                            mode,
+                            LinkHandle::Pinned {
+                                link,
+                                path: new_path,
+                            },
+                        ));
+                        moved += 1;
+                    }
+                    Some(LinkName::Tc(ifindex, side)) if known(self, ifindex) => {
+                        let pinned = PinnedLink::from_pin(&path)
+                            .map_err(|err| pin_err(&path)(io::Error::other(err)))?;
+                        let link = self.tc_adopt(side, FdLink::from(pinned))?;
+                        let new_path = links_dir.join(path.file_name().expect("a file"));
+                        let _stale = fs::remove_file(&new_path);
+                        let link: FdLink = link
+                            .pin(&new_path)
+                            .map_err(|err| pin_err(&new_path)(io::Error::other(err)))?
+                            .into();
+                        *self.vifs.get_mut(&ifindex).expect("known").tc_mut(side) =
+                            Some(LinkHandle::Pinned {
+                                link,
+                                path: new_path,
+                            });
+                        moved += 1;
+                    }
+                    Some(LinkName::Clsact(ifindex, side, priority, handle))
+                        if known(self, ifindex) =>
+                    {
+                        self.clsact_adopt(ifindex, side, priority, handle)?;
+                        let new_path = links_dir.join(path.file_name().expect("a file"));
+                        let fd = self.tc_program_fd(side)?;
+                        super::pinning::pin_fd(fd.as_fd(), &new_path)?;
+                        *self.vifs.get_mut(&ifindex).expect("known").tc_mut(side) =
+                            Some(LinkHandle::Clsact {
+                                priority,
+                                handle,
+                                path: new_path,
+                            });
+                        moved += 1;
+                    }
+                    Some(LinkName::Clsact(ifindex, side, priority, handle)) => {
+                        super::attach::clsact_detach(ifindex, side, priority, handle);
+                    }
+                    _ => {}
+                }
+                // The link lives on under its new pin (or goes, with no policy here).
+                unpin(&path)?;
+            }
+            super::pinning::remove_layout(root)?;
+            tracing::info!(layout = %root.display(), moved, "took over an older pinned layout");
+        }
+        if let Some(p) = self.pins.as_mut() {
+            p.older.clear();
+        }
+        Ok(moved)
     }
 }

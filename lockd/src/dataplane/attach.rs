@@ -147,6 +147,17 @@ impl Dataplane {
         super::program(&mut self.ebpf, side.program())
     }
 
+    /// A descriptor of a TC program of this object (to pin as a clsact filter's record).
+    pub(super) fn tc_program_fd(&mut self, side: Tc) -> Result<std::os::fd::OwnedFd> {
+        let name = side.program();
+        self.tc_prog(side)?
+            .fd()
+            .map_err(prog_err(name))?
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| pinning::pin_error(std::path::Path::new(name), e))
+    }
+
     /// Attaches whichever of the three programs `ifindex` lacks. The VIF must already have a
     /// policy, so the first frame either way is judged by it. `Auto` tries native XDP and
     /// falls back to generic with a log line. On failure nothing new stays attached.

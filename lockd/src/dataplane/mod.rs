@@ -26,7 +26,7 @@ mod tables;
 
 pub use counters::VifCounters;
 pub use error::DataplaneError;
-pub use pinning::{DEFAULT_PIN_DIR, cleanup, ensure_bpffs};
+pub use pinning::{DEFAULT_PIN_DIR, LAYOUT_VERSION, cleanup, ensure_bpffs};
 
 use encode::{Entries, config_of, lpm4, lpm6};
 use error::{Result, map_err, prog_err};

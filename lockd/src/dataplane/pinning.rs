@@ -2,7 +2,11 @@
 //! unpinning, mounting bpffs, and `lockd cleanup`. Adoption of what a previous daemon left is
 //! `adopt.rs`.
 //!
-//! Layout under the bpffs directory (default `/sys/fs/bpf/lockd`):
+//! The layout carries a version ([`LAYOUT_VERSION`]): layout N lives in `<dir>/vN/`, and the
+//! releases before versioning (layout 1) used `<dir>/` itself. A daemon finding an older
+//! layout takes it over without a gap (see `Dataplane::take_over_older`).
+//!
+//! Layout under a layout directory (default `/sys/fs/bpf/lockd/v2`):
 //! - `maps/<NAME>`: every map of the object, reused by the next load;
 //! - `links/xdp-<ifindex>-<native|generic>`: one XDP link per attached VIF;
 //! - `links/tc-<ifindex>`: one TC egress (TCX) link per attached VIF (to the VM);
@@ -47,6 +51,34 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 pub(super) struct PinDirs {
     pub(super) maps: PathBuf,
     pub(super) links: PathBuf,
+    /// Roots of older layouts found at start, to take over and then remove.
+    pub(super) older: Vec<PathBuf>,
+}
+
+/// The pinned layout this release writes. Bump it when a map changes shape: the next daemon
+/// then builds the new layout beside the old one and moves every link over atomically.
+pub const LAYOUT_VERSION: u32 = 2;
+
+/// The layout version to write: [`LAYOUT_VERSION`], or in debug builds
+/// `LOCKD_LAYOUT_VERSION` (the upgrade test plays an older release with it).
+fn layout_version() -> u32 {
+    #[cfg(debug_assertions)]
+    if let Some(v) = std::env::var("LOCKD_LAYOUT_VERSION")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return v;
+    }
+    LAYOUT_VERSION
+}
+
+/// The root of layout `version` under `dir`.
+fn layout_root(dir: &Path, version: u32) -> PathBuf {
+    if version <= 1 {
+        dir.to_path_buf()
+    } else {
+        dir.join(format!("v{version}"))
+    }
 }
 
 pub(super) fn pin_err(path: &Path) -> impl FnOnce(io::Error) -> DataplaneError + '_ {
@@ -113,9 +145,16 @@ pub fn ensure_bpffs(dir: &Path) -> Result<()> {
 impl PinDirs {
     pub(super) fn create(dir: &Path) -> Result<Self> {
         ensure_bpffs(dir)?;
+        let version = layout_version();
+        let root = layout_root(dir, version);
+        let older = (1..version)
+            .map(|v| layout_root(dir, v))
+            .filter(|r| r.join("links").is_dir() || r.join("maps").is_dir())
+            .collect();
         let d = PinDirs {
-            maps: dir.join("maps"),
-            links: dir.join("links"),
+            maps: root.join("maps"),
+            links: root.join("links"),
+            older,
         };
         fs::create_dir_all(&d.maps).map_err(pin_err(&d.maps))?;
         fs::create_dir_all(&d.links).map_err(pin_err(&d.links))?;
@@ -211,9 +250,30 @@ pub(super) fn pin_fd(fd: std::os::fd::BorrowedFd<'_>, path: &Path) -> Result<()>
     Ok(())
 }
 
-/// Removes every pin under `dir` (links first, which detaches the programs; a clsact filter
-/// is removed through netlink) and the directory.
+/// Removes every pin under `dir`, of every layout (links first, which detaches the programs;
+/// a clsact filter is removed through netlink), and the directories.
 pub fn cleanup(dir: &Path) -> Result<usize> {
+    let mut removed = 0;
+    let versioned: Vec<PathBuf> = fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.strip_prefix('v')
+                .is_some_and(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .map(|e| e.path())
+        .collect();
+    for root in versioned {
+        removed += remove_layout(&root)?;
+    }
+    removed += remove_layout(dir)?;
+    Ok(removed)
+}
+
+/// Removes one layout's pins and directories.
+pub(super) fn remove_layout(dir: &Path) -> Result<usize> {
     let mut removed = 0;
     for sub in ["links", "maps"] {
         let d = dir.join(sub);
