@@ -52,7 +52,7 @@ impl Feature {
             Feature::MmapableArray => "BPF_F_MMAPABLE array maps (atomic position flips)",
             Feature::AtomicCmpxchg => "BPF atomic compare-and-exchange (the shared rate limiter)",
             Feature::XdpLink => "XDP BPF links and bpf_link_update (gapless restarts)",
-            Feature::Tcx => "TCX links for the to-VM program",
+            Feature::Tcx => "TCX links for the TC programs (`--tc-mode tcx`)",
         }
     }
 
@@ -71,7 +71,9 @@ impl Feature {
     /// What lockd does without it: None when it cannot run.
     pub fn fallback(self) -> Option<&'static str> {
         match self {
-            Feature::Tcx => Some("the to-VM program goes on a clsact qdisc as a cls_bpf filter"),
+            Feature::Tcx => {
+                Some("the TC programs go on a clsact qdisc as cls_bpf filters (the default anyway)")
+            }
             _ => None,
         }
     }

@@ -39,6 +39,9 @@ enum Cmd {
         bpffs: PathBuf,
         #[arg(long, value_enum, default_value_t = XdpModeRequest::Auto)]
         xdp_mode: XdpModeRequest,
+        /// How the TC programs are attached: clsact filters (fast to add) or TCX links (6.6+).
+        #[arg(long, value_enum, env = "LOCKD_TC_MODE", default_value_t = lockd::dataplane::TcMode::Clsact)]
+        tc_mode: lockd::dataplane::TcMode,
         /// xenopsd's per-VIF records, re-read at start for changes made while lockd was down.
         #[arg(long, env = "LOCKD_XENOPSD_DIR", default_value = hook::DEFAULT_XENOPSD_DIR)]
         xenopsd_dir: PathBuf,
@@ -92,6 +95,7 @@ fn run(cli: Cli) -> Result<u8> {
             state_dir,
             bpffs,
             xdp_mode,
+            tc_mode,
             xenopsd_dir,
         } => {
             // A panic on any thread ends the process: enforcement stays pinned and systemd
@@ -107,6 +111,7 @@ fn run(cli: Cli) -> Result<u8> {
                 socket: cli.socket,
                 bpffs,
                 xdp_mode,
+                tc_mode,
                 xenopsd_dir,
             })?;
             Ok(0)

@@ -196,6 +196,9 @@ fn restarts_leave_no_gap() {
     let t = topo();
     plug_b(&t);
     let mut d = Instance::new(&t.host);
+    // The TCX path (pinned links, adopted with bpf_link_update); every other daemon test runs
+    // the default, clsact filters recorded on bpffs.
+    d.env.push(("LOCKD_TC_MODE".into(), "tcx".into()));
     d.start();
     configure(&d);
     let stop = Arc::new(AtomicBool::new(false));

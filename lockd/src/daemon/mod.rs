@@ -40,6 +40,7 @@ pub struct Config {
     pub socket: PathBuf,
     pub bpffs: PathBuf,
     pub xdp_mode: XdpModeRequest,
+    pub tc_mode: crate::dataplane::TcMode,
     /// xenopsd's record directory, read at start for VIFs the toolstack changed while the
     /// daemon was down.
     pub xenopsd_dir: PathBuf,
@@ -138,6 +139,7 @@ pub fn run(cfg: Config) -> Result<()> {
     let mut store = store::open_default(&cfg.state_dir)?;
     let state = store.load()?;
     let mut dp = Dataplane::load_with(Some(&cfg.bpffs)).context("loading the dataplane")?;
+    dp.set_tc_mode(cfg.tc_mode);
     let adopted = dp.adopt().context("adopting pinned programs and maps")?;
     if !adopted.is_empty() {
         tracing::info!(count = adopted.len(), "adopted pinned attachments");

@@ -214,16 +214,23 @@ impl Dataplane {
             .pins
             .as_ref()
             .map(|p| (p.tc_link_path(ifindex, side), p.links.clone()));
-        let tcx = has_tcx();
+        let tcx = self.tc_mode == super::TcMode::Tcx && has_tcx();
         let pname = side.program();
         let prog = self.tc_prog(side)?;
-        // TCX on 6.6+ (aya picks it by the same rule), a clsact qdisc and a cls_bpf filter
-        // before.
-        if !tcx {
-            let _exists = aya::programs::tc::qdisc_add_clsact(&name);
-        }
-        let id = prog
-            .attach(&name, side.attach_type())
+        let id =
+            if tcx {
+                prog.attach(&name, side.attach_type())
+            } else {
+                // A clsact qdisc (kept if there) and a cls_bpf direct-action filter.
+                let _exists = aya::programs::tc::qdisc_add_clsact(&name);
+                prog.attach_with_options(
+                    &name,
+                    side.attach_type(),
+                    aya::programs::tc::TcAttachOptions::Netlink(
+                        aya::programs::tc::NlOptions::default(),
+                    ),
+                )
+            }
             .map_err(prog_err(pname))?;
         let handle = match paths {
             None => LinkHandle::Owned(id),
