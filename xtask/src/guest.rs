@@ -85,6 +85,7 @@ pub fn run(series: &str) -> Result<()> {
         )
     })?;
     ensure_packages(APT)?;
+    crate::initramfs::ensure_static_busybox()?;
     let kernel = fetch_kernel(s)?;
     eprintln!(
         "xtask: kernel {} ({})",

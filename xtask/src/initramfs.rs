@@ -40,12 +40,40 @@ fn init_script(modules: &[String]) -> String {
     s
 }
 
-pub(crate) fn build_initramfs(k: &Kernel, out: &Path) -> Result<()> {
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+/// The busybox binary to put in the initramfs.
+fn busybox() -> Option<PathBuf> {
+    ["/bin/busybox", "/usr/bin/busybox"]
         .into_iter()
         .map(PathBuf::from)
         .find(|p| p.is_file())
-        .context("busybox is not installed")?;
+}
+
+/// Debian images often carry the dynamically linked `busybox` package, which satisfies a
+/// "busybox is on the PATH" check but cannot run in an initramfs: swap in busybox-static.
+pub(crate) fn ensure_static_busybox() -> Result<()> {
+    let dynamic = busybox()
+        .map(|b| fs::read(&b).map(|bytes| has_interpreter(&bytes)))
+        .transpose()?
+        .unwrap_or(true);
+    if dynamic {
+        eprintln!("xtask: installing busybox-static (the guest's initramfs needs it)");
+        crate::status(
+            std::process::Command::new("apt-get")
+                .args([
+                    "install",
+                    "-y",
+                    "-qq",
+                    "--no-install-recommends",
+                    "busybox-static",
+                ])
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
+    }
+    Ok(())
+}
+
+pub(crate) fn build_initramfs(k: &Kernel, out: &Path) -> Result<()> {
+    let busybox = busybox().context("busybox is not installed")?;
     let mut mods: Vec<PathBuf> = Vec::new();
     for m in ["virtio_pci", "9pnet_virtio", "9p"] {
         for p in module_chain(k, m)? {

@@ -217,21 +217,20 @@ impl Dataplane {
         let tcx = self.tc_mode == super::TcMode::Tcx && has_tcx();
         let pname = side.program();
         let prog = self.tc_prog(side)?;
-        let id =
-            if tcx {
-                prog.attach(&name, side.attach_type())
-            } else {
-                // A clsact qdisc (kept if there) and a cls_bpf direct-action filter.
-                let _exists = aya::programs::tc::qdisc_add_clsact(&name);
-                prog.attach_with_options(
+        let id = if tcx {
+            prog.attach(&name, side.attach_type())
+        } else {
+            // A clsact qdisc (kept if there) and a cls_bpf direct-action filter.
+            let _exists = aya::programs::tc::qdisc_add_clsact(&name);
+            prog.attach_with_options(
                     &name,
                     side.attach_type(),
                     aya::programs::tc::TcAttachOptions::Netlink(
                         aya::programs::tc::NlOptions::default(),
                     ),
                 )
-            }
-            .map_err(prog_err(pname))?;
+        }
+        .map_err(prog_err(pname))?;
         let handle = match paths {
             None => LinkHandle::Owned(id),
             Some((link_path, links_dir)) => {
