@@ -86,6 +86,8 @@ const APT: &[(&str, &str)] = &[
     // ebtables-nft (the bench's ebtables where the kernel has no ebtables-legacy filter table)
     // comes only with Debian's iptables package.
     ("iptables", "ebtables-nft"),
+    // xdp-filter, the benchmark's XDP peer.
+    ("xdp-tools", "xdp-filter"),
     ("bridge-utils", "brctl"),
     ("iperf3", "iperf3"),
     ("tcpdump", "tcpdump"),

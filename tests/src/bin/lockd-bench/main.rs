@@ -14,7 +14,7 @@ mod traffic;
 use std::{path::PathBuf, time::Instant};
 
 use lockd_kit::netlab::NetNs;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use crate::{
     api::daemon_api_and_rss,
@@ -179,6 +179,19 @@ fn main() {
     let lockd = one(Path::LockdNative);
     let nft = one(Path::NftNetdev);
     let eb = one(Path::Ebtables { nf_call: false });
+    let xf = one(Path::XdpFilter);
+    // Compare paths by the ns each adds over the floor (the generator's own cost is in every
+    // path's ns/packet and compresses plain ratios toward 1).
+    let added = |ns: f64| ns - floor;
+    let unavailable: Map<String, Value> = samples
+        .iter()
+        .filter(|s| s.vcpus == 1)
+        .filter_map(|s| {
+            s.unavailable
+                .as_ref()
+                .map(|w| (s.path.key().to_string(), json!(w)))
+        })
+        .collect();
     let two = samples
         .iter()
         .find(|s| s.path == Path::LockdNative && s.vcpus == 2)
@@ -204,6 +217,15 @@ fn main() {
         "nft_netdev_ns_per_pkt": nft,
         "speedup_vs_nft_netdev": nft / lockd,
         "ebtables_ns_per_pkt": eb,
+        "xdp_filter_ns_per_pkt": xf,
+        "added_ns_lockd": added(lockd),
+        "added_ns_nft_netdev": added(nft),
+        "added_ns_ebtables": added(eb),
+        "added_ns_xdp_filter": added(xf),
+        "added_ratio_nft_netdev": added(nft) / added(lockd),
+        "added_ratio_ebtables": added(eb) / added(lockd),
+        "added_ratio_xdp_filter": added(xf) / added(lockd),
+        "unavailable": unavailable,
         "speedup_vs_ebtables": eb / lockd,
         "lockd_2vcpu_vs_1vcpu": two / one_pps,
         "test_run_overhead_ns": overhead,

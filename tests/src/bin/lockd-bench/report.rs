@@ -51,6 +51,26 @@ pub fn markdown(r: &Value) -> String {
             "≥ 8×",
         ),
         (
+            "ns added over the floor: lockd / nftables netdev / ebtables / xdp-filter",
+            [
+                "added_ns_lockd",
+                "added_ns_nft_netdev",
+                "added_ns_ebtables",
+                "added_ns_xdp_filter",
+            ]
+            .iter()
+            .map(|k| {
+                if r[*k].is_number() {
+                    format!("{:.0}", f(&r[*k]))
+                } else {
+                    "unavailable".into()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" / "),
+            "lockd ≤ 15",
+        ),
+        (
             "lockd 2 vCPUs / 1 vCPU (pps)",
             format!("{:.2}×", f(&r["lockd_2vcpu_vs_1vcpu"])),
             "≥ 1.9×",

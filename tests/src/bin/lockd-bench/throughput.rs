@@ -116,7 +116,11 @@ pub enum Path {
     LockdGeneric,
     NftNetdev,
     NftBridge,
-    Ebtables { nf_call: bool },
+    Ebtables {
+        nf_call: bool,
+    },
+    /// xdp-filter (xdp-tools), native XDP, default deny with the guest's IPv4 source allowed.
+    XdpFilter,
 }
 
 impl Path {
@@ -129,6 +133,7 @@ impl Path {
             Path::NftBridge => "nftables bridge family",
             Path::Ebtables { nf_call: false } => "ebtables, bridge-nf-call 0",
             Path::Ebtables { nf_call: true } => "ebtables, bridge-nf-call 1",
+            Path::XdpFilter => "xdp-filter (xdp-tools), native XDP",
         }
     }
 
@@ -141,10 +146,11 @@ impl Path {
             Path::NftBridge => "nft_bridge",
             Path::Ebtables { nf_call: false } => "ebtables",
             Path::Ebtables { nf_call: true } => "ebtables_nf_call",
+            Path::XdpFilter => "xdp_filter",
         }
     }
 
-    pub const ALL: [Path; 7] = [
+    pub const ALL: [Path; 8] = [
         Path::Floor,
         Path::LockdNative,
         Path::LockdGeneric,
@@ -152,6 +158,7 @@ impl Path {
         Path::NftBridge,
         Path::Ebtables { nf_call: false },
         Path::Ebtables { nf_call: true },
+        Path::XdpFilter,
     ];
 }
 
@@ -206,6 +213,8 @@ enum Setup {
     Helper,
     Nft(&'static str),
     Ebtables(String),
+    /// xdp-filter loaded on the VIF of the namespace named here.
+    XdpFilter(String),
     /// The path cannot run on this machine, and why.
     Unavailable(String),
 }
@@ -272,6 +281,37 @@ fn setup(path: Path, t: &Topo, helpers: &mut Helpers) -> Setup {
                 ),
             );
             Setup::Nft("bridge")
+        }
+        Path::XdpFilter => {
+            // `ip netns exec` remounts /sys, hiding bpffs from xdp-filter: enter the network
+            // namespace only.
+            let ns = t.host.name().to_string();
+            let run = |args: &[&str]| -> Result<(), String> {
+                let out = std::process::Command::new("nsenter")
+                    .arg(format!("--net=/run/netns/{ns}"))
+                    .arg("xdp-filter")
+                    .args(args)
+                    .output()
+                    .map_err(|e| format!("xdp-filter: {e}"))?;
+                if out.status.success() {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "xdp-filter {}: {}",
+                        args.join(" "),
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    ))
+                }
+            };
+            // Its rules are alternatives (any match passes), so it cannot require the MAC and
+            // the address together: the closest policy that drops this frame allows the
+            // guest's IPv4 source only.
+            match run(&["load", "-m", "native", "-p", "deny", "-f", "ipv4", "vif0"])
+                .and_then(|()| run(&["ip", "-m", "src", "10.0.0.2"]))
+            {
+                Ok(()) => Setup::XdpFilter(ns),
+                Err(why) => Setup::Unavailable(why),
+            }
         }
         Path::Ebtables { nf_call } => {
             gro();
@@ -346,6 +386,19 @@ fn dropped(s: &Setup, t: &Topo) -> Option<u64> {
                 .packets,
         ),
         Setup::Helper | Setup::Unavailable(_) => None,
+        Setup::XdpFilter(ns) => {
+            let out = std::process::Command::new("nsenter")
+                .arg(format!("--net=/run/netns/{ns}"))
+                .args(["xdp-filter", "status"])
+                .output()
+                .ok()?;
+            // "  XDP_DROP   N pkts   M KiB"
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .find(|l| l.trim_start().starts_with("XDP_DROP"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|n| n.parse().ok())
+        }
         Setup::Nft(family) => Some(nft_counter(&t.host, family)),
         Setup::Ebtables(eb) => {
             let out = t.host.exec(&[eb.as_str(), "-L", "FORWARD", "--Lc"]).ok()?;
@@ -404,6 +457,13 @@ pub fn measure(path: Path, vcpus: usize, per_thread: u32, helpers: &mut Helpers)
         _ => String::new(),
     };
     // Detach helpers from this (now discarded) topology's device by dropping the namespaces.
+    if let Setup::XdpFilter(ns) = &setup {
+        // Its maps are pinned under /sys/fs/bpf/xdp-filter: unload, so nothing stays behind.
+        let _ = std::process::Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{ns}"))
+            .args(["xdp-filter", "unload", "vif0"])
+            .output();
+    }
     drop(setup);
     Sample {
         path,
