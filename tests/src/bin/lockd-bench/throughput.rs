@@ -108,6 +108,9 @@ pub fn topo(bridge: bool) -> Topo {
     }
 }
 
+/// libxdp's working directory on bpffs.
+const XDP_DIR: &str = "/sys/fs/bpf/xdp";
+
 /// The paths compared.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Path {
@@ -303,6 +306,11 @@ fn setup(path: Path, t: &Topo, helpers: &mut Helpers) -> Setup {
                     ))
                 }
             };
+            // libxdp keeps its state under /sys/fs/bpf/xdp: bpffs must be there (mounted only
+            // on an empty /sys/fs/bpf, as the daemon does).
+            if let Err(e) = lockd::dataplane::ensure_bpffs(std::path::Path::new(XDP_DIR)) {
+                return Setup::Unavailable(format!("bpffs for xdp-filter: {e}"));
+            }
             // Its rules are alternatives (any match passes), so it cannot require the MAC and
             // the address together: the closest policy that drops this frame allows the
             // guest's IPv4 source only.
@@ -463,6 +471,8 @@ pub fn measure(path: Path, vcpus: usize, per_thread: u32, helpers: &mut Helpers)
             .arg(format!("--net=/run/netns/{ns}"))
             .args(["xdp-filter", "unload", "vif0"])
             .output();
+        // Leave bpffs as found: libxdp's directory goes once empty.
+        let _ = std::fs::remove_dir(XDP_DIR);
     }
     drop(setup);
     Sample {
