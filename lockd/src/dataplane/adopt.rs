@@ -4,7 +4,7 @@
 //! generations are deleted), and every pinned link's program is atomically replaced by this
 //! daemon's (`bpf_link_update`) — enforcement never stops.
 
-use std::{fs, io, os::fd::AsFd as _};
+use std::{fs, io, os::fd::AsFd as _, path::Path};
 
 use aya::programs::{
     Xdp,
@@ -72,14 +72,26 @@ impl Dataplane {
             .max(1);
         self.adopt_tries()?;
         self.adopt_positions(&configs)?;
+        self.adopt_links(&links_dir)
+    }
+
+    /// Takes over every link pinned in `from` (this layout's links directory, or an older
+    /// layout's): a link of a VIF with a policy here gets this object's program with one
+    /// `bpf_link_update` (a clsact filter: one netlink replace) and is pinned in this layout
+    /// under the same name; any other is removed (which detaches it). A pin left in another
+    /// directory is removed once its link is pinned here. Returns the ifindexes whose XDP
+    /// link was taken over.
+    fn adopt_links(&mut self, from: &Path) -> Result<Vec<u32>> {
+        let to = self.pins.as_ref().expect("pinned").links.clone();
         let mut adopted = Vec::new();
-        let rd = fs::read_dir(&links_dir).map_err(pin_err(&links_dir))?;
+        let rd = fs::read_dir(from).map_err(pin_err(from))?;
         for e in rd.flatten() {
             let path = e.path();
+            let new_path = to.join(e.file_name());
             let parsed = parse_link_name(&e.file_name().to_string_lossy());
-            let known = |ifx: &u32| self.vifs.contains_key(ifx);
+            let known = |dp: &Self, ifx: u32| dp.vifs.contains_key(&ifx);
             match parsed {
-                Some(LinkName::Xdp(ifindex, mode)) if known(&ifindex) => {
+                Some(LinkName::Xdp(ifindex, mode)) if known(self, ifindex) => {
                     let pinned = PinnedLink::from_pin(&path)
                         .map_err(|err| pin_err(&path)(io::Error::other(err)))?;
                     let link = XdpLink::try_from(FdLink::from(pinned))
@@ -88,12 +100,35 @@ impl Dataplane {
                     let id = prog
                         .attach_to_link(link)
                         .map_err(prog_err(PROG_VIF_INGRESS))?;
-                    let link = self.pin_link(id, &path)?;
-                    self.vifs.get_mut(&ifindex).expect("checked").xdp =
-                        Some((mode, LinkHandle::Pinned { link, path }));
+                    let link = self.pin_link(id, &new_path)?;
+                    self.vifs.get_mut(&ifindex).expect("known").xdp = Some((
+                        mode,
+                        LinkHandle::Pinned {
+                            link,
+                            path: new_path.clone(),
+                        },
+                    ));
                     adopted.push(ifindex);
                 }
-                Some(LinkName::Clsact(ifindex, side, priority, handle)) if known(&ifindex) => {
+                Some(LinkName::Tc(ifindex, side)) if known(self, ifindex) => {
+                    let pinned = PinnedLink::from_pin(&path)
+                        .map_err(|err| pin_err(&path)(io::Error::other(err)))?;
+                    // bpf_link_update swaps the program in place; the link stays.
+                    let mut link = self.tc_adopt(side, FdLink::from(pinned))?;
+                    if new_path != path {
+                        let _stale = fs::remove_file(&new_path);
+                        link = link
+                            .pin(&new_path)
+                            .map_err(|err| pin_err(&new_path)(io::Error::other(err)))?
+                            .into();
+                    }
+                    *self.vifs.get_mut(&ifindex).expect("known").tc_mut(side) =
+                        Some(LinkHandle::Pinned {
+                            link,
+                            path: new_path.clone(),
+                        });
+                }
+                Some(LinkName::Clsact(ifindex, side, priority, handle)) if known(self, ifindex) => {
                     if let Err(e) = self.clsact_adopt(ifindex, side, priority, handle) {
                         // The netdev went away with its filter; reconciliation attaches anew
                         // if it comes back.
@@ -101,11 +136,15 @@ impl Dataplane {
                         unpin(&path)?;
                         continue;
                     }
-                    *self.vifs.get_mut(&ifindex).expect("checked").tc_mut(side) =
+                    if new_path != path {
+                        let fd = self.tc_program_fd(side)?;
+                        super::pinning::pin_fd(fd.as_fd(), &new_path)?;
+                    }
+                    *self.vifs.get_mut(&ifindex).expect("known").tc_mut(side) =
                         Some(LinkHandle::Clsact {
                             priority,
                             handle,
-                            path,
+                            path: new_path.clone(),
                         });
                 }
                 Some(LinkName::Clsact(ifindex, side, priority, handle)) => {
@@ -113,18 +152,14 @@ impl Dataplane {
                     super::attach::clsact_detach(ifindex, side, priority, handle);
                     unpin(&path)?;
                 }
-                Some(LinkName::Tc(ifindex, side)) if known(&ifindex) => {
-                    let pinned = PinnedLink::from_pin(&path)
-                        .map_err(|err| pin_err(&path)(io::Error::other(err)))?;
-                    // bpf_link_update swaps the program in place; the pin stays valid.
-                    let link = self.tc_adopt(side, FdLink::from(pinned))?;
-                    *self.vifs.get_mut(&ifindex).expect("checked").tc_mut(side) =
-                        Some(LinkHandle::Pinned { link, path });
-                }
                 _ => {
                     tracing::info!(path = %path.display(), "removing a pinned link with no policy");
                     unpin(&path)?;
                 }
+            }
+            if new_path != path {
+                // The link lives on under its pin here.
+                unpin(&path)?;
             }
         }
         Ok(adopted)
@@ -245,79 +280,17 @@ impl Dataplane {
     /// policies must already be in this layout's maps (the daemon sets them first): then
     /// every old link gets this release's program with one `bpf_link_update` (a clsact
     /// filter, one netlink replace) and is pinned here, and the old layout is removed. A link
-    /// for a VIF without a policy here goes with it. Returns how many links moved.
+    /// for a VIF without a policy here goes with it. Returns how many VIFs' XDP links moved.
     pub fn take_over_older(&mut self) -> Result<usize> {
         let Some(pins) = &self.pins else {
             return Ok(0);
         };
-        let (older, links_dir) = (pins.older.clone(), pins.links.clone());
+        let older = pins.older.clone();
         let mut moved = 0;
         for root in &older {
             let old_links = root.join("links");
-            for e in fs::read_dir(&old_links).into_iter().flatten().flatten() {
-                let path = e.path();
-                let parsed = parse_link_name(&e.file_name().to_string_lossy());
-                let known = |dp: &Self, ifx: u32| dp.vifs.contains_key(&ifx);
-                match parsed {
-                    Some(LinkName::Xdp(ifindex, mode)) if known(self, ifindex) => {
-                        let pinned = PinnedLink::from_pin(&path)
-                            .map_err(|err| pin_err(&path)(io::Error::other(err)))?;
-                        let link = XdpLink::try_from(FdLink::from(pinned))
-                            .map_err(|err| pin_err(&path)(io::Error::other(err)))?;
-                        let prog: &mut Xdp = self.xdp(PROG_VIF_INGRESS)?;
-                        let id = prog
-                            .attach_to_link(link)
-                            .map_err(prog_err(PROG_VIF_INGRESS))?;
-                        let new_path = self.pins.as_ref().expect("pinned").link_path(ifindex, mode);
-                        let link = self.pin_link(id, &new_path)?;
-                        self.vifs.get_mut(&ifindex).expect("known").xdp = Some((
-                            mode,
-                            LinkHandle::Pinned {
-                                link,
-                                path: new_path,
-                            },
-                        ));
-                        moved += 1;
-                    }
-                    Some(LinkName::Tc(ifindex, side)) if known(self, ifindex) => {
-                        let pinned = PinnedLink::from_pin(&path)
-                            .map_err(|err| pin_err(&path)(io::Error::other(err)))?;
-                        let link = self.tc_adopt(side, FdLink::from(pinned))?;
-                        let new_path = links_dir.join(path.file_name().expect("a file"));
-                        let _stale = fs::remove_file(&new_path);
-                        let link: FdLink = link
-                            .pin(&new_path)
-                            .map_err(|err| pin_err(&new_path)(io::Error::other(err)))?
-                            .into();
-                        *self.vifs.get_mut(&ifindex).expect("known").tc_mut(side) =
-                            Some(LinkHandle::Pinned {
-                                link,
-                                path: new_path,
-                            });
-                        moved += 1;
-                    }
-                    Some(LinkName::Clsact(ifindex, side, priority, handle))
-                        if known(self, ifindex) =>
-                    {
-                        self.clsact_adopt(ifindex, side, priority, handle)?;
-                        let new_path = links_dir.join(path.file_name().expect("a file"));
-                        let fd = self.tc_program_fd(side)?;
-                        super::pinning::pin_fd(fd.as_fd(), &new_path)?;
-                        *self.vifs.get_mut(&ifindex).expect("known").tc_mut(side) =
-                            Some(LinkHandle::Clsact {
-                                priority,
-                                handle,
-                                path: new_path,
-                            });
-                        moved += 1;
-                    }
-                    Some(LinkName::Clsact(ifindex, side, priority, handle)) => {
-                        super::attach::clsact_detach(ifindex, side, priority, handle);
-                    }
-                    _ => {}
-                }
-                // The link lives on under its new pin (or goes, with no policy here).
-                unpin(&path)?;
+            if old_links.is_dir() {
+                moved += self.adopt_links(&old_links)?.len();
             }
             super::pinning::remove_layout(root)?;
             tracing::info!(layout = %root.display(), moved, "took over an older pinned layout");
