@@ -191,6 +191,74 @@ fn vif_configured_before_its_netdev_is_enforced_on_arrival() {
     assert_eq!(flaps_before, flaps_after, "the link was flapped");
 }
 
+/// A steady stream from VM-b — a spoofed and a genuine frame every half millisecond — with
+/// VM-a capturing, for tests that change the daemon while traffic flows.
+struct Flow {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    cap: Capture,
+    sender: std::thread::JoinHandle<Result<u32, lockd_kit::netlab::NetlabError>>,
+}
+
+impl Flow {
+    fn start(t: &Topo) -> Flow {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
+        let cap = Capture::start(&t.a, "eth0");
+        let sender = {
+            let (stop, sent) = (stop.clone(), sent.clone());
+            t.b.spawn(move || {
+                use pnet::datalink::{self, Channel};
+                let iface = datalink::interfaces()
+                    .into_iter()
+                    .find(|i| i.name == "eth0")
+                    .expect("eth0");
+                let Ok(Channel::Ethernet(mut tx, _rx)) =
+                    datalink::channel(&iface, Default::default())
+                else {
+                    panic!("channel");
+                };
+                let mut i = 0u32;
+                while !stop.load(Ordering::Relaxed) {
+                    for f in [udp(IP_SPOOF, i), udp(IP_B, i)] {
+                        tx.send_to(&f, None).expect("sent").expect("send");
+                    }
+                    i += 1;
+                    sent.store(u64::from(i), Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_micros(500));
+                }
+                i
+            })
+            .expect("sender")
+        };
+        Flow {
+            stop,
+            sent,
+            cap,
+            sender,
+        }
+    }
+
+    /// Pairs sent so far.
+    fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    /// Stops the stream: (pairs sent, spoofed delivered, genuine delivered).
+    fn finish(self) -> (u32, usize, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        let pairs = self
+            .sender
+            .join()
+            .expect("sender thread")
+            .expect("sender ns");
+        let got = self.cap.finish();
+        let spoof: Vec<_> = (0..pairs).map(|i| udp(IP_SPOOF, i)).collect();
+        let good: Vec<_> = (0..pairs).map(|i| udp(IP_B, i)).collect();
+        (pairs, delivered(&got, &spoof), delivered(&got, &good))
+    }
+}
+
 #[test]
 fn restarts_leave_no_gap() {
     let t = topo();
@@ -201,37 +269,10 @@ fn restarts_leave_no_gap() {
     d.env.push(("LOCKD_TC_MODE".into(), "tcx".into()));
     d.start();
     configure(&d);
-    let stop = Arc::new(AtomicBool::new(false));
-    let sent = Arc::new(AtomicU64::new(0));
-    let cap = Capture::start(&t.a, "eth0");
-    let sender = {
-        let (stop, sent) = (stop.clone(), sent.clone());
-        t.b.spawn(move || {
-            use pnet::datalink::{self, Channel};
-            let iface = datalink::interfaces()
-                .into_iter()
-                .find(|i| i.name == "eth0")
-                .expect("eth0");
-            let Ok(Channel::Ethernet(mut tx, _rx)) = datalink::channel(&iface, Default::default())
-            else {
-                panic!("channel");
-            };
-            let mut i = 0u32;
-            while !stop.load(Ordering::Relaxed) {
-                for f in [udp(IP_SPOOF, i), udp(IP_B, i)] {
-                    tx.send_to(&f, None).expect("sent").expect("send");
-                }
-                i += 1;
-                sent.store(u64::from(i), Ordering::Relaxed);
-                std::thread::sleep(Duration::from_micros(500));
-            }
-            i
-        })
-        .expect("sender")
-    };
+    let flow = Flow::start(&t);
     let phase = |what: &str| {
         std::thread::sleep(Duration::from_millis(300));
-        eprintln!("{what}: {} pairs sent so far", sent.load(Ordering::Relaxed));
+        eprintln!("{what}: {} pairs sent so far", flow.sent());
     };
     phase("running");
     d.stop(libc::SIGTERM);
@@ -242,12 +283,7 @@ fn restarts_leave_no_gap() {
     phase("killed (SIGKILL)");
     d.start();
     phase("restarted again");
-    stop.store(true, Ordering::Relaxed);
-    let pairs = sender.join().expect("sender thread").expect("sender ns");
-    let got = cap.finish();
-    let spoof: Vec<_> = (0..pairs).map(|i| udp(IP_SPOOF, i)).collect();
-    let good: Vec<_> = (0..pairs).map(|i| udp(IP_B, i)).collect();
-    let (s, g) = (delivered(&got, &spoof), delivered(&got, &good));
+    let (pairs, s, g) = flow.finish();
     eprintln!("{pairs} pairs: {s} spoofed and {g} genuine delivered");
     assert!(pairs > 500, "sender barely ran");
     assert_eq!(s, 0, "spoofed frames were delivered during a restart");
@@ -330,44 +366,14 @@ fn upgrade_from_an_older_layout_has_no_gap() {
     d.start();
     configure(&d);
     assert!(d.bpffs.join("links").is_dir(), "the old release's layout");
-    let stop = Arc::new(AtomicBool::new(false));
-    let cap = Capture::start(&t.a, "eth0");
-    let sender = {
-        let stop = stop.clone();
-        t.b.spawn(move || {
-            use pnet::datalink::{self, Channel};
-            let iface = datalink::interfaces()
-                .into_iter()
-                .find(|i| i.name == "eth0")
-                .expect("eth0");
-            let Ok(Channel::Ethernet(mut tx, _rx)) = datalink::channel(&iface, Default::default())
-            else {
-                panic!("channel");
-            };
-            let mut i = 0u32;
-            while !stop.load(Ordering::Relaxed) {
-                for f in [udp(IP_SPOOF, i), udp(IP_B, i)] {
-                    tx.send_to(&f, None).expect("sent").expect("send");
-                }
-                i += 1;
-                std::thread::sleep(Duration::from_micros(500));
-            }
-            i
-        })
-        .expect("sender")
-    };
+    let flow = Flow::start(&t);
     std::thread::sleep(Duration::from_millis(300));
     d.stop(libc::SIGTERM);
     std::thread::sleep(Duration::from_millis(200));
     d.env.clear(); // the new release
     d.start();
     std::thread::sleep(Duration::from_millis(500));
-    stop.store(true, Ordering::Relaxed);
-    let pairs = sender.join().expect("sender thread").expect("sender ns");
-    let got = cap.finish();
-    let spoof: Vec<_> = (0..pairs).map(|i| udp(IP_SPOOF, i)).collect();
-    let good: Vec<_> = (0..pairs).map(|i| udp(IP_B, i)).collect();
-    let (s, g) = (delivered(&got, &spoof), delivered(&got, &good));
+    let (pairs, s, g) = flow.finish();
     eprintln!("{pairs} pairs: {s} spoofed and {g} genuine delivered");
     assert!(pairs > 500, "sender barely ran");
     assert_eq!(s, 0, "spoofed frames were delivered during the upgrade");
