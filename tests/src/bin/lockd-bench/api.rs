@@ -10,6 +10,72 @@ use serde_json::{Value, json};
 
 use crate::step;
 
+/// `lockd daemon` running inside `ns` (nsenter: only the network namespace changes, so its
+/// bpffs pins are visible to `lockd cleanup`), with its state and socket under `base`.
+pub(crate) struct BenchDaemon {
+    child: std::process::Child,
+    base: std::path::PathBuf,
+    pub(crate) sock: std::path::PathBuf,
+    bpffs: String,
+}
+
+impl BenchDaemon {
+    /// Starts it with `env` added and waits until it answers.
+    pub(crate) fn start(
+        ns: &NetNs,
+        base: std::path::PathBuf,
+        env: &[(&str, &std::path::Path)],
+    ) -> Self {
+        let tag = base
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let bpffs = format!("/sys/fs/bpf/{tag}");
+        let sock = base.join("s.sock");
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", ns.name()))
+            .arg(lockd_tests::daemon::lockd_bin())
+            .arg("daemon")
+            .env("LOCKD_STATE_DIR", base.join("state"))
+            .env("LOCKD_SOCKET", &sock)
+            .env("LOCKD_BPFFS", &bpffs)
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
+            .spawn()
+            .expect("daemon");
+        let start = Instant::now();
+        while lockd::daemon::call(&sock, &["network-list".into()]).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "daemon did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        BenchDaemon {
+            child,
+            base,
+            sock,
+            bpffs,
+        }
+    }
+
+    /// The daemon's pid (nsenter execs it).
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Stops it and removes its pins and files.
+    pub(crate) fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = Command::new(lockd_tests::daemon::lockd_bin())
+            .args(["cleanup", "--bpffs", &self.bpffs])
+            .env("LOCKD_SOCKET", &self.sock)
+            .output();
+        let _ = std::fs::remove_dir_all(&self.base);
+    }
+}
+
 /// p-th percentile (0..=100) of `v`, in milliseconds.
 pub(crate) fn pct_ms(v: &mut [Duration], p: f64) -> f64 {
     v.sort_unstable();
@@ -44,32 +110,13 @@ pub(crate) fn daemon_api_and_rss() -> Value {
     }
     let base = std::env::temp_dir().join(format!("lockd-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&base);
-    let bin = lockd_tests::daemon::lockd_bin();
-    let bpffs = format!("/sys/fs/bpf/lockd-bench-{}", std::process::id());
-    let sock = base.join("s.sock");
-    let mut child = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", ns.name()))
-        .arg(&bin)
-        .arg("daemon")
-        .env("LOCKD_STATE_DIR", base.join("state"))
-        .env("LOCKD_SOCKET", &sock)
-        .env("LOCKD_BPFFS", &bpffs)
-        .env("RUST_LOG", "warn")
-        .spawn()
-        .expect("daemon");
+    let daemon = BenchDaemon::start(&ns, base, &[]);
+    let sock = daemon.sock.clone();
     let call = |args: &[String]| {
         let t = Instant::now();
         let r = lockd::daemon::call(&sock, args);
         (t.elapsed(), r)
     };
-    let start = Instant::now();
-    while call(&["network-list".into()]).1.is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "daemon did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
     let (_, net) = call(&["network-create".into(), "name-label=bench".into()]);
     let net = net.expect("network-create").stdout.trim().to_string();
     let mut creates = Vec::new();
@@ -103,7 +150,7 @@ pub(crate) fn daemon_api_and_rss() -> Value {
         }
     }
     let status =
-        std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
+        std::fs::read_to_string(format!("/proc/{}/status", daemon.pid())).unwrap_or_default();
     // nsenter execs the daemon, so the child pid is the daemon's.
     let kb: f64 = status
         .lines()
@@ -136,13 +183,7 @@ pub(crate) fn daemon_api_and_rss() -> Value {
         assert_eq!(r.expect("vif-param-set").code, 0, "update {k}");
         updates.push(t);
     }
-    let _ = child.kill();
-    let _ = child.wait();
-    let _ = Command::new(&bin)
-        .args(["cleanup", "--bpffs", &bpffs])
-        .env("LOCKD_SOCKET", &sock)
-        .output();
-    let _ = std::fs::remove_dir_all(&base);
+    daemon.stop();
     let mb = kb / 1024.0;
     let r = json!({
         "vifs": VIFS,

@@ -12,7 +12,10 @@ use std::{
 use lockd_kit::netlab::NetNs;
 use serde_json::{Value, json};
 
-use crate::{api::pct_ms, step};
+use crate::{
+    api::{BenchDaemon, pct_ms},
+    step,
+};
 
 const VIFS: usize = 500;
 
@@ -61,19 +64,8 @@ pub(crate) fn hook_cost() -> Value {
     ns.exec(&["ip", "-batch", batch.to_str().expect("utf-8")])
         .expect("veths");
     let bin = lockd_tests::daemon::lockd_bin();
-    let bpffs = format!("/sys/fs/bpf/lockd-hook-bench-{}", std::process::id());
-    let sock = base.join("s.sock");
-    let mut child = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", ns.name()))
-        .arg(&bin)
-        .arg("daemon")
-        .env("LOCKD_STATE_DIR", base.join("state"))
-        .env("LOCKD_SOCKET", &sock)
-        .env("LOCKD_BPFFS", &bpffs)
-        .env("LOCKD_XENOPSD_DIR", &dir)
-        .env("RUST_LOG", "warn")
-        .spawn()
-        .expect("daemon");
+    let daemon = BenchDaemon::start(&ns, base, &[("LOCKD_XENOPSD_DIR", dir.as_path())]);
+    let sock = daemon.sock.clone();
     let hook = |i: usize| {
         let t = Instant::now();
         let out = Command::new(&bin)
@@ -97,14 +89,6 @@ pub(crate) fn hook_cost() -> Value {
         );
         t.elapsed()
     };
-    let start = Instant::now();
-    while lockd::daemon::call(&sock, &["network-list".into()]).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "daemon did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
     let storm_start = Instant::now();
     let mut plugs: Vec<Duration> = (0..VIFS).map(hook).collect();
     let storm = storm_start.elapsed().as_secs_f64();
@@ -116,13 +100,7 @@ pub(crate) fn hook_cost() -> Value {
         std::fs::write(&path, record(i, k % 2 == 1)).expect("record");
         refilters.push(hook(i));
     }
-    let _ = child.kill();
-    let _ = child.wait();
-    let _ = Command::new(&bin)
-        .args(["cleanup", "--bpffs", &bpffs])
-        .env("LOCKD_SOCKET", &sock)
-        .output();
-    let _ = std::fs::remove_dir_all(&base);
+    daemon.stop();
     let r = json!({
         "hook_storm_500_s": storm,
         "hook_plug_p50_ms": pct_ms(&mut plugs, 50.0),
