@@ -126,6 +126,21 @@ impl Host {
     }
 }
 
+/// The hook as xenopsd runs it: its own process, talking to the daemon at `sock`.
+fn hook_process(
+    sock: &Path,
+    dir: &Path,
+    dev: &str,
+    vm: &str,
+    action: &str,
+) -> std::process::Command {
+    let mut c = std::process::Command::new(lockd_tests::daemon::lockd_bin());
+    c.args(["hook", "setup-vif-rules", "classic", dev, vm, "0", action])
+        .env("LOCKD_SOCKET", sock)
+        .env("LOCKD_XENOPSD_DIR", dir);
+    c
+}
+
 /// An HVM guest: `vif7.0` and `tap7.0` for one VIF uuid; both filtered, a live locking-mode
 /// change re-filters both, the tap is cleared when PV drivers load and the vif stays enforced.
 #[test]
@@ -318,18 +333,7 @@ fn a_restarting_daemon_loses_nothing() {
     let started = std::time::Instant::now();
     let (sock, dir) = (h.d.socket.clone(), h.dir.clone());
     let call = std::thread::spawn(move || {
-        std::process::Command::new(lockd_tests::daemon::lockd_bin())
-            .args([
-                "hook",
-                "setup-vif-rules",
-                "classic",
-                "vif7.0",
-                VM,
-                "0",
-                "filter",
-            ])
-            .env("LOCKD_SOCKET", sock)
-            .env("LOCKD_XENOPSD_DIR", dir)
+        hook_process(&sock, &dir, "vif7.0", VM, "filter")
             .output()
             .expect("hook")
     });
@@ -365,18 +369,7 @@ fn openvswitch_hosts_chain_to_the_original_script() {
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
         .expect("chmod");
     let hook = |action: &str| {
-        std::process::Command::new(lockd_tests::daemon::lockd_bin())
-            .args([
-                "hook",
-                "setup-vif-rules",
-                "classic",
-                "vif7.0",
-                VM,
-                "0",
-                action,
-            ])
-            .env("LOCKD_SOCKET", &h.d.socket)
-            .env("LOCKD_XENOPSD_DIR", &h.dir)
+        hook_process(&h.d.socket, &h.dir, "vif7.0", VM, action)
             .env("LOCKD_NETWORK_BACKEND", "openvswitch")
             .env("LOCKD_ORIGINAL_SETUP_VIF_RULES", &script)
             .output()
