@@ -17,8 +17,10 @@ pub mod settings;
 pub const PROG_VIF_INGRESS: &str = "vif_ingress";
 /// Name of the to-VM TC egress program in the object file.
 pub const PROG_VIF_EGRESS: &str = "vif_egress";
-/// Name of the from-VM TC ingress program (tags carried beside the frame) in the object file.
-pub const PROG_VIF_TAGGED: &str = "vif_tagged";
+/// Name of the from-VM TC ingress program in the object file: on every VIF it drops frames
+/// whose VLAN tag the kernel carries beside the bytes and hands a rate-limited VIF's frames to
+/// its shaper; on a VIF judged at TC ([`FLAG_TC_CHECKS`]) it makes every from-VM check.
+pub const PROG_VIF_INGRESS_TC: &str = "vif_ingress_tc";
 /// Map: ifindex (u32) → [`VifConfig`]. Every VIF's config, the one the programs read for a
 /// VIF whose [`MAP_VIF_SLOTS`] position another VIF holds, and the record a restarted daemon
 /// adopts.
@@ -43,13 +45,9 @@ pub const MAP_PREFIX4: &str = "PREFIX4";
 pub const MAP_PREFIX6: &str = "PREFIX6";
 /// Per-CPU array of [`Counter`], indexed by [`counter_index`].
 pub const MAP_COUNTERS: &str = "COUNTERS_V2";
-/// Array of [`RateState`], indexed by [`VifConfig::counter`] (shared by all CPUs).
-pub const MAP_RATE: &str = "RATE";
 
-/// Default `timeslice_us` of the rate limiter (bucket depth in time of the rate).
+/// Default `timeslice_us` of the rate limit (burst = rate × timeslice).
 pub const DEFAULT_TIMESLICE_US: u64 = 50_000;
-/// Fixed-point shift of [`VifConfig::rate_ns_per_byte_q16`].
-pub const RATE_SHIFT: u32 = 16;
 
 /// Most VIFs one host enforces at once (counters are allocated per VIF).
 pub const MAX_VIFS: u32 = 4096;
@@ -76,6 +74,8 @@ pub const MAX_PREFIX_ENTRIES: u32 = 65_536;
 pub const REASON_SLOTS: u32 = 32;
 /// Directions.
 pub const DIRECTIONS: u32 = 2;
+/// The from-VM counter slot (past every reason) of frames handed to the VIF's shaper.
+pub const SLOT_SHAPED: u32 = REASON_SLOTS - 1;
 
 /// Most IPv6 extension headers walked before a frame is `malformed`.
 pub const MAX_EXT_HEADERS: usize = 8;
@@ -105,6 +105,10 @@ pub const FLAG_INLINE6: u32 = 32;
 pub const FLAG_INLINE_P4: u32 = 64;
 /// [`VifConfig::flags`]: the IPv6 prefixes are `pfx6[..np6]` (not in the trie).
 pub const FLAG_INLINE_P6: u32 = 128;
+/// [`VifConfig::flags`]: the VIF has no XDP program (its netdev has no native XDP and the TC
+/// hook is the cheaper skb hook); the TC ingress program makes every from-VM check. Set by
+/// the dataplane for the attachment, not by the policy.
+pub const FLAG_TC_CHECKS: u32 = 256;
 
 /// Declares [`Reason`] once: each variant's discriminant (which indexes the kernel counters),
 /// its stable name (CLI, JSON, metrics) and its description (rustdoc, `lockd --help`, the
@@ -182,6 +186,8 @@ reasons! {
 
 /// Counter slots per reason and direction must cover every reason.
 const _: () = assert!(REASON_SLOTS as usize >= Reason::COUNT);
+// The shaped count has a slot no reason uses.
+const _: () = assert!(SLOT_SHAPED as usize >= Reason::COUNT);
 
 /// Traffic direction, as seen from the VM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -230,11 +236,11 @@ pub struct VifConfig {
     pub n4: u8,
     /// Entries of `inline6` in use (with `FLAG_INLINE6`).
     pub n6: u8,
-    /// Rate limit from the VM: nanoseconds of budget one byte costs, `<< RATE_SHIFT`
-    /// (0 = no limit).
-    pub rate_ns_per_byte_q16: u64,
-    /// Bucket depth in nanoseconds (`timeslice_us` × 1000).
-    pub burst_ns: u64,
+    /// Rate limit from the VM: the ifindex of the VIF's shaper (an ifb device whose tbf
+    /// qdisc holds the rate), where frames that pass the policy are redirected; 0 = no limit.
+    pub shaper: u32,
+    pub _rsv0: u32,
+    pub _rsv1: u64,
     /// A small exact IPv4 set kept in the config itself, saving a hash lookup per packet.
     pub inline4: [[u8; 4]; INLINE4],
     /// A small exact IPv6 set (S6's addresses, link-local included) kept likewise.
@@ -282,25 +288,6 @@ pub const INLINE_P6: usize = 2;
 pub const INLINE4: usize = 4;
 /// Exact IPv6 addresses a config holds inline; more go to a table region.
 pub const INLINE6: usize = 4;
-
-/// Rate limiter state of one VIF (GCRA): the theoretical arrival time, in `bpf_ktime_get_ns`
-/// nanoseconds, of the next byte at exactly the configured rate. Updated with compare-and-swap
-/// so that all CPUs share one budget.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RateState {
-    pub tat_ns: u64,
-}
-
-/// The GCRA parameters for `kbps` kilobytes (1024 B) per second and a bucket of
-/// `timeslice_us`: (ns per byte `<< RATE_SHIFT`, depth in ns).
-pub const fn rate_params(kbps: u64, timeslice_us: u64) -> (u64, u64) {
-    let bytes_per_sec = if kbps == 0 { 1 } else { kbps * 1024 };
-    (
-        (1_000_000_000u64 << RATE_SHIFT) / bytes_per_sec,
-        timeslice_us * 1000,
-    )
-}
 
 /// One slot of [`MAP_TABLE4`]; `used` 0 marks an empty slot (it ends a probe).
 #[repr(C)]
@@ -386,7 +373,6 @@ mod pod {
     unsafe impl aya::Pod for super::Lpm4Data {}
     unsafe impl aya::Pod for super::Lpm6Data {}
     unsafe impl aya::Pod for super::Counter {}
-    unsafe impl aya::Pod for super::RateState {}
 }
 
 /// The kernel and userspace agree on these layouts; a field added without its padding, or
@@ -401,6 +387,5 @@ const _: () = {
     assert!(core::mem::size_of::<Lpm4Data>() == 12);
     assert!(core::mem::size_of::<Lpm6Data>() == 24);
     assert!(core::mem::size_of::<Counter>() == 16);
-    assert!(core::mem::size_of::<RateState>() == 8);
     assert!(POSITIONS.is_power_of_two() && REASON_SLOTS.is_power_of_two());
 };

@@ -13,37 +13,22 @@ use lockd_common::{
 };
 
 use crate::{
+    frame::Frame,
     lookup::{allowed4, allowed6},
     maps::{config, count},
-    rate,
 };
 
-/// Largest offset the parser reads at; keeps every variable offset bounded for the verifier.
-const MAX_OFF: usize = 4096;
-
 /// The from-VM program. Frames on an interface lockd does not manage pass untouched; a managed
-/// VIF's frame is counted under exactly one reason and passed only for `Reason::Pass`.
+/// VIF's frame is counted under exactly one reason and passed only for `Reason::Pass`. A
+/// rate-limited VIF's passing frames go on to its shaper from the TC ingress program.
 #[xdp]
 pub fn vif_ingress(ctx: XdpContext) -> u32 {
     let ifindex = ctx.ingress_ifindex() as u32;
     let Some(cfg) = config(ifindex) else {
         return XDP_PASS;
     };
-    let mut reason = match cfg.mode {
-        MODE_UNLOCKED => Reason::Pass,
-        MODE_DISABLED => Reason::Disabled,
-        // MODE_LOCKED and anything unknown: fail closed.
-        _ => match locked(&ctx, cfg, ifindex) {
-            Ok(()) => Reason::Pass,
-            Err(r) => r,
-        },
-    };
-    let len = (ctx.data_end() - ctx.data()) as u64;
-    // The limiter only spends budget on frames the policy lets through.
-    if matches!(reason, Reason::Pass) && !rate::admit(cfg, len) {
-        reason = Reason::Ratelimit;
-    }
-    count(cfg.counter, Direction::FromVm, reason, len);
+    let reason = judge(&ctx, cfg, ifindex);
+    count(cfg.counter, Direction::FromVm, reason, ctx.frame_len() as u64);
     if matches!(reason, Reason::Pass) {
         XDP_PASS
     } else {
@@ -51,28 +36,23 @@ pub fn vif_ingress(ctx: XdpContext) -> u32 {
     }
 }
 
-/// Bounds-checked read of `N` bytes at `off` from the start of the frame.
+/// The reason for a frame from the VM under `cfg`, at either hook.
 #[inline(always)]
-fn bytes<const N: usize>(ctx: &XdpContext, off: usize) -> Result<[u8; N], Reason> {
-    if off > MAX_OFF {
-        return Err(Reason::Malformed);
+pub fn judge<F: Frame>(ctx: &F, cfg: &VifConfig, ifindex: u32) -> Reason {
+    match cfg.mode {
+        MODE_UNLOCKED => Reason::Pass,
+        MODE_DISABLED => Reason::Disabled,
+        // MODE_LOCKED and anything unknown: fail closed.
+        _ => match locked(ctx, cfg, ifindex) {
+            Ok(()) => Reason::Pass,
+            Err(r) => r,
+        },
     }
-    let start = ctx.data() + off;
-    // A volatile load of data_end: otherwise LLVM proves this check redundant from the
-    // parser's own length checks and drops it, and the verifier (which cannot follow that
-    // proof) rejects the access.
-    // SAFETY: ctx.ctx is the program's context pointer.
-    let data_end = unsafe { core::ptr::read_volatile(&(*ctx.ctx).data_end) } as usize;
-    if start + N > data_end {
-        return Err(Reason::Malformed);
-    }
-    // SAFETY: [start, start + N) lies inside the packet, checked just above.
-    Ok(unsafe { core::ptr::read_unaligned(start as *const [u8; N]) })
 }
 
 #[inline(always)]
-fn be16(ctx: &XdpContext, off: usize) -> Result<u16, Reason> {
-    Ok(u16::from_be_bytes(bytes::<2>(ctx, off)?))
+fn be16<F: Frame>(ctx: &F, off: usize) -> Result<u16, Reason> {
+    Ok(u16::from_be_bytes(ctx.load::<2>(off)?))
 }
 
 #[inline(always)]
@@ -90,11 +70,14 @@ fn is_zero16(a: &[u8; 16]) -> bool {
     acc == 0
 }
 #[inline(always)]
-fn locked(ctx: &XdpContext, cfg: &VifConfig, ifindex: u32) -> Result<(), Reason> {
-    let src = bytes::<6>(ctx, 6)?;
+fn locked<F: Frame>(ctx: &F, cfg: &VifConfig, ifindex: u32) -> Result<(), Reason> {
+    let src = ctx.load::<6>(6)?;
     let ethertype = be16(ctx, 12)?;
     if !mac_eq(&src, &cfg.mac) {
         return Err(Reason::MacSpoof);
+    }
+    if ctx.tagged_beside() {
+        return Err(Reason::BadEthertype);
     }
     match ethertype {
         ETH_P_ARP => arp(ctx, cfg, ifindex),
@@ -105,8 +88,8 @@ fn locked(ctx: &XdpContext, cfg: &VifConfig, ifindex: u32) -> Result<(), Reason>
 }
 
 #[inline(always)]
-fn arp(ctx: &XdpContext, cfg: &VifConfig, ifindex: u32) -> Result<(), Reason> {
-    let h = bytes::<8>(ctx, ETH_HLEN)?;
+fn arp<F: Frame>(ctx: &F, cfg: &VifConfig, ifindex: u32) -> Result<(), Reason> {
+    let h = ctx.load::<8>(ETH_HLEN)?;
     let htype = u16::from_be_bytes([h[0], h[1]]);
     let ptype = u16::from_be_bytes([h[2], h[3]]);
     let op = u16::from_be_bytes([h[6], h[7]]);
@@ -114,7 +97,7 @@ fn arp(ctx: &XdpContext, cfg: &VifConfig, ifindex: u32) -> Result<(), Reason> {
         return Err(Reason::ArpSpoof);
     }
     // sender MAC, sender IP, target MAC, target IP: the whole body must be present.
-    let body = bytes::<20>(ctx, ETH_HLEN + 8)?;
+    let body = ctx.load::<20>(ETH_HLEN + 8)?;
     let sha = [body[0], body[1], body[2], body[3], body[4], body[5]];
     let spa = [body[6], body[7], body[8], body[9]];
     let tpa = [body[16], body[17], body[18], body[19]];
@@ -131,15 +114,15 @@ fn arp(ctx: &XdpContext, cfg: &VifConfig, ifindex: u32) -> Result<(), Reason> {
 }
 
 #[inline(always)]
-fn ipv4(ctx: &XdpContext, cfg: &VifConfig, ifindex: u32) -> Result<(), Reason> {
+fn ipv4<F: Frame>(ctx: &F, cfg: &VifConfig, ifindex: u32) -> Result<(), Reason> {
     let l3 = ETH_HLEN;
-    let h = bytes::<20>(ctx, l3)?;
+    let h = ctx.load::<20>(l3)?;
     if h[0] >> 4 != 4 {
         return Err(Reason::Malformed);
     }
     let ihl = ((h[0] & 0x0f) as usize) * 4;
     let tot = u16::from_be_bytes([h[2], h[3]]) as usize;
-    let len = ctx.data_end() - ctx.data();
+    let len = ctx.frame_len();
     if ihl < 20 || tot < ihl || l3 + tot > len {
         return Err(Reason::Malformed);
     }
@@ -154,7 +137,7 @@ fn ipv4(ctx: &XdpContext, cfg: &VifConfig, ifindex: u32) -> Result<(), Reason> {
         if l4 + 8 > end {
             return Err(Reason::Malformed);
         }
-        let udp = bytes::<4>(ctx, l4)?;
+        let udp = ctx.load::<4>(l4)?;
         let sport = u16::from_be_bytes([udp[0], udp[1]]);
         let dport = u16::from_be_bytes([udp[2], udp[3]]);
         if sport == DHCP_SERVER_PORT || dport == DHCP_CLIENT_PORT {
@@ -166,7 +149,7 @@ fn ipv4(ctx: &XdpContext, cfg: &VifConfig, ifindex: u32) -> Result<(), Reason> {
         if l4 + IGMP_MIN_LEN > end {
             return Err(Reason::Malformed);
         }
-        if bytes::<2>(ctx, l4)?[0] == IGMP_MEMBERSHIP_QUERY {
+        if ctx.load::<2>(l4)?[0] == IGMP_MEMBERSHIP_QUERY {
             return Err(Reason::McQuerier);
         }
     }
@@ -185,12 +168,12 @@ fn ipv4(ctx: &XdpContext, cfg: &VifConfig, ifindex: u32) -> Result<(), Reason> {
 
 /// A DHCP client message must be a BOOTREQUEST (htype 1, hlen 6) for the guest's own MAC.
 #[inline(never)]
-fn dhcp_request(ctx: &XdpContext, cfg: &VifConfig, bootp: usize, end: usize) -> Result<(), Reason> {
+fn dhcp_request<F: Frame>(ctx: &F, cfg: &VifConfig, bootp: usize, end: usize) -> Result<(), Reason> {
     if bootp + BOOTP_FIXED_LEN > end {
         return Err(Reason::Malformed);
     }
-    let head = bytes::<4>(ctx, bootp)?;
-    let chaddr = bytes::<6>(ctx, bootp + BOOTP_CHADDR)?;
+    let head = ctx.load::<4>(bootp)?;
+    let chaddr = ctx.load::<6>(bootp + BOOTP_CHADDR)?;
     if head[0] == BOOTREQUEST && head[1] == 1 && head[2] == 6 && mac_eq(&chaddr, &cfg.mac) {
         Ok(())
     } else {
@@ -199,16 +182,16 @@ fn dhcp_request(ctx: &XdpContext, cfg: &VifConfig, bootp: usize, end: usize) -> 
 }
 
 #[inline(always)]
-fn ipv6(ctx: &XdpContext, cfg: &VifConfig, ifindex: u32) -> Result<(), Reason> {
+fn ipv6<F: Frame>(ctx: &F, cfg: &VifConfig, ifindex: u32) -> Result<(), Reason> {
     let l3 = ETH_HLEN;
-    let h = bytes::<8>(ctx, l3)?;
-    let src = bytes::<16>(ctx, l3 + 8)?;
-    let dst = bytes::<16>(ctx, l3 + 24)?;
+    let h = ctx.load::<8>(l3)?;
+    let src = ctx.load::<16>(l3 + 8)?;
+    let dst = ctx.load::<16>(l3 + 24)?;
     if h[0] >> 4 != 6 {
         return Err(Reason::Malformed);
     }
     let end = l3 + 40 + u16::from_be_bytes([h[4], h[5]]) as usize;
-    if end > ctx.data_end() - ctx.data() {
+    if end > ctx.frame_len() {
         return Err(Reason::Malformed);
     }
 
@@ -226,7 +209,7 @@ fn ipv6(ctx: &XdpContext, cfg: &VifConfig, ifindex: u32) -> Result<(), Reason> {
         if off + 8 > end {
             return Err(Reason::Malformed);
         }
-        let e = bytes::<4>(ctx, off)?;
+        let e = ctx.load::<4>(off)?;
         let len = if proto == IPPROTO_FRAGMENT {
             fragmented = true;
             if u16::from_be_bytes([e[2], e[3]]) & 0xfff8 != 0 {
@@ -253,7 +236,7 @@ fn ipv6(ctx: &XdpContext, cfg: &VifConfig, ifindex: u32) -> Result<(), Reason> {
             }
             // Two bytes, not one: LLVM turns a one-byte bound check into `>=`, which the
             // verifier does not narrow. The ICMPv6 header is known to be ≥ 4 bytes here.
-            let ty = bytes::<2>(ctx, off)?[0];
+            let ty = ctx.load::<2>(off)?[0];
             if is_router_type(ty) {
                 return Err(Reason::NdRouter);
             }
@@ -273,7 +256,7 @@ fn ipv6(ctx: &XdpContext, cfg: &VifConfig, ifindex: u32) -> Result<(), Reason> {
             if off + 8 > end {
                 return Err(Reason::Malformed);
             }
-            let udp = bytes::<4>(ctx, off)?;
+            let udp = ctx.load::<4>(off)?;
             if u16::from_be_bytes([udp[0], udp[1]]) == DHCPV6_SERVER_PORT
                 || u16::from_be_bytes([udp[2], udp[3]]) == DHCPV6_CLIENT_PORT
             {
@@ -290,8 +273,8 @@ fn ipv6(ctx: &XdpContext, cfg: &VifConfig, ifindex: u32) -> Result<(), Reason> {
 
 /// Link-layer options of an NDP message: (source option seen, every LL option = guest MAC).
 #[inline(always)]
-fn nd_options(
-    ctx: &XdpContext,
+fn nd_options<F: Frame>(
+    ctx: &F,
     cfg: &VifConfig,
     mut off: usize,
     end: usize,
@@ -304,7 +287,7 @@ fn nd_options(
             return Err(Reason::Malformed);
         }
         n += 1;
-        let o = bytes::<8>(ctx, off)?;
+        let o = ctx.load::<8>(off)?;
         let len = o[1] as usize * 8;
         // RFC 4861 4.6: a zero-length option invalidates the message.
         if len == 0 || off + len > end {
@@ -326,8 +309,8 @@ fn nd_options(
 
 #[inline(always)]
 #[expect(clippy::too_many_arguments, reason = "verifier-friendly flat helper")]
-fn ns_na(
-    ctx: &XdpContext,
+fn ns_na<F: Frame>(
+    ctx: &F,
     cfg: &VifConfig,
     ifindex: u32,
     off: usize,
@@ -339,7 +322,7 @@ fn ns_na(
     if off + 24 > end {
         return Err(Reason::Malformed);
     }
-    let target = bytes::<16>(ctx, off + 8)?;
+    let target = ctx.load::<16>(off + 8)?;
     let (source_opt, all_guest) = nd_options(ctx, cfg, off + 24, end)?;
     let ok = if ty == ICMPV6_NEIGHBOUR_SOLICIT && is_zero16(src) {
         // RFC 4862 5.4.2 DAD: to the target's solicited-node group, no source LL option.
@@ -362,8 +345,8 @@ fn ns_na(
 }
 
 #[inline(always)]
-fn rs_mld(
-    ctx: &XdpContext,
+fn rs_mld<F: Frame>(
+    ctx: &F,
     cfg: &VifConfig,
     ifindex: u32,
     off: usize,

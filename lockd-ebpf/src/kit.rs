@@ -4,16 +4,25 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::xdp_action::{XDP_DROP, XDP_PASS},
-    macros::{map, xdp},
+    bindings::{
+        TC_ACT_UNSPEC,
+        xdp_action::{XDP_DROP, XDP_PASS},
+    },
+    macros::{classifier, map, xdp},
     maps::Array,
-    programs::XdpContext,
+    programs::{TcContext, XdpContext},
 };
 
 /// The floor for benchmarks: an XDP program that does nothing.
 #[xdp]
 pub fn xdp_empty(_ctx: XdpContext) -> u32 {
     XDP_PASS
+}
+
+/// The floor at the TC hook: a TC program that does nothing.
+#[classifier]
+pub fn tc_empty(_ctx: TcContext) -> i32 {
+    TC_ACT_UNSPEC
 }
 
 /// The drop floor for throughput benchmarks.

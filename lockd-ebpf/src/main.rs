@@ -2,9 +2,10 @@
 //!
 //! - `from_vm`: `vif_ingress`, XDP on the VIF netdev, judges frames the VM transmits;
 //! - `to_vm`: `vif_egress`, TC egress on the VIF netdev, judges frames sent to the VM;
-//! - `tagged`: `vif_tagged`, TC ingress on the VIF netdev, drops frames from a locked VIF
-//!   whose VLAN tag the kernel carries beside the bytes (which XDP cannot see);
-//! - `rate`: the from-VM rate limiter;
+//! - `ingress_tc`: `vif_ingress_tc`, TC ingress on the VIF netdev: tags carried beside the
+//!   bytes (which XDP cannot see), every from-VM check where the VIF is judged at TC, and the
+//!   hand-off of a rate-limited VIF's frames to its shaper;
+//! - `frame`: the frame as the checks read it at either hook;
 //! - `lookup`: address-set membership (inline sets, table regions, tries);
 //! - `maps`: every map, the config in force for a VIF, its counters.
 //!
@@ -12,15 +13,12 @@
 //! tests hold them to, frame by frame; protocol numbers come from `lockd_common::proto`.
 #![no_std]
 #![no_main]
-// The rate limiter's compare-and-swap (see rate.rs).
-#![feature(core_intrinsics)]
-#![expect(internal_features, reason = "core_intrinsics for BPF_CMPXCHG")]
 
+mod frame;
 mod from_vm;
+mod ingress_tc;
 mod lookup;
 mod maps;
-mod rate;
-mod tagged;
 mod to_vm;
 
 #[cfg(not(test))]

@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use lockd_common::{
     CONFIG_COPIES, Counter, DIRECTIONS, Direction, Lpm4Data, Lpm6Data, MAX_PREFIX_ENTRIES,
-    MAX_VIFS, POSITIONS, REASON_SLOTS, RateState, Reason, Slot4, Slot6, TABLE_SLOTS, VifConfig,
+    MAX_VIFS, POSITIONS, REASON_SLOTS, Reason, Slot4, Slot6, TABLE_SLOTS, VifConfig,
     counter_index, position,
 };
 
@@ -37,8 +37,6 @@ pub(crate) static PREFIX6: LpmTrie<Lpm6Data, u8> = LpmTrie::with_max_entries(MAX
 #[map]
 pub(crate) static COUNTERS_V2: PerCpuArray<Counter> =
     PerCpuArray::with_max_entries(MAX_VIFS * DIRECTIONS * REASON_SLOTS, 0);
-#[map]
-pub(crate) static RATE: Array<RateState> = Array::with_max_entries(MAX_VIFS, 0);
 
 /// The policy in force for `ifindex`, or None if lockd does not manage it. Neither place is
 /// ever written while a packet can read it (see `lockd_common::VifConfig`), so every field
@@ -60,7 +58,13 @@ pub(crate) fn config(ifindex: u32) -> Option<&'static VifConfig> {
 
 #[inline(always)]
 pub(crate) fn count(counter: u32, dir: Direction, reason: Reason, bytes: u64) {
-    let idx = counter_index(counter, dir as u32, reason as u32);
+    count_slot(counter, dir, reason as u32, bytes);
+}
+
+/// Counts one frame of `bytes` in counter slot `slot` (a reason, or a slot past them).
+#[inline(always)]
+pub(crate) fn count_slot(counter: u32, dir: Direction, slot: u32, bytes: u64) {
+    let idx = counter_index(counter, dir as u32, slot);
     if let Some(c) = COUNTERS_V2.get_ptr_mut(idx) {
         // SAFETY: per-CPU slot, no other writer on this CPU while we run.
         unsafe {

@@ -22,7 +22,7 @@ pub enum LinkEvent {
     Del { ifindex: u32, name: String },
 }
 
-fn socket(groups: u32) -> io::Result<Socket> {
+pub(crate) fn socket(groups: u32) -> io::Result<Socket> {
     let mut s = Socket::new(NETLINK_ROUTE)?;
     s.bind(&SocketAddr::new(0, groups))?;
     Ok(s)
@@ -131,7 +131,7 @@ impl Watcher {
 }
 
 /// Sends one request and waits for its acknowledgement (or the reply it asked for).
-fn request(
+pub(crate) fn request(
     msg: RouteNetlinkMessage,
     flags: u16,
 ) -> io::Result<Vec<NetlinkMessage<RouteNetlinkMessage>>> {

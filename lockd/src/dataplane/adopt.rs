@@ -12,8 +12,8 @@ use aya::programs::{
     xdp::XdpLink,
 };
 use lockd_common::{
-    CONFIG_COPIES, LPM_HEADER_BITS, MAP_CONFIGS, MAP_VIF_CONFIG, MAX_VIFS, POSITIONS,
-    PROG_VIF_INGRESS, VifConfig, position,
+    CONFIG_COPIES, FLAG_TC_CHECKS, LPM_HEADER_BITS, MAP_CONFIGS, MAP_VIF_CONFIG, MAX_VIFS,
+    POSITIONS, PROG_VIF_INGRESS, VifConfig, position,
 };
 
 use super::{
@@ -57,9 +57,24 @@ impl Dataplane {
                     // Trie entries are added in `adopt_tries`.
                     entries,
                     config,
+                    live: *cfg,
+                    tc_checks: cfg.flags & FLAG_TC_CHECKS != 0,
+                    // A shaper the config names must still be there under the VIF's name; its
+                    // rate is not known here, so the next policy sets it again.
+                    shaper: (cfg.shaper != 0
+                        && super::shaper::ifindex_of(&super::shaper::name(*ifindex))
+                            == Some(cfg.shaper))
+                    .then_some((
+                        cfg.shaper,
+                        lockd_common::policy::RateLimit {
+                            kbps: 0,
+                            timeslice_us: 0,
+                        },
+                    )),
+                    shaper_folded: (0, 0),
                     xdp: None,
                     tc: None,
-                    tc_tagged: None,
+                    tc_from_vm: None,
                 },
             );
         }
@@ -72,6 +87,11 @@ impl Dataplane {
             .max(1);
         self.adopt_tries()?;
         self.adopt_positions(&configs)?;
+        // Shapers of VIFs without a policy here hold nothing anyone wants.
+        let vifs: Vec<u32> = self.vifs.keys().copied().collect();
+        if let Err(e) = super::shaper::remove_all_but(|v| vifs.contains(&v)) {
+            tracing::warn!(error = %e, "removing shapers with no policy");
+        }
         self.adopt_links(&links_dir)
     }
 

@@ -1,6 +1,7 @@
-//! Attaching and detaching a VIF's programs: XDP (from the VM), TC ingress (from the VM:
-//! VLAN tags carried beside the frame) and TC egress (to the VM); TC is TCX on 6.6+ and a
-//! clsact `cls_bpf` filter before. All or nothing: a half-attached VIF is rolled back.
+//! Attaching and detaching a VIF's programs: XDP (from the VM; none where the VIF is judged
+//! at TC), TC ingress (from the VM: tags carried beside the frame, the shaper hand-off, and on
+//! a VIF judged at TC every check) and TC egress (to the VM); TC is TCX on 6.6+ and a clsact
+//! `cls_bpf` filter before. All or nothing: a half-attached VIF is rolled back.
 
 use std::{ffi::CStr, os::fd::AsFd as _};
 
@@ -12,7 +13,7 @@ use aya::programs::{
     tc::{SchedClassifierLink, TcHandle},
     xdp::XdpLinkId,
 };
-use lockd_common::{PROG_VIF_EGRESS, PROG_VIF_INGRESS, PROG_VIF_TAGGED};
+use lockd_common::{PROG_VIF_EGRESS, PROG_VIF_INGRESS, PROG_VIF_INGRESS_TC};
 
 use super::{
     AttachMode, Dataplane, DataplaneError, LinkHandle, Result, XdpModeRequest, pinning, prog_err,
@@ -23,24 +24,24 @@ use super::{
 pub(super) enum Tc {
     /// `vif_egress`: frames to the VM.
     ToVm,
-    /// `vif_tagged`: frames from the VM with a tag beside them.
-    Tagged,
+    /// `vif_ingress_tc`: frames from the VM.
+    FromVm,
 }
 
 impl Tc {
-    pub(super) const ALL: [Tc; 2] = [Tc::ToVm, Tc::Tagged];
+    pub(super) const ALL: [Tc; 2] = [Tc::ToVm, Tc::FromVm];
 
     pub(super) fn program(self) -> &'static str {
         match self {
             Tc::ToVm => PROG_VIF_EGRESS,
-            Tc::Tagged => PROG_VIF_TAGGED,
+            Tc::FromVm => PROG_VIF_INGRESS_TC,
         }
     }
 
     fn attach_type(self) -> TcAttachType {
         match self {
             Tc::ToVm => TcAttachType::Egress,
-            Tc::Tagged => TcAttachType::Ingress,
+            Tc::FromVm => TcAttachType::Ingress,
         }
     }
 
@@ -48,7 +49,7 @@ impl Tc {
     pub(super) fn pin_prefix(self) -> &'static str {
         match self {
             Tc::ToVm => "tc",
-            Tc::Tagged => "tci",
+            Tc::FromVm => "tci",
         }
     }
 }
@@ -112,28 +113,32 @@ pub(super) fn clsact_detach(ifindex: u32, side: Tc, priority: u16, handle: u32) 
 }
 
 impl Dataplane {
-    fn xdp_attach(&mut self, ifindex: u32, req: XdpModeRequest) -> Result<(XdpLinkId, AttachMode)> {
+    /// Attaches the XDP program as asked; None where the from-VM checks go to the TC hook
+    /// instead (`Tc`, or `Auto` on a netdev without native XDP).
+    fn xdp_attach(
+        &mut self,
+        ifindex: u32,
+        req: XdpModeRequest,
+    ) -> Result<Option<(XdpLinkId, AttachMode)>> {
         let prog = self.xdp(PROG_VIF_INGRESS)?;
         let err = prog_err(PROG_VIF_INGRESS);
         Ok(match req {
-            XdpModeRequest::Native => (
+            XdpModeRequest::Native => Some((
                 prog.attach_to_if_index(ifindex, XdpMode::Driver)
                     .map_err(err)?,
                 AttachMode::Native,
-            ),
-            XdpModeRequest::Generic => (
+            )),
+            XdpModeRequest::Generic => Some((
                 prog.attach_to_if_index(ifindex, XdpMode::Skb)
                     .map_err(err)?,
                 AttachMode::Generic,
-            ),
+            )),
+            XdpModeRequest::Tc => None,
             XdpModeRequest::Auto => match prog.attach_to_if_index(ifindex, XdpMode::Driver) {
-                Ok(id) => (id, AttachMode::Native),
+                Ok(id) => Some((id, AttachMode::Native)),
                 Err(e) => {
-                    tracing::warn!(ifindex, error = %e, "native XDP refused, using generic XDP");
-                    let id = prog
-                        .attach_to_if_index(ifindex, XdpMode::Skb)
-                        .map_err(err)?;
-                    (id, AttachMode::Generic)
+                    tracing::info!(ifindex, error = %e, "no native XDP: judging frames at TC ingress");
+                    None
                 }
             },
         })
@@ -166,7 +171,7 @@ impl Dataplane {
             .vifs
             .get(&ifindex)
             .ok_or(DataplaneError::UnknownIfindex(ifindex))?;
-        let need_xdp = state.xdp.is_none();
+        let need_xdp = state.xdp.is_none() && !state.tc_checks;
         let need_tc: Vec<Tc> = Tc::ALL
             .into_iter()
             .filter(|side| state.tc(*side).is_none())
@@ -174,8 +179,16 @@ impl Dataplane {
         if !need_xdp && need_tc.is_empty() {
             return Err(DataplaneError::AlreadyAttached(ifindex));
         }
-        if need_xdp {
-            let (id, mode) = self.xdp_attach(ifindex, req)?;
+        let xdp = if need_xdp {
+            self.xdp_attach(ifindex, req)?
+        } else {
+            None
+        };
+        if need_xdp && xdp.is_none() {
+            // Judged at TC: the flag is in force before the TC program can see a frame.
+            self.set_tc_checks(ifindex, true)?;
+        }
+        if let Some((id, mode)) = xdp {
             let handle = match &self.pins {
                 None => LinkHandle::Owned(id),
                 Some(p) => {
@@ -309,6 +322,7 @@ impl Dataplane {
             return Ok(());
         };
         let xdp = state.xdp.take();
+        let tc_checks = state.tc_checks;
         let tcs: Vec<_> = Tc::ALL
             .into_iter()
             .filter_map(|side| state.tc_mut(side).take().map(|h| (side, h)))
@@ -347,14 +361,21 @@ impl Dataplane {
             }
             Some(LinkHandle::Clsact { .. }) => unreachable!("XDP is never a clsact filter"),
         }
+        if tc_checks {
+            // The next attach chooses its hook afresh.
+            self.set_tc_checks(ifindex, false)?;
+        }
         Ok(())
     }
 
-    /// How `ifindex`'s XDP program is attached, when both programs are.
+    /// Where `ifindex`'s from-VM checks run, when all its programs are attached.
     pub fn attach_mode(&self, ifindex: u32) -> Option<AttachMode> {
         let s = self.vifs.get(&ifindex)?;
         for side in Tc::ALL {
             s.tc(side).as_ref()?;
+        }
+        if s.tc_checks {
+            return Some(AttachMode::Tc);
         }
         s.xdp.as_ref().map(|(m, _)| *m)
     }

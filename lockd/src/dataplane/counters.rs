@@ -1,7 +1,7 @@
 //! Per-VIF counters: packets and bytes per direction and reason, per CPU in the kernel.
 
 use aya::maps::PerCpuValues;
-use lockd_common::{Counter, Direction, MAP_COUNTERS, MAP_RATE, RateState, Reason, counter_index};
+use lockd_common::{Counter, Direction, MAP_COUNTERS, Reason, SLOT_SHAPED, counter_index};
 
 use super::{Dataplane, DataplaneError, Result, map_err};
 
@@ -44,13 +44,10 @@ impl VifCounters {
 }
 
 impl Dataplane {
-    /// Zeroes the counters and rate-limiter state at `counter` before a new VIF uses them.
+    /// Zeroes the counters at `counter` before a new VIF uses them.
     pub(super) fn zero_counters(&mut self, counter: u32) -> Result<()> {
-        self.rate
-            .set(counter, RateState::default(), 0)
-            .map_err(map_err(MAP_RATE))?;
         for dir in 0..2 {
-            for r in 0..Reason::COUNT as u32 {
+            for r in (0..Reason::COUNT as u32).chain([SLOT_SHAPED]) {
                 let zeros = PerCpuValues::try_from(vec![Counter::default(); self.ncpus])
                     .map_err(|e| DataplaneError::Cpus(std::io::Error::other(e)))?;
                 self.counters
@@ -72,8 +69,60 @@ impl Dataplane {
         Ok(out)
     }
 
-    /// One counter of a VIF, summed over CPUs.
+    /// One counter of a VIF, summed over CPUs. A rate-limited VIF's frames that passed the
+    /// policy but found its shaper's backlog full count as `ratelimit`, not `pass`.
     pub fn counter(&self, ifindex: u32, dir: Direction, reason: Reason) -> Result<Counter> {
+        let mut c = self.slot(ifindex, dir, reason as u32)?;
+        if dir == Direction::FromVm && matches!(reason, Reason::Pass | Reason::Ratelimit) {
+            let (frames, bytes) = self.shaper_drops(ifindex)?.unwrap_or_default();
+            let folded = self.vifs[&ifindex].shaper_folded;
+            let (frames, bytes) = (frames + folded.0, bytes + folded.1);
+            if reason == Reason::Pass {
+                c.packets = c.packets.saturating_sub(frames);
+                c.bytes = c.bytes.saturating_sub(bytes);
+            } else {
+                c.packets += frames;
+                c.bytes += bytes;
+            }
+        }
+        Ok(c)
+    }
+
+    /// Frames the VIF's current shaper dropped (its backlog full), and their bytes. tbf
+    /// counts dropped frames but not their bytes: those are the frames times the mean size of
+    /// the frames handed to the shaper. None without a shaper.
+    pub(super) fn shaper_drops(&self, ifindex: u32) -> Result<Option<(u64, u64)>> {
+        let Some((shaper_ifx, _)) = self
+            .vifs
+            .get(&ifindex)
+            .ok_or(DataplaneError::UnknownIfindex(ifindex))?
+            .shaper
+        else {
+            return Ok(None);
+        };
+        let st = super::shaper::stats(shaper_ifx).map_err(DataplaneError::Shaper)?;
+        let shaped = self.slot(ifindex, Direction::FromVm, SLOT_SHAPED)?;
+        let bytes = st.dropped * shaped.bytes / shaped.packets.max(1);
+        Ok(Some((st.dropped, bytes)))
+    }
+
+    /// What the VIF's shaper did: frames handed to it (counted by the TC program) and its
+    /// qdisc's counters. None without a shaper.
+    pub fn shaper_stats(&self, ifindex: u32) -> Result<Option<(Counter, super::shaper::ShaperStats)>> {
+        let Some((shaper_ifx, _)) = self
+            .vifs
+            .get(&ifindex)
+            .ok_or(DataplaneError::UnknownIfindex(ifindex))?
+            .shaper
+        else {
+            return Ok(None);
+        };
+        let st = super::shaper::stats(shaper_ifx).map_err(DataplaneError::Shaper)?;
+        Ok(Some((self.slot(ifindex, Direction::FromVm, SLOT_SHAPED)?, st)))
+    }
+
+    /// One counter slot of a VIF as the kernel holds it, summed over CPUs.
+    fn slot(&self, ifindex: u32, dir: Direction, slot: u32) -> Result<Counter> {
         let counter = self
             .vifs
             .get(&ifindex)
@@ -81,7 +130,7 @@ impl Dataplane {
             .counter;
         let values = self
             .counters
-            .get(&counter_index(counter, dir as u32, reason as u32), 0)
+            .get(&counter_index(counter, dir as u32, slot), 0)
             .map_err(map_err(MAP_COUNTERS))?;
         let mut sum = Counter::default();
         for v in values.iter() {

@@ -12,7 +12,6 @@ use lockd_common::{
     FLAG_PREFIX4, FLAG_PREFIX6, INLINE_P4, INLINE_P6, INLINE4, INLINE6, LPM_HEADER_BITS, Lpm4Data,
     Lpm6Data, Prefix4, Prefix6, VifConfig,
     policy::{EffectiveMode, VifPolicy, link_local},
-    rate_params,
 };
 
 use super::tables::{self, Region};
@@ -149,10 +148,6 @@ pub(super) fn config_of(policy: &VifPolicy, entries: &Entries, counter: u32) -> 
     } else {
         0
     };
-    let (rate_ns_per_byte_q16, burst_ns) = policy
-        .rate
-        .map(|r| rate_params(r.kbps, r.timeslice_us))
-        .unwrap_or((0, 0));
     VifConfig {
         mode: policy.mode.kernel(),
         generation: 0,
@@ -169,8 +164,10 @@ pub(super) fn config_of(policy: &VifPolicy, entries: &Entries, counter: u32) -> 
         } else {
             0
         },
-        rate_ns_per_byte_q16,
-        burst_ns,
+        // The dataplane names the shaper once it exists (see `Dataplane::set_policy`).
+        shaper: 0,
+        _rsv0: 0,
+        _rsv1: 0,
         inline4,
         inline6,
         np4,

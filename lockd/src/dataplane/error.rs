@@ -63,6 +63,8 @@ pub enum DataplaneError {
         source: std::io::Error,
     },
     /// Reading the number of CPUs failed.
+    #[error("rate limit shaper: {0}")]
+    Shaper(std::io::Error),
     #[error("reading the possible CPUs failed: {0}")]
     Cpus(#[source] std::io::Error),
 }

@@ -22,6 +22,7 @@ mod garbage;
 mod mapping;
 mod pinning;
 mod positions;
+pub mod shaper;
 mod tables;
 
 pub use counters::VifCounters;
@@ -46,9 +47,10 @@ use aya::{
     },
 };
 use lockd_common::{
-    CONFIG_COPIES, Counter, Lpm4Data, Lpm6Data, MAP_CONFIGS, MAP_COUNTERS, MAP_PREFIX4,
-    MAP_PREFIX6, MAP_RATE, MAP_TABLE4, MAP_TABLE6, MAP_VIF_CONFIG, MAP_VIF_SLOTS, MAX_VIFS,
-    PROG_VIF_EGRESS, PROG_VIF_INGRESS, PROG_VIF_TAGGED, RateState, VifConfig, policy::VifPolicy,
+    CONFIG_COPIES, Counter, FLAG_TC_CHECKS, Lpm4Data, Lpm6Data, MAP_CONFIGS, MAP_COUNTERS,
+    MAP_PREFIX4, MAP_PREFIX6, MAP_TABLE4, MAP_TABLE6, MAP_VIF_CONFIG, MAP_VIF_SLOTS, MAX_VIFS,
+    PROG_VIF_EGRESS, PROG_VIF_INGRESS, PROG_VIF_INGRESS_TC, VifConfig,
+    policy::{RateLimit, VifPolicy},
     position,
 };
 use serde::Serialize;
@@ -70,7 +72,7 @@ pub static KIT_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR
 /// (it also does when a table region or config copy is wanted and only garbage holds one).
 const RETIRED_LIMIT: usize = 65_536;
 
-/// How XDP ended up attached.
+/// Where the from-VM checks ended up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AttachMode {
@@ -78,6 +80,8 @@ pub enum AttachMode {
     Native,
     /// Generic (skb) XDP.
     Generic,
+    /// The TC ingress program (no XDP program on the VIF).
+    Tc,
 }
 
 /// How the TC programs are attached.
@@ -96,11 +100,14 @@ pub enum TcMode {
 /// What the operator asked for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum XdpModeRequest {
-    /// Native, falling back to generic with a log line.
+    /// Native XDP; where the netdev has none (xen-netback, tun), the TC ingress hook, which
+    /// costs less per frame than generic XDP (`cargo xtask bench`: `skb_hooks`).
     #[default]
     Auto,
     Native,
     Generic,
+    /// The TC ingress hook (no XDP program).
+    Tc,
 }
 
 #[derive(Debug)]
@@ -111,26 +118,35 @@ struct VifState {
     entries: Entries,
     /// The config last written, generation aside (to skip no-op updates).
     config: VifConfig,
+    /// The config in force, as published.
+    live: VifConfig,
+    /// Whether the TC ingress program makes the from-VM checks (no XDP program).
+    tc_checks: bool,
+    /// The shaper (its ifindex) and the rate it holds, for a rate-limited VIF.
+    shaper: Option<(u32, RateLimit)>,
+    /// Drops of shapers this VIF had before (removed when its rate was cleared), so its
+    /// counters never go back.
+    shaper_folded: (u64, u64),
     /// The from-VM XDP attachment and how it was made.
     xdp: Option<(AttachMode, LinkHandle<XdpLinkId>)>,
     /// The to-VM TC egress attachment.
     tc: Option<LinkHandle<SchedClassifierLinkId>>,
-    /// The from-VM TC ingress attachment (tags beside the frame).
-    tc_tagged: Option<LinkHandle<SchedClassifierLinkId>>,
+    /// The from-VM TC ingress attachment.
+    tc_from_vm: Option<LinkHandle<SchedClassifierLinkId>>,
 }
 
 impl VifState {
     fn tc(&self, side: attach::Tc) -> &Option<LinkHandle<SchedClassifierLinkId>> {
         match side {
             attach::Tc::ToVm => &self.tc,
-            attach::Tc::Tagged => &self.tc_tagged,
+            attach::Tc::FromVm => &self.tc_from_vm,
         }
     }
 
     fn tc_mut(&mut self, side: attach::Tc) -> &mut Option<LinkHandle<SchedClassifierLinkId>> {
         match side {
             attach::Tc::ToVm => &mut self.tc,
-            attach::Tc::Tagged => &mut self.tc_tagged,
+            attach::Tc::FromVm => &mut self.tc_from_vm,
         }
     }
 }
@@ -170,7 +186,6 @@ pub struct Dataplane {
     prefix4: LpmTrie<MapData, Lpm4Data, u8>,
     prefix6: LpmTrie<MapData, Lpm6Data, u8>,
     counters: PerCpuArray<MapData, Counter>,
-    rate: Array<MapData, RateState>,
     barrier: RcuBarrier,
     vifs: BTreeMap<u32, VifState>,
     /// Counter indexes no VIF holds.
@@ -232,7 +247,7 @@ impl Dataplane {
             }
         }
         let mut ebpf = loader.load(EBPF_OBJECT)?;
-        for name in [PROG_VIF_EGRESS, PROG_VIF_TAGGED] {
+        for name in [PROG_VIF_EGRESS, PROG_VIF_INGRESS_TC] {
             program::<SchedClassifier>(&mut ebpf, name)?
                 .load()
                 .map_err(prog_err(name))?;
@@ -260,7 +275,6 @@ impl Dataplane {
             prefix4: take(&mut ebpf, MAP_PREFIX4)?,
             prefix6: take(&mut ebpf, MAP_PREFIX6)?,
             counters: take(&mut ebpf, MAP_COUNTERS)?,
-            rate: take(&mut ebpf, MAP_RATE)?,
             barrier: RcuBarrier::new().map_err(DataplaneError::Barrier)?,
             ebpf,
             vifs: BTreeMap::new(),
@@ -306,24 +320,61 @@ impl Dataplane {
                     generation: 0,
                     entries: Entries::default(),
                     config: VifConfig::default(),
+                    live: VifConfig::default(),
+                    tc_checks: false,
+                    shaper: None,
+                    shaper_folded: (0, 0),
                     xdp: None,
                     tc: None,
-                    tc_tagged: None,
+                    tc_from_vm: None,
                 },
             );
         }
         let state = &self.vifs[&ifindex];
-        let (counter, old_gen) = (state.counter, state.generation);
+        let (counter, old_gen, tc_checks, old_shaper) = (
+            state.counter,
+            state.generation,
+            state.tc_checks,
+            state.shaper,
+        );
         // Generations are unique across all VIFs and never 0, so retired entries of a removed
         // VIF can never be mistaken for a later VIF's on the same ifindex.
         let new_gen = self.next_generation;
         let mut entries = Entries::of(policy);
-        let cfg = config_of(policy, &entries, counter);
+        let mut cfg = config_of(policy, &entries, counter);
+        // The shaper exists (at its new rate) before a config names it; on a failure below
+        // a new one goes again and a changed one gets its old rate back.
+        let shaper = match (policy.rate, old_shaper) {
+            (None, _) => None,
+            (Some(r), Some((ifx, old))) if old == r => Some((ifx, r)),
+            (Some(r), Some((ifx, _))) => {
+                shaper::set_rate(ifx, &r).map_err(DataplaneError::Shaper)?;
+                Some((ifx, r))
+            }
+            (Some(r), None) => Some((
+                shaper::ensure(ifindex, &r).map_err(DataplaneError::Shaper)?,
+                r,
+            )),
+        };
+        let undo_shaper = |ifindex: u32| match (shaper, old_shaper) {
+            (Some(_), None) => {
+                let _ = shaper::remove(ifindex);
+            }
+            (Some((ifx, new)), Some((_, old))) if new != old => {
+                let _ = shaper::set_rate(ifx, &old);
+            }
+            _ => {}
+        };
+        cfg.shaper = shaper.map_or(0, |(ifx, _)| ifx);
+        if tc_checks {
+            cfg.flags |= FLAG_TC_CHECKS;
+        }
         if old_gen != 0 && cfg == state.config && entries.same_as(&state.entries) {
             return Ok(()); // Nothing changes; keep the running generation.
         }
         if let Err(e) = self.insert_entries(ifindex, new_gen, &mut entries) {
             self.remove_entries(ifindex, new_gen, &entries);
+            undo_shaper(ifindex);
             return Err(e);
         }
         let mut live = VifConfig {
@@ -333,10 +384,17 @@ impl Dataplane {
         entries.place(&mut live);
         if let Err(e) = self.publish(ifindex, &live) {
             self.remove_entries(ifindex, new_gen, &entries);
+            undo_shaper(ifindex);
             return Err(e);
         }
         self.next_generation = self.next_generation.wrapping_add(1).max(1);
+        if old_shaper.is_some() && shaper.is_none() {
+            // No config names it now; frames still in its queue go with it.
+            self.drop_shaper(ifindex);
+        }
         let state = self.vifs.get_mut(&ifindex).expect("inserted above");
+        state.shaper = shaper;
+        state.live = live;
         let old = std::mem::replace(&mut state.entries, entries);
         state.generation = new_gen;
         // Kept without generation and regions, as `config_of` makes it, to spot no-op updates.
@@ -514,6 +572,46 @@ impl Dataplane {
         }
     }
 
+    /// Sets whether the TC ingress program makes `ifindex`'s from-VM checks, republishing its
+    /// config with the flag.
+    pub(super) fn set_tc_checks(&mut self, ifindex: u32, on: bool) -> Result<()> {
+        let state = self
+            .vifs
+            .get(&ifindex)
+            .ok_or(DataplaneError::UnknownIfindex(ifindex))?;
+        if state.tc_checks == on {
+            return Ok(());
+        }
+        let flip = |c: &mut VifConfig| {
+            if on {
+                c.flags |= FLAG_TC_CHECKS;
+            } else {
+                c.flags &= !FLAG_TC_CHECKS;
+            }
+        };
+        let mut live = state.live;
+        flip(&mut live);
+        self.publish(ifindex, &live)?;
+        let state = self.vifs.get_mut(&ifindex).expect("checked");
+        state.live = live;
+        flip(&mut state.config);
+        state.tc_checks = on;
+        Ok(())
+    }
+
+    /// Removes the shaper of `ifindex`, keeping what it dropped in the VIF's counters.
+    fn drop_shaper(&mut self, ifindex: u32) {
+        if let Ok(Some((frames, bytes))) = self.shaper_drops(ifindex)
+            && let Some(s) = self.vifs.get_mut(&ifindex)
+        {
+            s.shaper_folded.0 += frames;
+            s.shaper_folded.1 += bytes;
+        }
+        if let Err(e) = shaper::remove(ifindex) {
+            tracing::warn!(ifindex, error = %e, "removing a shaper");
+        }
+    }
+
     /// Removes the policy of `ifindex` (detaching first if attached) and frees its slot.
     pub fn remove_policy(&mut self, ifindex: u32) -> Result<()> {
         if !self.vifs.contains_key(&ifindex) {
@@ -521,6 +619,9 @@ impl Dataplane {
         }
         self.detach(ifindex)?;
         self.unpublish(ifindex);
+        if self.vifs[&ifindex].shaper.is_some() {
+            let _ = shaper::remove(ifindex);
+        }
         let state = self.vifs.remove(&ifindex).expect("checked above");
         self.free_counters.push(state.counter);
         self.retire(ifindex, state.generation, state.entries)

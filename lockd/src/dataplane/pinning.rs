@@ -6,15 +6,18 @@
 //! releases before versioning (layout 1) used `<dir>/` itself. A daemon finding an older
 //! layout takes it over without a gap (see `Dataplane::take_over_older`).
 //!
-//! Layout under a layout directory (default `/sys/fs/bpf/lockd/v2`):
+//! Layout under a layout directory (default `/sys/fs/bpf/lockd/v3`):
 //! - `maps/<NAME>`: every map of the object, reused by the next load;
 //! - `links/xdp-<ifindex>-<native|generic>`: one XDP link per attached VIF;
 //! - `links/tc-<ifindex>`: one TC egress (TCX) link per attached VIF (to the VM);
-//! - `links/tci-<ifindex>`: one TC ingress (TCX) link per attached VIF (tags beside frames);
+//! - `links/tci-<ifindex>`: one TC ingress (TCX) link per attached VIF (from the VM);
 //! - `links/tc[i]-<ifindex>-clsact-<priority>-<handle>`: on a kernel without TCX, the
 //!   record of a clsact `cls_bpf` filter, which is not a link and stays attached by itself.
 //!   bpffs holds only BPF objects, so the record is the filter's program pinned under a name
 //!   that carries the filter's priority and handle.
+//!
+//! A VIF judged at TC has no XDP link. A rate-limited VIF's shaper is a netdev
+//! (`lockdq<ifindex>`, see `shaper.rs`), not a BPF object; it outlives the daemon like links do.
 
 use std::{
     fs, io,
@@ -23,7 +26,7 @@ use std::{
 
 use aya::programs::{links::FdLink, xdp::XdpLinkId};
 use lockd_common::{
-    MAP_CONFIGS, MAP_COUNTERS, MAP_PREFIX4, MAP_PREFIX6, MAP_RATE, MAP_TABLE4, MAP_TABLE6,
+    MAP_CONFIGS, MAP_COUNTERS, MAP_PREFIX4, MAP_PREFIX6, MAP_TABLE4, MAP_TABLE6,
     MAP_VIF_CONFIG, MAP_VIF_SLOTS, PROG_VIF_INGRESS,
 };
 
@@ -33,7 +36,7 @@ use super::{AttachMode, Dataplane, DataplaneError, Result, attach::Tc, prog_err}
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/lockd";
 
 /// Every pinned map.
-pub(super) const MAPS: [&str; 9] = [
+pub(super) const MAPS: [&str; 8] = [
     MAP_VIF_CONFIG,
     MAP_VIF_SLOTS,
     MAP_CONFIGS,
@@ -42,7 +45,6 @@ pub(super) const MAPS: [&str; 9] = [
     MAP_PREFIX4,
     MAP_PREFIX6,
     MAP_COUNTERS,
-    MAP_RATE,
 ];
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -57,7 +59,7 @@ pub(super) struct PinDirs {
 
 /// The pinned layout this release writes. Bump it when a map changes shape: the next daemon
 /// then builds the new layout beside the old one and moves every link over atomically.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// The layout version to write: [`LAYOUT_VERSION`], or in debug builds
 /// `LOCKD_LAYOUT_VERSION` (the upgrade test plays an older release with it).
@@ -174,6 +176,7 @@ impl PinDirs {
         let m = match mode {
             AttachMode::Native => "native",
             AttachMode::Generic => "generic",
+            AttachMode::Tc => unreachable!("no XDP link at the TC hook"),
         };
         self.links.join(format!("xdp-{ifindex}-{m}"))
     }
@@ -251,9 +254,10 @@ pub(super) fn pin_fd(fd: std::os::fd::BorrowedFd<'_>, path: &Path) -> Result<()>
 }
 
 /// Removes every pin under `dir`, of every layout (links first, which detaches the programs;
-/// a clsact filter is removed through netlink), and the directories.
+/// a clsact filter is removed through netlink), the directories, and every rate-limit shaper
+/// in this network namespace.
 pub fn cleanup(dir: &Path) -> Result<usize> {
-    let mut removed = 0;
+    let mut removed = super::shaper::remove_all_but(|_| false).map_err(DataplaneError::Shaper)?;
     let versioned: Vec<PathBuf> = fs::read_dir(dir)
         .into_iter()
         .flatten()

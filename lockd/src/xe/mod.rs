@@ -84,6 +84,7 @@ pub(crate) fn attach_word(rt: &dyn Runtime, ifindex: Option<u32>) -> &'static st
     match ifindex.and_then(|i| rt.attach_mode(i)) {
         Some(AttachMode::Native) => "native",
         Some(AttachMode::Generic) => "generic",
+        Some(AttachMode::Tc) => "tc",
         None => "absent",
     }
 }

@@ -1,0 +1,222 @@
+//! A rate-limited VIF's shaper: an ifb device `lockdq<ifindex>` with a tbf root qdisc, made
+//! and changed over rtnetlink. The TC ingress program redirects the VIF's passing frames to
+//! it; tbf holds them in a byte-bounded FIFO until the rate allows, drops only when that
+//! backlog is full, and the ifb hands each frame back to the VIF's receive path (see
+//! `lockd-ebpf/src/ingress_tc.rs`). Why tbf on an ifb: docs/policy-choices.md.
+
+use std::io;
+
+use lockd_common::policy::RateLimit;
+use netlink_packet_core::{DefaultNla, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
+use netlink_packet_route::{
+    RouteNetlinkMessage,
+    link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
+    tc::{TcAttribute, TcHandle, TcMessage, TcOption},
+};
+
+use crate::netlink::request;
+
+/// Name prefix of shaper devices; the rest is the VIF's ifindex.
+pub const PREFIX: &str = "lockdq";
+/// The backlog never exceeds this (POLICY.md: ≤ 2 bursts or 2 MB, whichever is smaller).
+pub const MAX_BACKLOG: u64 = 2 * 1024 * 1024;
+/// The smallest burst: one largest frame the VIF may send (a 64 KiB GSO frame is split by tbf
+/// into segments, so a full-size Ethernet frame with a tag is the unit).
+pub const MIN_BURST: u64 = 1522;
+
+const TCA_TBF_PARMS: u16 = 1;
+const TCA_TBF_RATE64: u16 = 4;
+const TCA_TBF_BURST: u16 = 6;
+const TC_LINKLAYER_ETHERNET: u8 = 1;
+
+/// The shaper's name for VIF `ifindex`.
+pub fn name(ifindex: u32) -> String {
+    format!("{PREFIX}{ifindex}")
+}
+
+/// Rate in bytes/s, burst and backlog limit in bytes, of a rate limit.
+pub fn params(rate: &RateLimit) -> (u64, u64, u64) {
+    let bytes_per_sec = rate.kbps.saturating_mul(1024);
+    let burst = ((u128::from(bytes_per_sec) * u128::from(rate.timeslice_us) / 1_000_000) as u64)
+        .max(MIN_BURST);
+    let limit = (2 * burst).min(MAX_BACKLOG).max(MIN_BURST);
+    (bytes_per_sec, burst.min(u64::from(u32::MAX)), limit)
+}
+
+/// The ifindex of the device called `name`, if there is one.
+pub fn ifindex_of(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: a valid C string.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (i != 0).then_some(i)
+}
+
+/// Makes (or takes over) the shaper of VIF `vif` with `rate`, up; returns its ifindex. An ifb
+/// of that name left from before is reused.
+pub fn ensure(vif: u32, rate: &RateLimit) -> io::Result<u32> {
+    let n = name(vif);
+    let ifx = match ifindex_of(&n) {
+        Some(i) => i,
+        None => {
+            let mut add = LinkMessage::default();
+            add.attributes.push(LinkAttribute::IfName(n.clone()));
+            add.attributes
+                .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Ifb)]));
+            request(
+                RouteNetlinkMessage::NewLink(add),
+                NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+            )
+            .map_err(|e| io::Error::new(e.kind(), format!("creating shaper {n}: {e}")))?;
+            ifindex_of(&n)
+                .ok_or_else(|| io::Error::other(format!("shaper {n} vanished after creation")))?
+        }
+    };
+    let done = set_rate(ifx, rate).and_then(|()| up(ifx));
+    if let Err(e) = done {
+        let _ = remove(vif);
+        return Err(io::Error::new(e.kind(), format!("setting up shaper {n}: {e}")));
+    }
+    Ok(ifx)
+}
+
+fn up(ifindex: u32) -> io::Result<()> {
+    let mut set = LinkMessage::default();
+    set.header.index = ifindex;
+    set.header.flags = LinkFlags::Up;
+    set.header.change_mask = LinkFlags::Up;
+    request(RouteNetlinkMessage::SetLink(set), NLM_F_ACK).map(|_| ())
+}
+
+/// Creates or replaces the tbf root qdisc of shaper `ifindex`.
+pub fn set_rate(ifindex: u32, rate: &RateLimit) -> io::Result<()> {
+    let (bps, burst, limit) = params(rate);
+    // struct tc_tbf_qopt: rate and peakrate (struct tc_ratespec, 12 bytes each), then limit,
+    // buffer and mtu. The buffer comes from TCA_TBF_BURST; no peak rate.
+    let mut qopt = Vec::with_capacity(36);
+    qopt.push(0); // cell_log
+    qopt.push(TC_LINKLAYER_ETHERNET);
+    qopt.extend_from_slice(&[0; 6]); // overhead, cell_align, mpu
+    qopt.extend_from_slice(&(bps.min(u64::from(u32::MAX)) as u32).to_ne_bytes());
+    qopt.extend_from_slice(&[0; 12]); // peakrate
+    qopt.extend_from_slice(&(limit as u32).to_ne_bytes());
+    qopt.extend_from_slice(&[0; 8]); // buffer, mtu
+    let mut opts = vec![
+        TcOption::Other(DefaultNla::new(TCA_TBF_PARMS, qopt)),
+        TcOption::Other(DefaultNla::new(
+            TCA_TBF_BURST,
+            (burst as u32).to_ne_bytes().to_vec(),
+        )),
+    ];
+    if bps > u64::from(u32::MAX) {
+        opts.push(TcOption::Other(DefaultNla::new(
+            TCA_TBF_RATE64,
+            bps.to_ne_bytes().to_vec(),
+        )));
+    }
+    let mut msg = TcMessage::with_index(ifindex as i32);
+    msg.header.handle = TcHandle { major: 1, minor: 0 };
+    msg.header.parent = TcHandle::ROOT;
+    msg.attributes.push(TcAttribute::Kind("tbf".into()));
+    msg.attributes.push(TcAttribute::Options(opts));
+    request(
+        RouteNetlinkMessage::NewQueueDiscipline(msg),
+        NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+    )
+    .map(|_| ())
+}
+
+/// What a shaper's qdisc has done: frames and bytes it sent on, frames it dropped (backlog
+/// full), and what waits in its backlog now.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ShaperStats {
+    pub sent_packets: u64,
+    pub sent_bytes: u64,
+    pub dropped: u64,
+    pub backlog_bytes: u64,
+    pub backlog_packets: u64,
+}
+
+/// The tbf qdisc's counters of shaper `ifindex`.
+pub fn stats(ifindex: u32) -> io::Result<ShaperStats> {
+    let mut msg = TcMessage::with_index(ifindex as i32);
+    msg.header.parent = TcHandle::ROOT;
+    for m in request(RouteNetlinkMessage::GetQueueDiscipline(msg), 0)? {
+        if let netlink_packet_core::NetlinkPayload::InnerMessage(
+            RouteNetlinkMessage::NewQueueDiscipline(q),
+        ) = m.payload
+        {
+            for a in q.attributes {
+                if let TcAttribute::Stats(s) = a {
+                    return Ok(ShaperStats {
+                        sent_packets: u64::from(s.packets),
+                        sent_bytes: s.bytes,
+                        dropped: u64::from(s.drops),
+                        backlog_bytes: u64::from(s.backlog),
+                        backlog_packets: u64::from(s.qlen),
+                    });
+                }
+            }
+        }
+    }
+    Err(io::Error::other(format!(
+        "no qdisc statistics for shaper ifindex {ifindex}"
+    )))
+}
+
+/// Removes the shaper of VIF `vif` (and its queue). Fine if there is none.
+pub fn remove(vif: u32) -> io::Result<()> {
+    let Some(ifx) = ifindex_of(&name(vif)) else {
+        return Ok(());
+    };
+    remove_ifindex(ifx)
+}
+
+fn remove_ifindex(ifx: u32) -> io::Result<()> {
+    let mut del = LinkMessage::default();
+    del.header.index = ifx;
+    match request(RouteNetlinkMessage::DelLink(del), NLM_F_ACK) {
+        Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(()),
+        r => r.map(|_| ()),
+    }
+}
+
+/// Every shaper device in this network namespace: (VIF ifindex its name gives, its ifindex).
+pub fn all() -> io::Result<Vec<(u32, u32)>> {
+    Ok(crate::netlink::dump()?
+        .into_iter()
+        .filter_map(|(ifx, n)| Some((n.strip_prefix(PREFIX)?.parse().ok()?, ifx)))
+        .collect())
+}
+
+/// Removes every shaper whose VIF `keep` rejects; returns how many went.
+pub fn remove_all_but(keep: impl Fn(u32) -> bool) -> io::Result<usize> {
+    let mut n = 0;
+    for (vif, ifx) in all()? {
+        if !keep(vif) {
+            remove_ifindex(ifx)?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn burst_and_backlog_follow_the_policy() {
+        let r = |kbps, timeslice_us| RateLimit { kbps, timeslice_us };
+        // 1 MiB/s over 50 ms: a 52 428-byte burst, a backlog of two.
+        assert_eq!(params(&r(1024, 50_000)), (1_048_576, 52_428, 104_856));
+        // 100 MiB/s: two bursts would be 10 MiB; the backlog stops at 2 MiB.
+        assert_eq!(params(&r(102_400, 50_000)).2, MAX_BACKLOG);
+        // 1 kB/s: a burst below one frame is raised to one frame.
+        assert_eq!(params(&r(1, 50_000)), (1024, MIN_BURST, 2 * MIN_BURST));
+        // The largest rate xapi accepts does not overflow.
+        let (bps, burst, limit) = params(&r(u64::from(u32::MAX), 10_000_000));
+        assert_eq!(bps, u64::from(u32::MAX) * 1024);
+        assert_eq!(burst, u64::from(u32::MAX));
+        assert_eq!(limit, MAX_BACKLOG);
+    }
+}
