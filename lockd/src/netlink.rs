@@ -81,6 +81,24 @@ fn parse(buf: &[u8]) -> io::Result<(Vec<LinkEvent>, bool)> {
 /// Every link in the calling thread's network namespace, as (ifindex, name).
 pub fn dump() -> io::Result<Vec<(u32, String)>> {
     let s = socket(0)?;
+    // A request the kernel never answers (a wrong flag) must fail, not hang the daemon.
+    let tv = libc::timeval {
+        tv_sec: 5,
+        tv_usec: 0,
+    };
+    // SAFETY: setsockopt on our own socket with a live timeval of the size given.
+    let r = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&s),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const tv).cast(),
+            size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST | NLM_F_DUMP;
     header.sequence_number = 1;
@@ -136,6 +154,24 @@ pub(crate) fn request(
     flags: u16,
 ) -> io::Result<Vec<NetlinkMessage<RouteNetlinkMessage>>> {
     let s = socket(0)?;
+    // A request the kernel never answers (a wrong flag) must fail, not hang the daemon.
+    let tv = libc::timeval {
+        tv_sec: 5,
+        tv_usec: 0,
+    };
+    // SAFETY: setsockopt on our own socket with a live timeval of the size given.
+    let r = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&s),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const tv).cast(),
+            size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST | flags;
     header.sequence_number = 1;

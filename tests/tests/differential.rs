@@ -1,8 +1,10 @@
 //! Tier 2: the real program under `BPF_PROG_TEST_RUN` against the reference model, on every
-//! corpus frame and on seeded random and mutated frames with varied policies. The kernel's
-//! reason is read from the VIF's counter, so a mismatch in reason fails as well as one in action.
+//! corpus frame and on seeded random and mutated frames with varied policies: from the VM at
+//! both hooks (XDP, and the TC ingress program of a VIF judged at TC), and to the VM. The
+//! kernel's reason is read from the VIF's counter, so a mismatch in reason fails as well as one
+//! in action. (Frames whose tail lies in page fragments, at the TC hook: tests/skb_path.rs.)
 
-use lockd::dataplane::{Dataplane, XDP_DROP, XDP_PASS};
+use lockd::dataplane::{AttachMode, Dataplane, XDP_DROP, XDP_PASS, XdpModeRequest};
 use lockd::testrun::Runner;
 use lockd_common::{
     Direction, POSITIONS, Reason,
@@ -23,7 +25,19 @@ const DEVICES: usize = 8;
 struct Bench {
     dp: Dataplane,
     tc: Runner,
+    tc_ingress: Runner,
+    /// From-VM frames go through the TC ingress program (the VIFs are attached at TC).
+    at_tc: bool,
     ifindexes: Vec<u32>,
+}
+
+/// TC verdicts: `TC_ACT_UNSPEC` (-1, on to the next program) passes, as does a redirect to
+/// the shaper (`TC_ACT_REDIRECT`, 7); `TC_ACT_SHOT` (2) drops.
+fn tc_action(retval: u32) -> u32 {
+    match retval {
+        u32::MAX | 7 => XDP_PASS,
+        _ => XDP_DROP,
+    }
 }
 
 fn ifindexes(host: &NetNs) -> Vec<u32> {
@@ -55,10 +69,32 @@ impl Bench {
     fn new(ifindexes: Vec<u32>) -> Self {
         let mut dp = Dataplane::load().expect("load the eBPF object");
         let tc = dp.tc_runner().expect("tc runner");
+        let tc_ingress = dp.tc_ingress_runner().expect("tc ingress runner");
         let last = *ifindexes.last().expect("devices");
         dp.set_policy(last + POSITIONS, &lockd_tests::locked_policy())
             .expect("squatter policy");
-        Bench { dp, tc, ifindexes }
+        Bench {
+            dp,
+            tc,
+            tc_ingress,
+            at_tc: false,
+            ifindexes,
+        }
+    }
+
+    /// The same, with every device's from-VM checks attached at the TC ingress hook.
+    fn at_tc(ifindexes: Vec<u32>) -> Self {
+        let mut b = Self::new(ifindexes);
+        for &ifx in &b.ifindexes.clone() {
+            b.dp.set_policy(ifx, &lockd_tests::locked_policy())
+                .expect("policy");
+            assert_eq!(
+                b.dp.attach(ifx, XdpModeRequest::Tc).expect("attach at TC"),
+                AttachMode::Tc
+            );
+        }
+        b.at_tc = true;
+        b
     }
 
     /// The device whose policy is read from the hash.
@@ -133,18 +169,21 @@ impl Bench {
         };
         let before = self.dp.counters(ifindex).expect("counters");
         let action = match dir {
-            Direction::FromVm => self.dp.judge(ifindex, frame).expect("test_run"),
-            Direction::ToVm => {
-                // TC: TC_ACT_UNSPEC (-1, pass to the next program) or TC_ACT_SHOT (2).
-                match self.tc.run_skb(ifindex, frame, 1) {
-                    Ok(r) if r.action == u32::MAX => XDP_PASS,
-                    Ok(_) => XDP_DROP,
+            Direction::FromVm if !self.at_tc => self.dp.judge(ifindex, frame).expect("test_run"),
+            _ => {
+                let runner = if dir == Direction::ToVm {
+                    &self.tc
+                } else {
+                    &self.tc_ingress
+                };
+                match runner.run_skb(ifindex, frame, 1) {
+                    Ok(r) => tc_action(r.action),
                     Err(e) if e.raw_os_error() == Some(libc::EINVAL) && short_l3(frame) => {
                         // The kernel will not build a test skb whose IP header is cut short;
                         // only the model judges those (the caller counts them).
                         return None;
                     }
-                    Err(e) => panic!("test_run (tc) on {}: {e}", hex(frame)),
+                    Err(e) => panic!("test_run (tc, {dir:?}) on {}: {e}", hex(frame)),
                 }
             }
         };
@@ -309,11 +348,12 @@ fn to_vm_corpus_and_random_frames_match_model() {
     .expect("enter namespace");
 }
 
-/// The limiter under test_run: with a bucket of about one frame, back-to-back runs of a
-/// genuine frame pass once and are then limited; a frame the policy drops keeps its reason and
-/// spends nothing.
+/// The shaper hand-off under test_run: a rate-limited VIF's frame that passes the policy is
+/// redirected to its shaper (an ifb device that exists while the limit does) and counted as
+/// handed over; one the policy drops keeps its reason and never reaches the shaper; XDP itself
+/// no longer spends anything on the rate. Clearing the limit removes the shaper device.
 #[test]
-fn rate_limiter_limits_only_what_the_policy_passes() {
+fn rate_limited_frames_go_to_the_shaper_only_when_the_policy_passes_them() {
     let (host, _vm) = topology();
     let ifx = ifindexes(&host);
     host.run(|| {
@@ -325,27 +365,98 @@ fn rate_limiter_limits_only_what_the_policy_passes() {
             timeslice_us: 1_000,
         });
         b.dp.set_policy(ifindex, &p).expect("set policy");
+        let shaper = lockd::dataplane::shaper::name(ifindex);
+        assert!(
+            lockd::dataplane::shaper::ifindex_of(&shaper).is_some(),
+            "the shaper device exists"
+        );
         let good = lockd_tests::udp4_from(lockd_tests::GUEST, lockd_tests::OWN4, 5000, 53);
         let spoof = lockd_tests::udp4_from(lockd_tests::GUEST, lockd_tests::FOREIGN4, 5000, 53);
-        for _ in 0..50 {
-            assert_eq!(b.dp.judge(ifindex, &spoof).expect("run"), XDP_DROP);
-        }
-        let passed = (0..100)
-            .filter(|_| b.dp.judge(ifindex, &good).expect("run") == XDP_PASS)
-            .count();
+        // XDP: the policy alone; every genuine frame passes however fast they come.
+        assert!((0..100).all(|_| b.dp.judge(ifindex, &spoof).expect("run") == XDP_DROP));
+        assert!((0..100).all(|_| b.dp.judge(ifindex, &good).expect("run") == XDP_PASS));
+        // TC ingress: a passing frame is redirected (TC_ACT_REDIRECT) to the shaper.
+        let r = b.tc_ingress.run_skb(ifindex, &good, 1).expect("run");
+        assert_eq!(r.action, 7, "TC_ACT_REDIRECT expected");
+        let (handed, st) = b.dp.shaper_stats(ifindex).expect("stats").expect("a shaper");
+        assert_eq!(handed.packets, 1);
+        assert_eq!(st.dropped, 0);
         let c = b.dp.counters(ifindex).expect("counters");
-        let limited = c.get(Direction::FromVm, Reason::Ratelimit).packets;
-        eprintln!("  {passed} of 100 passed at 1 KiB/s, {limited} limited");
-        assert!(
-            (1..=3).contains(&passed),
-            "{passed} frames passed a one-frame bucket"
-        );
-        assert_eq!(limited as usize, 100 - passed);
-        assert_eq!(c.get(Direction::FromVm, Reason::Ipv4Spoof).packets, 50);
-        // Clearing the limit lifts it at once.
+        assert_eq!(c.get(Direction::FromVm, Reason::Ipv4Spoof).packets, 100);
+        assert_eq!(c.get(Direction::FromVm, Reason::Ratelimit).packets, 0);
+        // Clearing the limit: no redirect, and the device is gone.
         p.rate = None;
         b.dp.set_policy(ifindex, &p).expect("clear");
-        assert!((0..20).all(|_| b.dp.judge(ifindex, &good).expect("run") == XDP_PASS));
+        let r = b.tc_ingress.run_skb(ifindex, &good, 1).expect("run");
+        assert_eq!(r.action, u32::MAX, "TC_ACT_UNSPEC expected once the limit is cleared");
+        assert_eq!(lockd::dataplane::shaper::ifindex_of(&shaper), None);
+    })
+    .expect("enter namespace");
+}
+
+/// The TC ingress program of a VIF judged at TC against the model: every corpus frame and its
+/// truncations, on a slotted and a displaced device.
+#[test]
+fn tc_hook_corpus_matches_model() {
+    let (host, _vm) = topology();
+    let ifx = ifindexes(&host);
+    host.run(|| {
+        let mut b = Bench::at_tc(ifx);
+        let mut refused = 0;
+        let mut ran = 0;
+        for ifindex in [b.ifindexes[0], b.displaced()] {
+            for Case {
+                name,
+                policy,
+                frame,
+                ..
+            } in cases()
+            {
+                if frame.len() < 14 {
+                    continue;
+                }
+                b.dp.set_policy(ifindex, &policy).expect("set policy");
+                for cut in 14..=frame.len() {
+                    match b.check_dir(Direction::FromVm, ifindex, &policy, &frame[..cut], name) {
+                        Some(_) => ran += 1,
+                        None => refused += 1,
+                    }
+                }
+            }
+        }
+        eprintln!("  {ran} frames agree at TC; {refused} with a cut IP header refused as test input");
+        assert!(ran > 5_000, "only {ran} frames ran");
+    })
+    .expect("enter namespace");
+}
+
+/// Random and mutated frames through the TC ingress program, as `random_frames_match_model`
+/// does for XDP.
+#[test]
+fn tc_hook_random_frames_match_model() {
+    let (host, _vm) = topology();
+    let (mut rng, _seed) = seeded_rng("tc_hook_random_frames_match_model");
+    let total = frames_per_run() / 2;
+    let corpus = cases();
+    let ifx = ifindexes(&host);
+    host.run(|| {
+        let mut b = Bench::at_tc(ifx);
+        let (seen, refused) = b.random_run(Direction::FromVm, &mut rng, total, |rng| {
+            random::frame(rng, &corpus)
+        });
+        eprintln!(
+            "  {} frames agree at TC; {refused} with a cut IP header refused as test input",
+            total - refused
+        );
+        assert!(refused < total / 5, "too many frames could not be run: {refused}");
+        for r in Reason::ALL {
+            if !matches!(
+                r,
+                Reason::RxForeignMac | Reason::RxForeignIp | Reason::Ratelimit
+            ) {
+                assert!(seen[r as usize] > 0, "random frames never produced {}", r.name());
+            }
+        }
     })
     .expect("enter namespace");
 }

@@ -144,10 +144,6 @@ impl Dataplane {
         })
     }
 
-    pub(super) fn tc(&mut self) -> Result<&mut SchedClassifier> {
-        self.tc_prog(Tc::ToVm)
-    }
-
     fn tc_prog(&mut self, side: Tc) -> Result<&mut SchedClassifier> {
         super::program(&mut self.ebpf, side.program())
     }

@@ -202,6 +202,20 @@ pub struct Dataplane {
     judge_runner: std::sync::OnceLock<Runner>,
 }
 
+/// An unpinned dataplane (tests, the demo) takes its programs with it when dropped; its
+/// shapers go too. A pinned one (the daemon) leaves both for the next daemon to adopt.
+impl Drop for Dataplane {
+    fn drop(&mut self) {
+        if self.pins.is_none() {
+            for (ifindex, s) in &self.vifs {
+                if s.shaper.is_some() {
+                    let _ = shaper::remove(*ifindex);
+                }
+            }
+        }
+    }
+}
+
 /// The program `name` of the object, as its kind `T`.
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T>
 where
@@ -639,16 +653,24 @@ impl Dataplane {
         Ok(Runner::new(fd))
     }
 
-    /// A descriptor of the TC egress program for `BPF_PROG_TEST_RUN`.
+    /// A descriptor of the TC egress program (to the VM) for `BPF_PROG_TEST_RUN`.
     pub fn tc_runner(&mut self) -> Result<Runner> {
-        let fd = self
-            .tc()?
-            .fd()
-            .map_err(prog_err(PROG_VIF_EGRESS))?
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(DataplaneError::TestRun)?;
-        Ok(Runner::new(fd))
+        self.tc_side_runner(attach::Tc::ToVm)
+    }
+
+    /// A descriptor of the TC ingress program (from the VM) for `BPF_PROG_TEST_RUN`. It makes
+    /// the from-VM checks on a VIF attached at the TC hook (`XdpModeRequest::Tc`).
+    pub fn tc_ingress_runner(&mut self) -> Result<Runner> {
+        self.tc_side_runner(attach::Tc::FromVm)
+    }
+
+    fn tc_side_runner(&mut self, side: attach::Tc) -> Result<Runner> {
+        self.tc_program_fd(side)
+            .map(Runner::new)
+            .map_err(|_| DataplaneError::Program {
+                name: side.program(),
+                source: ProgramError::NotLoaded,
+            })
     }
 
     /// The verdict the kernel gives `frame` arriving on `ifindex` (XDP_PASS or XDP_DROP).

@@ -7,7 +7,9 @@
 use std::io;
 
 use lockd_common::policy::RateLimit;
-use netlink_packet_core::{DefaultNla, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
+use netlink_packet_core::{
+    DefaultNla, NLM_F_ACK, NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL, NLM_F_REPLACE,
+};
 use netlink_packet_route::{
     RouteNetlinkMessage,
     link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
@@ -140,7 +142,8 @@ pub struct ShaperStats {
 pub fn stats(ifindex: u32) -> io::Result<ShaperStats> {
     let mut msg = TcMessage::with_index(ifindex as i32);
     msg.header.parent = TcHandle::ROOT;
-    for m in request(RouteNetlinkMessage::GetQueueDiscipline(msg), 0)? {
+    // A qdisc `get` answers only with NLM_F_ECHO (the kernel sends it as a notification).
+    for m in request(RouteNetlinkMessage::GetQueueDiscipline(msg), NLM_F_ECHO)? {
         if let netlink_packet_core::NetlinkPayload::InnerMessage(
             RouteNetlinkMessage::NewQueueDiscipline(q),
         ) = m.payload
