@@ -98,7 +98,11 @@ impl Frame for TcContext {
                 N as u32,
             )
         };
-        if r == 0 { Ok(out) } else { Err(Reason::Malformed) }
+        if r == 0 {
+            Ok(out)
+        } else {
+            Err(Reason::Malformed)
+        }
     }
 
     #[inline(always)]

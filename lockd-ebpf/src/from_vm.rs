@@ -28,7 +28,12 @@ pub fn vif_ingress(ctx: XdpContext) -> u32 {
         return XDP_PASS;
     };
     let reason = judge(&ctx, cfg, ifindex);
-    count(cfg.counter, Direction::FromVm, reason, ctx.frame_len() as u64);
+    count(
+        cfg.counter,
+        Direction::FromVm,
+        reason,
+        ctx.frame_len() as u64,
+    );
     if matches!(reason, Reason::Pass) {
         XDP_PASS
     } else {
@@ -168,7 +173,12 @@ fn ipv4<F: Frame>(ctx: &F, cfg: &VifConfig, ifindex: u32) -> Result<(), Reason> 
 
 /// A DHCP client message must be a BOOTREQUEST (htype 1, hlen 6) for the guest's own MAC.
 #[inline(never)]
-fn dhcp_request<F: Frame>(ctx: &F, cfg: &VifConfig, bootp: usize, end: usize) -> Result<(), Reason> {
+fn dhcp_request<F: Frame>(
+    ctx: &F,
+    cfg: &VifConfig,
+    bootp: usize,
+    end: usize,
+) -> Result<(), Reason> {
     if bootp + BOOTP_FIXED_LEN > end {
         return Err(Reason::Malformed);
     }

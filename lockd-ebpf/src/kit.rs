@@ -25,6 +25,29 @@ pub fn tc_empty(_ctx: TcContext) -> i32 {
     TC_ACT_UNSPEC
 }
 
+/// Records the last frame's head (the bytes in the skb's linear part) and whole length: shows a
+/// test that the skbs it sends carry the frame in page fragments.
+#[classifier]
+pub fn tc_head(ctx: TcContext) -> i32 {
+    // SAFETY: reading fields of the program's own context.
+    let (data, end, len) = unsafe {
+        let skb = ctx.skb.skb;
+        ((*skb).data, (*skb).data_end, (*skb).len)
+    };
+    if let Some(p) = HEAD.get_ptr_mut(0) {
+        // SAFETY: an array element, valid for this run.
+        unsafe { *p = end - data };
+    }
+    if let Some(p) = HEAD.get_ptr_mut(1) {
+        // SAFETY: as above.
+        unsafe { *p = len };
+    }
+    TC_ACT_UNSPEC
+}
+
+#[map]
+static HEAD: Array<u32> = Array::with_max_entries(2, 0);
+
 /// The drop floor for throughput benchmarks.
 #[xdp]
 pub fn xdp_drop(_ctx: XdpContext) -> u32 {

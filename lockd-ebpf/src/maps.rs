@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use lockd_common::{
     CONFIG_COPIES, Counter, DIRECTIONS, Direction, Lpm4Data, Lpm6Data, MAX_PREFIX_ENTRIES,
-    MAX_VIFS, POSITIONS, REASON_SLOTS, Reason, Slot4, Slot6, TABLE_SLOTS, VifConfig,
-    counter_index, position,
+    MAX_VIFS, POSITIONS, REASON_SLOTS, Reason, Slot4, Slot6, TABLE_SLOTS, VifConfig, counter_index,
+    position,
 };
 
 /// `BPF_F_NO_PREALLOC`: updates allocate a fresh element and free the old one after an RCU

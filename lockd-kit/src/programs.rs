@@ -1,10 +1,15 @@
-//! The kit's helper XDP programs ([`lockd::dataplane::KIT_OBJECT`]): `xdp_empty` (the floor a
-//! benchmark measures lockd against), `xdp_drop` (the drop floor) and `xdp_gen` (a line-rate
-//! generator under `BPF_F_TEST_XDP_LIVE_FRAMES`, redirecting every frame out of one device).
+//! The kit's helper programs ([`lockd::dataplane::KIT_OBJECT`]): `xdp_empty` and `tc_empty`
+//! (the floors a benchmark measures lockd against at each hook), `xdp_drop` (the drop floor),
+//! `xdp_gen` (a line-rate generator under `BPF_F_TEST_XDP_LIVE_FRAMES`, redirecting every
+//! frame out of one device) and `tc_head` (records how much of a frame its skb's head holds).
 
 use std::os::fd::AsFd as _;
 
-use aya::{Ebpf, maps::Array, programs::Xdp};
+use aya::{
+    Ebpf,
+    maps::Array,
+    programs::{SchedClassifier, Xdp},
+};
 use lockd::{
     dataplane::KIT_OBJECT,
     testrun::{BPF_F_TEST_XDP_LIVE_FRAMES, Runner},
@@ -16,6 +21,10 @@ pub const PROG_EMPTY: &str = "xdp_empty";
 pub const PROG_DROP: &str = "xdp_drop";
 /// The generator.
 pub const PROG_GEN: &str = "xdp_gen";
+/// The do-nothing TC program.
+pub const PROG_TC_EMPTY: &str = "tc_empty";
+/// The head-length probe (TC).
+pub const PROG_TC_HEAD: &str = "tc_head";
 
 /// The kit object, every program loaded (none attached).
 pub struct Helpers {
@@ -34,7 +43,47 @@ impl Helpers {
                 .expect("xdp");
             p.load().expect("load helper program");
         }
+        for name in [PROG_TC_EMPTY, PROG_TC_HEAD] {
+            let p: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .expect("program")
+                .try_into()
+                .expect("tc");
+            p.load().expect("load helper program");
+        }
         Helpers { ebpf }
+    }
+
+    /// A TC program, to attach it.
+    pub fn tc_program(&mut self, name: &str) -> &mut SchedClassifier {
+        self.ebpf
+            .program_mut(name)
+            .expect("program")
+            .try_into()
+            .expect("tc")
+    }
+
+    /// A descriptor of TC program `name` for `BPF_PROG_TEST_RUN`.
+    pub fn tc_runner(&self, name: &str) -> Runner {
+        let p: &SchedClassifier = self
+            .ebpf
+            .program(name)
+            .expect("program")
+            .try_into()
+            .expect("tc");
+        Runner::new(
+            p.fd()
+                .expect("fd")
+                .as_fd()
+                .try_clone_to_owned()
+                .expect("dup"),
+        )
+    }
+
+    /// What `tc_head` saw last: (bytes in the skb's head, the frame's length).
+    pub fn head(&self) -> (u32, u32) {
+        let m: Array<_, u32> = Array::try_from(self.ebpf.map("HEAD").expect("map")).expect("array");
+        (m.get(&0, 0).expect("head"), m.get(&1, 0).expect("len"))
     }
 
     /// A program, to attach it.

@@ -215,3 +215,46 @@ impl Drop for DelayLine {
         }
     }
 }
+
+/// Sends each frame from `dev` inside `ns` as an skb whose head holds only its first `head`
+/// bytes and the rest page fragments, as netback's skbs do. An AF_PACKET socket with a
+/// virtio-net header builds such an skb for a frame of a page or more (`hdr_len` is the
+/// head), so frames must be that long and the link's MTU must let them through.
+pub fn send_split(ns: &NetNs, dev: &str, frames: &[(Vec<u8>, u16)]) {
+    use std::os::fd::AsRawFd;
+    let dev = dev.to_string();
+    let frames = frames.to_vec();
+    ns.run(move || {
+        let sock = raw_socket(&dev).unwrap_or_else(|e| panic!("AF_PACKET socket on {dev}: {e}"));
+        let one: libc::c_int = 1;
+        // SAFETY: setsockopt with a live int of the size given.
+        let r = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_VNET_HDR,
+                (&raw const one).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(r, 0, "PACKET_VNET_HDR: {}", std::io::Error::last_os_error());
+        for (frame, head) in &frames {
+            assert!(frame.len() >= 4096, "a frame under a page is sent linear");
+            // struct virtio_net_hdr: flags, gso_type (none), hdr_len, gso_size, csum_start,
+            // csum_offset.
+            let mut buf = vec![0u8, 0];
+            buf.extend_from_slice(&head.to_le_bytes());
+            buf.extend_from_slice(&[0; 6]);
+            buf.extend_from_slice(frame);
+            // SAFETY: a live buffer of the length given.
+            let n = unsafe { libc::send(sock.as_raw_fd(), buf.as_ptr().cast(), buf.len(), 0) };
+            assert_eq!(
+                n,
+                buf.len() as isize,
+                "send: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    })
+    .expect("sender namespace");
+}

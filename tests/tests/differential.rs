@@ -378,7 +378,10 @@ fn rate_limited_frames_go_to_the_shaper_only_when_the_policy_passes_them() {
         // TC ingress: a passing frame is redirected (TC_ACT_REDIRECT) to the shaper.
         let r = b.tc_ingress.run_skb(ifindex, &good, 1).expect("run");
         assert_eq!(r.action, 7, "TC_ACT_REDIRECT expected");
-        let (handed, st) = b.dp.shaper_stats(ifindex).expect("stats").expect("a shaper");
+        let (handed, st) =
+            b.dp.shaper_stats(ifindex)
+                .expect("stats")
+                .expect("a shaper");
         assert_eq!(handed.packets, 1);
         assert_eq!(st.dropped, 0);
         let c = b.dp.counters(ifindex).expect("counters");
@@ -388,7 +391,11 @@ fn rate_limited_frames_go_to_the_shaper_only_when_the_policy_passes_them() {
         p.rate = None;
         b.dp.set_policy(ifindex, &p).expect("clear");
         let r = b.tc_ingress.run_skb(ifindex, &good, 1).expect("run");
-        assert_eq!(r.action, u32::MAX, "TC_ACT_UNSPEC expected once the limit is cleared");
+        assert_eq!(
+            r.action,
+            u32::MAX,
+            "TC_ACT_UNSPEC expected once the limit is cleared"
+        );
         assert_eq!(lockd::dataplane::shaper::ifindex_of(&shaper), None);
     })
     .expect("enter namespace");
@@ -424,7 +431,9 @@ fn tc_hook_corpus_matches_model() {
                 }
             }
         }
-        eprintln!("  {ran} frames agree at TC; {refused} with a cut IP header refused as test input");
+        eprintln!(
+            "  {ran} frames agree at TC; {refused} with a cut IP header refused as test input"
+        );
         assert!(ran > 5_000, "only {ran} frames ran");
     })
     .expect("enter namespace");
@@ -448,13 +457,20 @@ fn tc_hook_random_frames_match_model() {
             "  {} frames agree at TC; {refused} with a cut IP header refused as test input",
             total - refused
         );
-        assert!(refused < total / 5, "too many frames could not be run: {refused}");
+        assert!(
+            refused < total / 5,
+            "too many frames could not be run: {refused}"
+        );
         for r in Reason::ALL {
             if !matches!(
                 r,
                 Reason::RxForeignMac | Reason::RxForeignIp | Reason::Ratelimit
             ) {
-                assert!(seen[r as usize] > 0, "random frames never produced {}", r.name());
+                assert!(
+                    seen[r as usize] > 0,
+                    "random frames never produced {}",
+                    r.name()
+                );
             }
         }
     })

@@ -108,7 +108,10 @@ impl Dataplane {
 
     /// What the VIF's shaper did: frames handed to it (counted by the TC program) and its
     /// qdisc's counters. None without a shaper.
-    pub fn shaper_stats(&self, ifindex: u32) -> Result<Option<(Counter, super::shaper::ShaperStats)>> {
+    pub fn shaper_stats(
+        &self,
+        ifindex: u32,
+    ) -> Result<Option<(Counter, super::shaper::ShaperStats)>> {
         let Some((shaper_ifx, _)) = self
             .vifs
             .get(&ifindex)
@@ -118,7 +121,10 @@ impl Dataplane {
             return Ok(None);
         };
         let st = super::shaper::stats(shaper_ifx).map_err(DataplaneError::Shaper)?;
-        Ok(Some((self.slot(ifindex, Direction::FromVm, SLOT_SHAPED)?, st)))
+        Ok(Some((
+            self.slot(ifindex, Direction::FromVm, SLOT_SHAPED)?,
+            st,
+        )))
     }
 
     /// One counter slot of a VIF as the kernel holds it, summed over CPUs.

@@ -26,8 +26,8 @@ use std::{
 
 use aya::programs::{links::FdLink, xdp::XdpLinkId};
 use lockd_common::{
-    MAP_CONFIGS, MAP_COUNTERS, MAP_PREFIX4, MAP_PREFIX6, MAP_TABLE4, MAP_TABLE6,
-    MAP_VIF_CONFIG, MAP_VIF_SLOTS, PROG_VIF_INGRESS,
+    MAP_CONFIGS, MAP_COUNTERS, MAP_PREFIX4, MAP_PREFIX6, MAP_TABLE4, MAP_TABLE6, MAP_VIF_CONFIG,
+    MAP_VIF_SLOTS, PROG_VIF_INGRESS,
 };
 
 use super::{AttachMode, Dataplane, DataplaneError, Result, attach::Tc, prog_err};

@@ -76,7 +76,10 @@ pub fn ensure(vif: u32, rate: &RateLimit) -> io::Result<u32> {
     let done = set_rate(ifx, rate).and_then(|()| up(ifx));
     if let Err(e) = done {
         let _ = remove(vif);
-        return Err(io::Error::new(e.kind(), format!("setting up shaper {n}: {e}")));
+        return Err(io::Error::new(
+            e.kind(),
+            format!("setting up shaper {n}: {e}"),
+        ));
     }
     Ok(ifx)
 }
