@@ -89,7 +89,10 @@ impl Dataplane {
         self.adopt_positions(&configs)?;
         // Shapers of VIFs without a policy here hold nothing anyone wants.
         let vifs: Vec<u32> = self.vifs.keys().copied().collect();
-        if let Err(e) = super::shaper::remove_all_but(|v| vifs.contains(&v)) {
+        if let Err(e) = self
+            .netns
+            .run(|| super::shaper::remove_all_but(|v| vifs.contains(&v)))
+        {
             tracing::warn!(error = %e, "removing shapers with no policy");
         }
         self.adopt_links(&links_dir)

@@ -100,7 +100,10 @@ impl Dataplane {
         else {
             return Ok(None);
         };
-        let st = super::shaper::stats(shaper_ifx).map_err(DataplaneError::Shaper)?;
+        let st = self
+            .netns
+            .run(|| super::shaper::stats(shaper_ifx))
+            .map_err(DataplaneError::Shaper)?;
         let shaped = self.slot(ifindex, Direction::FromVm, SLOT_SHAPED)?;
         let bytes = st.dropped * shaped.bytes / shaped.packets.max(1);
         Ok(Some((st.dropped, bytes)))
@@ -120,7 +123,10 @@ impl Dataplane {
         else {
             return Ok(None);
         };
-        let st = super::shaper::stats(shaper_ifx).map_err(DataplaneError::Shaper)?;
+        let st = self
+            .netns
+            .run(|| super::shaper::stats(shaper_ifx))
+            .map_err(DataplaneError::Shaper)?;
         Ok(Some((
             self.slot(ifindex, Direction::FromVm, SLOT_SHAPED)?,
             st,

@@ -198,6 +198,8 @@ pub struct Dataplane {
     pins: Option<pinning::PinDirs>,
     /// How TC programs are attached from now on (attached ones keep their kind).
     tc_mode: TcMode,
+    /// Where shapers are made and read (the namespace this dataplane was loaded in).
+    netns: shaper::Netns,
     /// The from-VM program's descriptor for [`Dataplane::judge`], made on first use.
     judge_runner: std::sync::OnceLock<Runner>,
 }
@@ -209,7 +211,7 @@ impl Drop for Dataplane {
         if self.pins.is_none() {
             for (ifindex, s) in &self.vifs {
                 if s.shaper.is_some() {
-                    let _ = shaper::remove(*ifindex);
+                    let _ = self.netns.run(|| shaper::remove(*ifindex));
                 }
             }
         }
@@ -298,6 +300,7 @@ impl Dataplane {
             ncpus,
             pins,
             tc_mode: TcMode::default(),
+            netns: shaper::Netns::current().map_err(DataplaneError::Shaper)?,
             judge_runner: std::sync::OnceLock::new(),
         })
     }
@@ -362,20 +365,24 @@ impl Dataplane {
             (None, _) => None,
             (Some(r), Some((ifx, old))) if old == r => Some((ifx, r)),
             (Some(r), Some((ifx, _))) => {
-                shaper::set_rate(ifx, &r).map_err(DataplaneError::Shaper)?;
+                self.netns
+                    .run(|| shaper::set_rate(ifx, &r))
+                    .map_err(DataplaneError::Shaper)?;
                 Some((ifx, r))
             }
             (Some(r), None) => Some((
-                shaper::ensure(ifindex, &r).map_err(DataplaneError::Shaper)?,
+                self.netns
+                    .run(|| shaper::ensure(ifindex, &r))
+                    .map_err(DataplaneError::Shaper)?,
                 r,
             )),
         };
-        let undo_shaper = |ifindex: u32| match (shaper, old_shaper) {
+        let undo_shaper = |netns: &shaper::Netns, ifindex: u32| match (shaper, old_shaper) {
             (Some(_), None) => {
-                let _ = shaper::remove(ifindex);
+                let _ = netns.run(|| shaper::remove(ifindex));
             }
             (Some((ifx, new)), Some((_, old))) if new != old => {
-                let _ = shaper::set_rate(ifx, &old);
+                let _ = netns.run(|| shaper::set_rate(ifx, &old));
             }
             _ => {}
         };
@@ -388,7 +395,7 @@ impl Dataplane {
         }
         if let Err(e) = self.insert_entries(ifindex, new_gen, &mut entries) {
             self.remove_entries(ifindex, new_gen, &entries);
-            undo_shaper(ifindex);
+            undo_shaper(&self.netns, ifindex);
             return Err(e);
         }
         let mut live = VifConfig {
@@ -398,7 +405,7 @@ impl Dataplane {
         entries.place(&mut live);
         if let Err(e) = self.publish(ifindex, &live) {
             self.remove_entries(ifindex, new_gen, &entries);
-            undo_shaper(ifindex);
+            undo_shaper(&self.netns, ifindex);
             return Err(e);
         }
         self.next_generation = self.next_generation.wrapping_add(1).max(1);
@@ -621,7 +628,7 @@ impl Dataplane {
             s.shaper_folded.0 += frames;
             s.shaper_folded.1 += bytes;
         }
-        if let Err(e) = shaper::remove(ifindex) {
+        if let Err(e) = self.netns.run(|| shaper::remove(ifindex)) {
             tracing::warn!(ifindex, error = %e, "removing a shaper");
         }
     }
@@ -634,7 +641,7 @@ impl Dataplane {
         self.detach(ifindex)?;
         self.unpublish(ifindex);
         if self.vifs[&ifindex].shaper.is_some() {
-            let _ = shaper::remove(ifindex);
+            let _ = self.netns.run(|| shaper::remove(ifindex));
         }
         let state = self.vifs.remove(&ifindex).expect("checked above");
         self.free_counters.push(state.counter);

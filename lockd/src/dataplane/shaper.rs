@@ -18,6 +18,51 @@ use netlink_packet_route::{
 
 use crate::netlink::request;
 
+/// The network namespace a dataplane was loaded in, where its VIFs and their shapers live.
+/// Shaper requests run there whichever thread makes them (a test reads counters from outside).
+#[derive(Debug)]
+pub struct Netns {
+    fd: std::os::fd::OwnedFd,
+    ino: u64,
+}
+
+fn netns_inode(path: &str) -> io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(std::fs::metadata(path)?.ino())
+}
+
+impl Netns {
+    /// The calling thread's namespace.
+    pub fn current() -> io::Result<Netns> {
+        let path = "/proc/thread-self/ns/net";
+        let fd = std::fs::File::open(path)?.into();
+        Ok(Netns {
+            fd,
+            ino: netns_inode(path)?,
+        })
+    }
+
+    /// Runs `f` in this namespace: right here if the calling thread is in it, else on a
+    /// short-lived thread that enters it.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
+        if netns_inode("/proc/thread-self/ns/net")? == self.ino {
+            return f();
+        }
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.fd);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // SAFETY: setns on a namespace descriptor we own, for this thread only.
+                if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                f()
+            })
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("shaper thread panicked")))
+        })
+    }
+}
+
 /// Name prefix of shaper devices; the rest is the VIF's ifindex.
 pub const PREFIX: &str = "lockdq";
 /// The backlog never exceeds this (POLICY.md: ≤ 2 bursts or 2 MB, whichever is smaller).
