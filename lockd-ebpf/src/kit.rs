@@ -5,11 +5,11 @@
 
 use aya_ebpf::{
     bindings::{
-        TC_ACT_UNSPEC,
+        TC_ACT_SHOT, TC_ACT_UNSPEC,
         xdp_action::{XDP_DROP, XDP_PASS},
     },
     macros::{classifier, map, xdp},
-    maps::Array,
+    maps::{Array, PerCpuArray},
     programs::{TcContext, XdpContext},
 };
 
@@ -53,6 +53,32 @@ static HEAD: Array<u32> = Array::with_max_entries(2, 0);
 pub fn xdp_drop(_ctx: XdpContext) -> u32 {
     XDP_DROP
 }
+
+/// The drop floor on the skb path (generic XDP): counts what it drops, since frames the
+/// receive backlog sheds before the hook must not count as processed.
+#[xdp]
+pub fn xdp_drop_counted(_ctx: XdpContext) -> u32 {
+    floor_count();
+    XDP_DROP
+}
+
+/// The drop floor at the TC ingress hook, counting likewise.
+#[classifier]
+pub fn tc_drop_counted(_ctx: TcContext) -> i32 {
+    floor_count();
+    TC_ACT_SHOT as i32
+}
+
+#[inline(always)]
+fn floor_count() {
+    if let Some(c) = FLOOR_COUNT.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot; nothing else writes it while we run.
+        unsafe { *c += 1 };
+    }
+}
+
+#[map]
+static FLOOR_COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// Benchmark traffic generator: with `BPF_F_TEST_XDP_LIVE_FRAMES`, every frame is redirected
 /// out of the device in `GEN_TARGET[0]` (the VM end of a veth, so it arrives on the VIF).

@@ -21,6 +21,10 @@ pub const PROG_EMPTY: &str = "xdp_empty";
 pub const PROG_DROP: &str = "xdp_drop";
 /// The generator.
 pub const PROG_GEN: &str = "xdp_gen";
+/// The counting drop floor at generic XDP.
+pub const PROG_DROP_COUNTED: &str = "xdp_drop_counted";
+/// The counting drop floor at TC ingress.
+pub const PROG_TC_DROP_COUNTED: &str = "tc_drop_counted";
 /// The do-nothing TC program.
 pub const PROG_TC_EMPTY: &str = "tc_empty";
 /// The head-length probe (TC).
@@ -35,7 +39,7 @@ impl Helpers {
     /// Loads the object and its three programs; panics with the reason if the kernel refuses.
     pub fn load() -> Helpers {
         let mut ebpf = Ebpf::load(KIT_OBJECT).expect("load the kit's eBPF object");
-        for name in [PROG_GEN, PROG_DROP, PROG_EMPTY] {
+        for name in [PROG_GEN, PROG_DROP, PROG_EMPTY, PROG_DROP_COUNTED] {
             let p: &mut Xdp = ebpf
                 .program_mut(name)
                 .expect("program")
@@ -43,7 +47,7 @@ impl Helpers {
                 .expect("xdp");
             p.load().expect("load helper program");
         }
-        for name in [PROG_TC_EMPTY, PROG_TC_HEAD] {
+        for name in [PROG_TC_EMPTY, PROG_TC_HEAD, PROG_TC_DROP_COUNTED] {
             let p: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .expect("program")
@@ -78,6 +82,14 @@ impl Helpers {
                 .try_clone_to_owned()
                 .expect("dup"),
         )
+    }
+
+    /// Frames the counting floors dropped so far, over all CPUs.
+    pub fn floor_count(&self) -> u64 {
+        let m: aya::maps::PerCpuArray<_, u64> =
+            aya::maps::PerCpuArray::try_from(self.ebpf.map("FLOOR_COUNT").expect("map"))
+                .expect("per-CPU array");
+        m.get(&0, 0).expect("count").iter().sum()
     }
 
     /// What `tc_head` saw last: (bytes in the skb's head, the frame's length).

@@ -86,7 +86,7 @@ pub fn params(rate: &RateLimit) -> (u64, u64, u64) {
     let bytes_per_sec = rate.kbps.saturating_mul(1024);
     let burst = ((u128::from(bytes_per_sec) * u128::from(rate.timeslice_us) / 1_000_000) as u64)
         .max(MIN_BURST);
-    let limit = (2 * burst).min(MAX_BACKLOG).max(MIN_BURST);
+    let limit = (2 * burst).clamp(MIN_BURST, MAX_BACKLOG);
     (bytes_per_sec, burst.min(u64::from(u32::MAX)), limit)
 }
 

@@ -42,8 +42,31 @@ const CLASSES: [(&str, &str); 12] = [
     ("dhcp_spoofed", "DHCP discover with another VM's chaddr"),
 ];
 
-/// 1. Per-packet cost under BPF_PROG_TEST_RUN, lockd vs the empty program.
-pub(crate) fn per_packet(opts: &Opts, dev: (&NetNs, u32), helpers: &Helpers) -> (Value, Value) {
+/// The TC ingress program's ns per run (median of 5).
+fn tc_cost(r: &Runner, ifindex: u32, frame: &[u8], repeat: u32) -> f64 {
+    median(
+        (0..5)
+            .map(|_| {
+                r.run_skb(ifindex, frame, repeat)
+                    .expect("test_run")
+                    .ns_per_run
+            })
+            .collect(),
+    )
+}
+
+fn median_f(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Section 1: per-packet cost under BPF_PROG_TEST_RUN, lockd vs the empty program, and what a
+/// rate limit adds per frame (median over the classes).
+pub(crate) fn per_packet(
+    opts: &Opts,
+    dev: (&NetNs, u32),
+    helpers: &Helpers,
+) -> (Value, Value, f64) {
     step("per-packet cost (BPF_PROG_TEST_RUN, median of 5, kernel-reported)");
     let repeat = if opts.quick { 1_000_000 } else { 4_000_000 };
     let cs = cases();
@@ -52,23 +75,37 @@ pub(crate) fn per_packet(opts: &Opts, dev: (&NetNs, u32), helpers: &Helpers) -> 
     ns.run(|| {
         let mut dp = Dataplane::load().expect("load");
         let lockd = dp.runner(PROG_VIF_INGRESS).expect("runner");
+        let tc = dp.tc_ingress_runner().expect("runner");
         let mut rows = Vec::new();
         let mut overhead = Map::new();
+        let mut limiter = Vec::new();
         for (key, name) in CLASSES {
             let c = cs.iter().find(|c| c.name == name).expect("corpus case");
             let mut p = c.policy.clone();
             dp.set_policy(ifx, &p).expect("policy");
             let empty = cost(&floor, ifx, &c.frame, repeat);
             let plain = cost(&lockd, ifx, &c.frame, repeat);
+            // What a rate limit still costs per frame: the TC ingress program's hand-off to
+            // the shaper, against the same program without a limit.
+            let tc_plain = tc_cost(&tc, ifx, &c.frame, repeat);
             p.rate = Some(RateLimit { kbps: 1 << 30, timeslice_us: 50_000 });
             dp.set_policy(ifx, &p).expect("policy");
             let limited = cost(&lockd, ifx, &c.frame, repeat);
-            eprintln!("  {key:14} empty {empty:5.1} ns  lockd {plain:5.1} ns  (+{:5.1})  with rate limit {limited:5.1} ns (+{:5.1})", plain - empty, limited - empty);
+            let tc_limited = tc_cost(&tc, ifx, &c.frame, repeat);
+            p.rate = None;
+            dp.set_policy(ifx, &p).expect("policy");
+            eprintln!(
+                "  {key:14} empty {empty:5.1} ns  lockd {plain:5.1} ns  (+{:5.1}); rate limit: XDP +{:4.1}, TC hand-off +{:4.1}",
+                plain - empty,
+                limited - plain,
+                tc_limited - tc_plain
+            );
             overhead.insert(key.into(), json!(plain - empty));
-            overhead.insert(format!("{key}_ratelimit"), json!(limited - empty));
-            rows.push(json!({"class": key, "empty_ns": empty, "lockd_ns": plain, "lockd_ratelimit_ns": limited}));
+            limiter.push(tc_limited - tc_plain + (limited - plain));
+            rows.push(json!({"class": key, "empty_ns": empty, "lockd_ns": plain, "lockd_ratelimit_ns": limited,
+                "tc_ingress_ns": tc_plain, "tc_ingress_ratelimit_ns": tc_limited}));
         }
-        (Value::Array(rows), Value::Object(overhead))
+        (Value::Array(rows), Value::Object(overhead), median_f(limiter))
     })
     .expect("ns")
 }

@@ -7,6 +7,7 @@ use lockd_common::{
     Direction, Reason,
     policy::{RateLimit, VifPolicy},
 };
+use lockd_kit::netlab::NetNs;
 use serde_json::{Value, json};
 
 use crate::{
@@ -104,9 +105,10 @@ pub(crate) fn updates(opts: &Opts, helpers: &mut Helpers) -> Value {
     json!({"changes": changes, "p50_us": p50, "p99_us": p99, "sent": sent, "dropped": spoofed, "leaked": leaked})
 }
 
-/// 5. Rate limiter with the live-frames generator, 1 and 2 senders.
+/// Section 5: the rate limit's shaper under the live-frames generator at full speed (1 and 2
+/// senders of 1000-byte genuine frames): the rate its shaper sends at, against the rate set.
 pub(crate) fn ratelimit(opts: &Opts, helpers: &mut Helpers) -> Value {
-    step("rate limiter (live frames at full speed into a limited VIF)");
+    step("rate limit (live frames at full speed into a shaped VIF)");
     let mut out = Vec::new();
     for senders in [1usize, 2] {
         let t = topo(false);
@@ -136,21 +138,151 @@ pub(crate) fn ratelimit(opts: &Opts, helpers: &mut Helpers) -> Value {
         );
         good.resize(1000, 0);
         let secs = if opts.quick { 2.0 } else { 5.0 };
-        let before = dp.counters(ifx).expect("c");
+        let shaped = |dp: &Dataplane| {
+            dp.shaper_stats(ifx)
+                .expect("shaper stats")
+                .expect("a shaper")
+                .1
+        };
+        // Fill the bucket's burst first, so the window sees the rate alone.
+        let warm = Instant::now();
+        while warm.elapsed().as_secs_f64() < 0.3 {
+            send(helpers, &t.vm, t.vm_ifx, &good, senders, 50_000);
+        }
+        let before = shaped(&dp);
         let start = Instant::now();
         let mut sent = 0;
         while start.elapsed().as_secs_f64() < secs {
             sent += send(helpers, &t.vm, t.vm_ifx, &good, senders, 50_000).0;
         }
+        let after = shaped(&dp);
         let el = start.elapsed().as_secs_f64();
-        let d = dp.counters(ifx).expect("c").delta(&before);
-        let achieved = d.get(Direction::FromVm, Reason::Pass).bytes as f64 / el;
+        let achieved = (after.sent_bytes - before.sent_bytes) as f64 / el;
         let configured = (kbps * 1024) as f64;
         let ratio = achieved / configured;
+        let backlog_peak = after.backlog_bytes.max(before.backlog_bytes);
         eprintln!(
-            "  {senders} sender(s): {sent} frames offered, achieved {achieved:.0} B/s of {configured:.0} B/s ({ratio:.4})"
+            "  {senders} sender(s): {sent} frames offered, shaped to {achieved:.0} B/s of {configured:.0} B/s ({ratio:.4}); backlog {backlog_peak} B; {} dropped (backlog full)",
+            after.dropped - before.dropped
         );
-        out.push(json!({"senders": senders, "achieved_bps": achieved, "configured_bps": configured, "ratio": ratio}));
+        out.push(json!({"senders": senders, "achieved_bps": achieved, "configured_bps": configured,
+            "ratio": ratio, "backlog_bytes": backlog_peak, "dropped": after.dropped - before.dropped}));
+        t.host.run(move || drop(dp)).expect("ns");
     }
     Value::Array(out)
+}
+
+/// 5b. One TCP flow (iperf3) from a rate-limited VM, to a VM on the same bridge and to a host
+/// 20 ms away (a delay line stands for the network): its goodput, as frame bytes, over the rate.
+pub(crate) fn tcp_ratios(opts: &Opts) -> Value {
+    use lockd_kit::netlab::{bridge, veth};
+    use lockd_tests::wire::DelayLine;
+    step("one TCP flow through the rate limit (iperf3; same bridge, and 20 ms away)");
+    let secs = if opts.quick { 5 } else { 10 };
+    let kbps = 1024u64; // 1 MiB/s
+    let host = NetNs::new("th").expect("ns");
+    bridge(&host, "br0").expect("bridge");
+    let vm = NetNs::new("ta").expect("ns");
+    let peer = NetNs::new("tb").expect("ns");
+    let wan = NetNs::new("tw").expect("ns");
+    let far = NetNs::new("tf").expect("ns");
+    let guest = "02:00:00:00:00:0b";
+    veth(&host, "vif0", &vm, "eth0", guest, Some("br0")).expect("veth");
+    veth(
+        &host,
+        "vif1",
+        &peer,
+        "eth0",
+        "02:00:00:00:00:0a",
+        Some("br0"),
+    )
+    .expect("veth");
+    veth(
+        &host,
+        "uplink",
+        &wan,
+        "up0",
+        "02:00:00:00:00:fe",
+        Some("br0"),
+    )
+    .expect("veth");
+    veth(&wan, "dn0", &far, "eth0", "02:00:00:00:00:0f", None).expect("veth");
+    for (ns, ip) in [(&vm, "10.0.0.2"), (&peer, "10.0.0.1"), (&far, "10.0.0.9")] {
+        ns.exec(&["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"])
+            .expect("addr");
+    }
+    for ns in [&far, &vm] {
+        ns.exec(&["ethtool", "-K", "eth0", "tx", "off"])
+            .expect("checksums in software for the delay line");
+    }
+    let line = DelayLine::start(&wan, "up0", "dn0", std::time::Duration::from_millis(10));
+    let ifx = host.ifindex("vif0").expect("ifindex");
+    let mut p = bench_policy();
+    p.rate = Some(RateLimit {
+        kbps,
+        timeslice_us: 50_000,
+    });
+    let dp = host
+        .run(move || {
+            let mut dp = Dataplane::load().expect("load");
+            dp.set_policy(ifx, &p).expect("policy");
+            dp.attach(ifx, XdpModeRequest::Auto).expect("attach");
+            dp
+        })
+        .expect("ns");
+    let configured = (kbps * 1024) as f64;
+    let ratio = |server_ns: &NetNs, dst: &str| -> Value {
+        let mut server = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                server_ns.name(),
+                "iperf3",
+                "-s",
+                "-1",
+                "-p",
+                "5601",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        let Ok(server) = server.as_mut() else {
+            return json!({"unavailable": "iperf3 could not start"});
+        };
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let out = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                vm.name(),
+                "iperf3",
+                "-J",
+                "-c",
+                dst,
+                "-p",
+                "5601",
+                "-t",
+            ])
+            .arg(secs.to_string())
+            .output();
+        let _ = server.wait();
+        let v: Option<Value> = out
+            .ok()
+            .and_then(|o| serde_json::from_slice(&o.stdout).ok());
+        let Some(bytes_s) = v.as_ref().and_then(|v| {
+            let r = &v["end"]["sum_received"];
+            Some(r["bytes"].as_f64()? / r["seconds"].as_f64()?)
+        }) else {
+            return json!({"unavailable": "iperf3 gave no report"});
+        };
+        // Goodput as frame bytes: each 1448-byte segment rides a frame 66 bytes longer.
+        let r = bytes_s * (1448.0 + 66.0) / 1448.0 / configured;
+        eprintln!("  to {dst}: goodput {:.0} B/s, {r:.4} of the rate", bytes_s);
+        json!({"ratio": r, "goodput_bps": bytes_s})
+    };
+    let lan = ratio(&peer, "10.0.0.1");
+    let wan_r = ratio(&far, "10.0.0.9");
+    drop(line);
+    host.run(move || drop(dp)).expect("ns");
+    json!({"configured_bps": configured, "lan": lan, "wan_20ms": wan_r})
 }

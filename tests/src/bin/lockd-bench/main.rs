@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: lockd side by side with the empty-XDP floor, nftables and ebtables.
 //! Sets up its own namespaces (removed on exit), prints progress, writes JSON, a Markdown
 //! table and SVG plots.
+#![recursion_limit = "256"]
 
 mod api;
 mod cost;
@@ -19,8 +20,8 @@ use serde_json::{Map, Value, json};
 use crate::{
     api::daemon_api_and_rss,
     cost::{per_packet, scaling},
-    live::{ratelimit, updates},
-    throughput::{Path, measure, sample_json},
+    live::{ratelimit, tcp_ratios, updates},
+    throughput::{Path, measure, num, sample_json, skb_hooks},
     traffic::Helpers,
 };
 
@@ -135,7 +136,7 @@ fn main() {
     let vm = NetNs::new("bu").expect("ns");
     lockd_kit::netlab::veth(&host, "v0", &vm, "e0", "02:00:00:00:00:0b", None).expect("veth");
     let ifx = host.ifindex("v0").expect("ifindex");
-    let (classes, overhead) = per_packet(&opts, (&host, ifx), &helpers);
+    let (classes, overhead, limiter_added) = per_packet(&opts, (&host, ifx), &helpers);
     let (vifs_scaling, allowed_scaling) = scaling(&opts, (&host, ifx));
     drop((host, vm));
 
@@ -161,8 +162,11 @@ fn main() {
             samples.push(s);
         }
     }
+    step("the skb path: generic XDP and TC ingress, each over an empty program at its hook");
+    let (hooks, hook_samples) = skb_hooks(per_thread, &mut helpers);
     let upd = updates(&opts, &mut helpers);
     let rl = ratelimit(&opts, &mut helpers);
+    let tcp = tcp_ratios(&opts);
     let api = daemon_api_and_rss();
     let hk = hook::hook_cost();
     step("pktgen into one VIF (where the kernel has it)");
@@ -183,15 +187,29 @@ fn main() {
     // Compare paths by the ns each adds over the floor (the generator's own cost is in every
     // path's ns/packet and compresses plain ratios toward 1).
     let added = |ns: f64| ns - floor;
-    let unavailable: Map<String, Value> = samples
+    let mut unavailable: Map<String, Value> = samples
         .iter()
+        .chain(&hook_samples)
         .filter(|s| s.vcpus == 1)
         .filter_map(|s| {
-            s.unavailable
-                .as_ref()
-                .map(|w| (s.path.key().to_string(), json!(w)))
+            let why = s.unavailable.as_ref().or(s.invalid.as_ref())?;
+            let key = if s.frame_len == 64 {
+                s.path.key().to_string()
+            } else {
+                format!("{}_{}", s.path.key(), s.frame_len)
+            };
+            Some((key, json!(why)))
         })
         .collect();
+    for (key, v) in [("tcp_lan", &tcp["lan"]), ("tcp_wan", &tcp["wan_20ms"])] {
+        if let Some(why) = v["unavailable"].as_str() {
+            unavailable.insert(key.into(), json!(why));
+        }
+    }
+    // By frame class, the ns lockd's XDP program adds over the empty one under test_run.
+    let testrun_added = overhead.clone();
+    // The skb path: the hook `--xdp-mode auto` picks there (TC ingress).
+    let skb_added = hooks["tc"]["64"]["added_ns"].clone();
     let two = samples
         .iter()
         .find(|s| s.path == Path::LockdNative && s.vcpus == 2)
@@ -225,6 +243,13 @@ fn main() {
         "added_ratio_nft_netdev": added(nft) / added(lockd),
         "added_ratio_ebtables": added(eb) / added(lockd),
         "added_ratio_xdp_filter": added(xf) / added(lockd),
+        "added_ns_lockd_skb": skb_added,
+        "skb_hooks": hooks,
+        "testrun_added_ns": testrun_added,
+        "limiter_added_ns": num(limiter_added),
+        "tcp_lan_ratio": tcp["lan"]["ratio"],
+        "tcp_wan_ratio": tcp["wan_20ms"]["ratio"],
+        "tcp": tcp,
         "unavailable": unavailable,
         "speedup_vs_ebtables": eb / lockd,
         "lockd_2vcpu_vs_1vcpu": two / one_pps,

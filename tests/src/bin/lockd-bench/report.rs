@@ -8,6 +8,11 @@ fn f(v: &Value) -> f64 {
     v.as_f64().unwrap_or(f64::NAN)
 }
 
+/// A figure, or `unavailable` where the run could not measure it.
+fn opt(v: &Value, fmt: impl Fn(f64) -> String) -> String {
+    v.as_f64().map_or_else(|| "unavailable".into(), fmt)
+}
+
 pub fn markdown(r: &Value) -> String {
     let mut s = String::new();
     let m = &r["machine"];
@@ -71,6 +76,38 @@ pub fn markdown(r: &Value) -> String {
             "lockd ≤ 15",
         ),
         (
+            "added ns ratio (theirs ÷ lockd's): nftables netdev / ebtables / xdp-filter",
+            [
+                "added_ratio_nft_netdev",
+                "added_ratio_ebtables",
+                "added_ratio_xdp_filter",
+            ]
+            .iter()
+            .map(|k| opt(&r[*k], |x| format!("{x:.1}×")))
+            .collect::<Vec<_>>()
+            .join(" / "),
+            "≥ 20 / ≥ 40 / ≥ 1",
+        ),
+        (
+            "ns lockd adds on the skb path (TC ingress, over an empty TC program)",
+            opt(&r["added_ns_lockd_skb"], |x| format!("{x:.0}")),
+            "≤ 30",
+        ),
+        (
+            "ns a rate limit adds per frame (test_run: the shaper hand-off)",
+            opt(&r["limiter_added_ns"], |x| format!("{x:.1}")),
+            "≤ 10",
+        ),
+        (
+            "one TCP flow through the rate limit: same bridge / 20 ms away",
+            format!(
+                "{} / {}",
+                opt(&r["tcp_lan_ratio"], |x| format!("{x:.3}")),
+                opt(&r["tcp_wan_ratio"], |x| format!("{x:.3}"))
+            ),
+            "≥ 0.9 each",
+        ),
+        (
             "lockd 2 vCPUs / 1 vCPU (pps)",
             format!("{:.2}×", f(&r["lockd_2vcpu_vs_1vcpu"])),
             "≥ 1.9×",
@@ -86,7 +123,7 @@ pub fn markdown(r: &Value) -> String {
             "0",
         ),
         (
-            "rate limiter achieved/configured",
+            "rate limit (shaper) achieved/configured",
             format!("{:.4}", f(&r["ratelimit_accuracy"])),
             "1 ± 0.02",
         ),
@@ -133,7 +170,7 @@ pub fn markdown(r: &Value) -> String {
         "\n### Throughput through one VIF (64-byte spoofed frames)\n\n| path | vCPUs | Mpps | ns/packet | sent | dropped (counted) |\n|---|---|---|---|---|---|"
     );
     for t in r["throughput"].as_array().into_iter().flatten() {
-        if let Some(why) = t["unavailable"].as_str() {
+        if let Some(why) = t["unavailable"].as_str().or(t["invalid"].as_str()) {
             let _ = writeln!(
                 s,
                 "| {} | {} | unavailable: {why} | | | |",
@@ -162,20 +199,41 @@ pub fn markdown(r: &Value) -> String {
     }
     let _ = writeln!(
         s,
-        "\n### Per-packet cost (BPF_PROG_TEST_RUN, ns, median of 5)\n\n| class | empty | lockd | overhead | with rate limit | overhead |\n|---|---|---|---|---|---|"
+        "\n### The skb path (1 vCPU; ns/packet; each hook against a drop program at that hook)\n\n| hook | frame | empty | lockd | added |\n|---|---|---|---|---|"
+    );
+    for hook in ["generic_xdp", "tc"] {
+        for len in ["64", "1500"] {
+            let h = &r["skb_hooks"][hook][len];
+            if let Some(why) = h["unavailable"].as_str() {
+                let _ = writeln!(s, "| {hook} | {len} B | unavailable: {why} | | |");
+                continue;
+            }
+            let _ = writeln!(
+                s,
+                "| {hook} | {len} B | {:.1} | {:.1} | {:.1} |",
+                f(&h["empty_ns"]),
+                f(&h["lockd_ns"]),
+                f(&h["added_ns"])
+            );
+        }
+    }
+    let _ = writeln!(
+        s,
+        "\n### Per-packet cost (BPF_PROG_TEST_RUN, ns, median of 5)\n\n| class | empty | lockd (XDP) | added | TC ingress | with a rate limit | added |\n|---|---|---|---|---|---|---|"
     );
     for c in r["test_run_classes"].as_array().into_iter().flatten() {
-        let (e, l, rl) = (
+        let (e, l, t, tl) = (
             f(&c["empty_ns"]),
             f(&c["lockd_ns"]),
-            f(&c["lockd_ratelimit_ns"]),
+            f(&c["tc_ingress_ns"]),
+            f(&c["tc_ingress_ratelimit_ns"]),
         );
         let _ = writeln!(
             s,
-            "| {} | {e:.0} | {l:.0} | {:.0} | {rl:.0} | {:.0} |",
+            "| {} | {e:.0} | {l:.0} | {:.0} | {t:.0} | {tl:.0} | {:.1} |",
             c["class"].as_str().unwrap_or(""),
             l - e,
-            rl - e
+            tl - t
         );
     }
     for (key, title) in [
@@ -189,17 +247,34 @@ pub fn markdown(r: &Value) -> String {
     }
     let _ = writeln!(
         s,
-        "\n### Rate limiter\n\n| senders | achieved B/s | configured B/s | ratio |\n|---|---|---|---|"
+        "\n### Rate limit (shaper; live frames at full speed, 1000 B)\n\n| senders | shaped to B/s | configured B/s | ratio | backlog B | dropped (backlog full) |\n|---|---|---|---|---|---|"
     );
     for p in r["ratelimit"].as_array().into_iter().flatten() {
         let _ = writeln!(
             s,
-            "| {} | {:.0} | {:.0} | {:.4} |",
+            "| {} | {:.0} | {:.0} | {:.4} | {} | {} |",
             p["senders"],
             f(&p["achieved_bps"]),
             f(&p["configured_bps"]),
-            f(&p["ratio"])
+            f(&p["ratio"]),
+            p["backlog_bytes"],
+            p["dropped"]
         );
+    }
+    let _ = writeln!(
+        s,
+        "\n### One TCP flow through the rate limit (iperf3, goodput as frame bytes over the rate)\n\n| peer | ratio |\n|---|---|"
+    );
+    for (name, key) in [
+        ("VM on the same bridge", "lan"),
+        ("host 20 ms away", "wan_20ms"),
+    ] {
+        let t = &r["tcp"][key];
+        let v = t["unavailable"].as_str().map_or_else(
+            || format!("{:.3}", f(&t["ratio"])),
+            |w| format!("unavailable: {w}"),
+        );
+        let _ = writeln!(s, "| {name} | {v} |");
     }
     s
 }
@@ -218,10 +293,19 @@ fn bars(title: &str, items: &[(String, f64)], unit: &str) -> String {
     );
     for (i, (label, v)) in items.iter().enumerate() {
         let y = 36.0 + row * i as f64;
-        let len = if v.is_finite() { 400.0 * v / max } else { 0.0 };
+        let len = if v.is_finite() {
+            400.0 * v.max(0.0) / max
+        } else {
+            0.0
+        };
+        let value = if v.is_finite() {
+            format!("{v:.1} {unit}")
+        } else {
+            "unavailable".into()
+        };
         let _ = writeln!(
             s,
-            "<text x=\"10\" y=\"{}\">{label}</text><rect x=\"260\" y=\"{y}\" width=\"{len:.1}\" height=\"18\" fill=\"#4a7ab5\"/><text x=\"{:.1}\" y=\"{}\">{v:.1} {unit}</text>",
+            "<text x=\"10\" y=\"{}\">{label}</text><rect x=\"260\" y=\"{y}\" width=\"{len:.1}\" height=\"18\" fill=\"#4a7ab5\"/><text x=\"{:.1}\" y=\"{}\">{value}</text>",
             y + 13.0,
             266.0 + len,
             y + 13.0
@@ -292,6 +376,24 @@ pub fn svgs(r: &Value, dir: &Path) {
     let _ = std::fs::write(
         dir.join("throughput.svg"),
         bars("ns per packet through one VIF (lower is better)", &tp, "ns"),
+    );
+    let added: Vec<(String, f64)> = [
+        ("lockd, native XDP", "added_ns_lockd"),
+        ("xdp-filter, native XDP", "added_ns_xdp_filter"),
+        ("nftables netdev", "added_ns_nft_netdev"),
+        ("ebtables", "added_ns_ebtables"),
+        ("lockd, skb path (TC)", "added_ns_lockd_skb"),
+    ]
+    .iter()
+    .map(|(label, key)| (label.to_string(), f(&r[*key])))
+    .collect();
+    let _ = std::fs::write(
+        dir.join("added_ns.svg"),
+        bars(
+            "ns each path adds over the floor at its hook (lower is better)",
+            &added,
+            "ns",
+        ),
     );
     let oh: Vec<(String, f64)> = r["test_run_classes"]
         .as_array()

@@ -32,6 +32,13 @@ pub fn spoofed_frame() -> Vec<u8> {
     f
 }
 
+/// The spoofed frame at `len` bytes (padding after the datagram, which Ethernet allows).
+pub fn spoofed_frame_of(len: usize) -> Vec<u8> {
+    let mut f = spoofed_frame();
+    f.resize(len, 0);
+    f
+}
+
 pub fn bench_policy() -> VifPolicy {
     VifPolicy {
         mode: EffectiveMode::Locked,
@@ -124,6 +131,12 @@ pub enum Path {
     },
     /// xdp-filter (xdp-tools), native XDP, default deny with the guest's IPv4 source allowed.
     XdpFilter,
+    /// The skb path's floors: a drop program at generic XDP, and at TC ingress.
+    FloorGeneric,
+    FloorTc,
+    /// lockd with the from-VM checks at TC ingress (what `--xdp-mode auto` picks without
+    /// native XDP).
+    LockdTc,
 }
 
 impl Path {
@@ -137,6 +150,9 @@ impl Path {
             Path::Ebtables { nf_call: false } => "ebtables, bridge-nf-call 0",
             Path::Ebtables { nf_call: true } => "ebtables, bridge-nf-call 1",
             Path::XdpFilter => "xdp-filter (xdp-tools), native XDP",
+            Path::FloorGeneric => "empty generic XDP drop",
+            Path::FloorTc => "empty TC ingress drop",
+            Path::LockdTc => "lockd, TC ingress",
         }
     }
 
@@ -150,6 +166,9 @@ impl Path {
             Path::Ebtables { nf_call: false } => "ebtables",
             Path::Ebtables { nf_call: true } => "ebtables_nf_call",
             Path::XdpFilter => "xdp_filter",
+            Path::FloorGeneric => "floor_generic",
+            Path::FloorTc => "floor_tc",
+            Path::LockdTc => "lockd_tc",
         }
     }
 
@@ -218,6 +237,8 @@ enum Setup {
     Ebtables(String),
     /// xdp-filter loaded on the VIF of the namespace named here.
     XdpFilter(String),
+    /// A counting kit floor, with its count when attached.
+    Counted(u64),
     /// The path cannot run on this machine, and why.
     Unavailable(String),
 }
@@ -243,11 +264,33 @@ fn setup(path: Path, t: &Topo, helpers: &mut Helpers) -> Setup {
             attach_helper(helpers, "xdp_drop");
             Setup::Helper
         }
-        Path::LockdNative | Path::LockdGeneric => {
-            let mode = if path == Path::LockdNative {
-                XdpModeRequest::Native
-            } else {
-                XdpModeRequest::Generic
+        Path::FloorGeneric => {
+            gro();
+            let p = helpers.program(lockd_kit::programs::PROG_DROP_COUNTED);
+            t.host
+                .run(|| p.attach_to_if_index(ifx, XdpMode::Skb).map(|_| ()))
+                .expect("ns")
+                .expect("attach floor");
+            Setup::Counted(helpers.floor_count())
+        }
+        Path::FloorTc => {
+            gro();
+            let p = helpers.tc_program(lockd_kit::programs::PROG_TC_DROP_COUNTED);
+            t.host
+                .run(|| {
+                    let _exists = aya::programs::tc::qdisc_add_clsact("vif0");
+                    p.attach("vif0", aya::programs::TcAttachType::Ingress)
+                        .map(|_| ())
+                })
+                .expect("ns")
+                .expect("attach floor");
+            Setup::Counted(helpers.floor_count())
+        }
+        Path::LockdNative | Path::LockdGeneric | Path::LockdTc => {
+            let mode = match path {
+                Path::LockdNative => XdpModeRequest::Native,
+                Path::LockdGeneric => XdpModeRequest::Generic,
+                _ => XdpModeRequest::Tc,
             };
             let dp = t
                 .host
@@ -258,7 +301,7 @@ fn setup(path: Path, t: &Topo, helpers: &mut Helpers) -> Setup {
                     dp
                 })
                 .expect("ns");
-            if path == Path::LockdGeneric {
+            if path != Path::LockdNative {
                 gro();
             }
             Setup::Lockd(Box::new(dp))
@@ -386,8 +429,9 @@ fn ebtables_cmd(ns: &NetNs) -> Result<String, String> {
     }
 }
 
-fn dropped(s: &Setup, t: &Topo) -> Option<u64> {
+fn dropped(s: &Setup, t: &Topo, helpers: &Helpers) -> Option<u64> {
     match s {
+        Setup::Counted(at) => Some(helpers.floor_count() - at),
         Setup::Lockd(dp) => Some(
             dp.counter(t.host_ifx, Direction::FromVm, Reason::Ipv4Spoof)
                 .expect("counter")
@@ -431,9 +475,23 @@ pub struct Sample {
     pub tool: String,
     /// Why the path could not run on this machine.
     pub unavailable: Option<String>,
+    /// Why the run's figures cannot be trusted (its drop count does not fit what was sent).
+    pub invalid: Option<String>,
+    pub frame_len: usize,
 }
 
 pub fn measure(path: Path, vcpus: usize, per_thread: u32, helpers: &mut Helpers) -> Sample {
+    measure_sized(path, vcpus, per_thread, helpers, 64)
+}
+
+/// One measurement with spoofed frames of `len` bytes.
+pub fn measure_sized(
+    path: Path,
+    vcpus: usize,
+    per_thread: u32,
+    helpers: &mut Helpers,
+    len: usize,
+) -> Sample {
     let bridge = matches!(path, Path::NftBridge | Path::Ebtables { .. });
     let t = topo(bridge);
     let setup = setup(path, &t, helpers);
@@ -447,16 +505,33 @@ pub fn measure(path: Path, vcpus: usize, per_thread: u32, helpers: &mut Helpers)
             counted: None,
             tool: String::new(),
             unavailable: Some(why),
+            invalid: None,
+            frame_len: len,
         };
     }
     helpers.set_target(t.vm_ifx);
-    let frame = spoofed_frame();
+    let frame = spoofed_frame_of(len);
     // Warm up, then measure.
     let _ = send(helpers, &t.vm, t.vm_ifx, &frame, 1, per_thread.min(200_000));
-    let before = dropped(&setup, &t);
+    let before = dropped(&setup, &t, helpers);
     let (sent, took) = send(helpers, &t.vm, t.vm_ifx, &frame, vcpus, per_thread);
     std::thread::sleep(Duration::from_millis(100));
-    let counted = dropped(&setup, &t).zip(before).map(|(a, b)| a - b);
+    let counted = dropped(&setup, &t, helpers).zip(before).map(|(a, b)| a - b);
+    // Every frame sent is spoofed: a path that counts its drops must count some (frames the
+    // veth backlog sheds before the hook are not its to count), and never more than were sent.
+    let invalid = counted.and_then(|c| {
+        if c == 0 {
+            Some(format!(
+                "invalid run: {sent} spoofed frames sent, none counted as dropped"
+            ))
+        } else if c > sent {
+            Some(format!(
+                "invalid run: {c} drops counted for {sent} frames sent"
+            ))
+        } else {
+            None
+        }
+    });
     // Where the path counts its drops, its rate is what it processed: frames the veth backlog
     // shed before the hook never reached it. The floor counts nothing; it keeps up anyway.
     let pps = counted.unwrap_or(sent) as f64 / took.as_secs_f64();
@@ -479,11 +554,17 @@ pub fn measure(path: Path, vcpus: usize, per_thread: u32, helpers: &mut Helpers)
         path,
         vcpus,
         pps,
-        ns_per_pkt: 1e9 * vcpus as f64 / pps,
+        ns_per_pkt: if invalid.is_some() {
+            f64::NAN
+        } else {
+            1e9 * vcpus as f64 / pps
+        },
         sent,
         counted,
         tool,
         unavailable: None,
+        invalid,
+        frame_len: len,
     }
 }
 
@@ -491,6 +572,49 @@ pub fn sample_json(s: &Sample) -> Value {
     json!({
         "path": s.path.key(), "name": s.path.name(), "vcpus": s.vcpus, "pps": s.pps,
         "ns_per_pkt": s.ns_per_pkt, "sent": s.sent, "dropped_counted": s.counted, "tool": s.tool,
-        "unavailable": s.unavailable,
+        "unavailable": s.unavailable, "invalid": s.invalid, "frame_len": s.frame_len,
     })
+}
+
+/// The skb path's two hooks, each against a drop program at the same hook, with 64- and
+/// 1500-byte frames (1 vCPU): raw ns/packet by hook and size.
+pub fn skb_hooks(per_thread: u32, helpers: &mut Helpers) -> (Value, Vec<Sample>) {
+    let mut out = serde_json::Map::new();
+    let mut samples = Vec::new();
+    for (hook, floor, lockd) in [
+        ("generic_xdp", Path::FloorGeneric, Path::LockdGeneric),
+        ("tc", Path::FloorTc, Path::LockdTc),
+    ] {
+        let mut by_len = serde_json::Map::new();
+        for len in [64usize, 1500] {
+            let f = measure_sized(floor, 1, per_thread, helpers, len);
+            let l = measure_sized(lockd, 1, per_thread, helpers, len);
+            let why = |s: &Sample| s.unavailable.clone().or_else(|| s.invalid.clone());
+            eprintln!(
+                "  {hook:12} {len:5} B: empty {:7.1} ns/pkt, lockd {:7.1} ns/pkt (+{:.1}){}",
+                f.ns_per_pkt,
+                l.ns_per_pkt,
+                l.ns_per_pkt - f.ns_per_pkt,
+                why(&f)
+                    .or_else(|| why(&l))
+                    .map(|w| format!("  [{w}]"))
+                    .unwrap_or_default()
+            );
+            by_len.insert(
+                len.to_string(),
+                json!({"empty_ns": num(f.ns_per_pkt), "lockd_ns": num(l.ns_per_pkt),
+                       "added_ns": num(l.ns_per_pkt - f.ns_per_pkt),
+                       "unavailable": why(&f).or_else(|| why(&l))}),
+            );
+            samples.push(f);
+            samples.push(l);
+        }
+        out.insert(hook.into(), Value::Object(by_len));
+    }
+    (Value::Object(out), samples)
+}
+
+/// A figure for JSON: null when it could not be measured (never a 0 or a NaN).
+pub fn num(x: f64) -> Value {
+    if x.is_finite() { json!(x) } else { Value::Null }
 }
