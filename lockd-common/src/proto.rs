@@ -9,6 +9,7 @@ pub const ETH_P_IPV6: u16 = 0x86dd;
 
 pub const IPPROTO_HOPOPTS: u8 = 0;
 pub const IPPROTO_IGMP: u8 = 2;
+pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 pub const IPPROTO_ROUTING: u8 = 43;
 pub const IPPROTO_FRAGMENT: u8 = 44;

@@ -2,16 +2,17 @@
 //!
 //! XDP sees one linear buffer. A TC program sees an skb whose head (`data .. data_end`) may
 //! hold only the first bytes of the frame: netback, GRO and large sends leave the rest in page
-//! fragments. [`Skb::load`] reads the head directly and falls back to `bpf_skb_load_bytes`
-//! (which copies out of the fragments) for anything beyond it, so the checks read NDP options,
-//! extension headers and BOOTP wherever they lie, without `bpf_skb_pull_data` copying the
-//! whole frame into the head as generic XDP does.
+//! fragments. [`pull`] makes linear what the checks will read before they run, so they read
+//! the head directly at either hook.
 
 use aya_ebpf::{
     helpers::bpf_skb_load_bytes,
     programs::{TcContext, XdpContext},
 };
-use lockd_common::Reason;
+use lockd_common::{
+    Reason,
+    proto::{ETH_HLEN, ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP},
+};
 
 /// Largest offset the parser reads at; keeps every variable offset bounded for the verifier.
 pub const MAX_OFF: usize = 4096;
@@ -69,12 +70,14 @@ impl Frame for TcContext {
         unsafe { (*self.skb.skb).len as usize }
     }
 
+    /// Direct reads only: [`pull`] has made linear every byte the checks read.
     #[inline(always)]
     fn load<const N: usize>(&self, off: usize) -> Result<[u8; N], Reason> {
         if off > MAX_OFF {
             return Err(Reason::Malformed);
         }
-        // SAFETY: reading fields of the program's own context; data_end volatile as above.
+        // SAFETY: reading fields of the program's own context; volatile as for XDP, and
+        // afresh on every read since a pull moves the data.
         let (data, data_end) = unsafe {
             let skb = self.skb.skb;
             (
@@ -82,27 +85,7 @@ impl Frame for TcContext {
                 core::ptr::read_volatile(&(*skb).data_end) as usize,
             )
         };
-        if let Some(b) = direct(data + off, data_end) {
-            return Ok(b);
-        }
-        if off + N > self.frame_len() {
-            return Err(Reason::Malformed);
-        }
-        let mut out = [0u8; N];
-        // SAFETY: `out` is a live buffer of exactly N bytes.
-        let r = unsafe {
-            bpf_skb_load_bytes(
-                self.skb.skb.cast(),
-                off as u32,
-                out.as_mut_ptr().cast(),
-                N as u32,
-            )
-        };
-        if r == 0 {
-            Ok(out)
-        } else {
-            Err(Reason::Malformed)
-        }
+        direct(data + off, data_end).ok_or(Reason::Malformed)
     }
 
     #[inline(always)]
@@ -110,4 +93,62 @@ impl Frame for TcContext {
         // SAFETY: reading a field of the program's own context.
         unsafe { (*self.skb.skb).vlan_present != 0 }
     }
+}
+
+/// Bytes that cover every read of the checks on an ARP or IPv4 frame (the deepest: a DHCP
+/// client's `chaddr` behind a 60-byte IPv4 header, at byte 116), or on an IPv6 frame whose
+/// next header is TCP or UDP (62).
+pub const PULL_SHORT: usize = 128;
+
+/// Makes linear, before the checks run, the bytes they will read: nothing for a linear skb
+/// (veth, loopback, most local senders); for a non-linear one (netback keeps all but the
+/// first 128 bytes of a frame in page fragments; GRO and large sends do the same), the first
+/// [`PULL_SHORT`] bytes, or the whole frame (up to the parser's bound) for IPv6 that the
+/// checks walk into: extension headers, ICMPv6 and its NDP options. So a TCP or UDP frame is
+/// never copied whole, as generic XDP copies every frame, and the checks themselves read the
+/// head directly, one path per read (a read-or-copy fallback at every read doubled the paths
+/// the verifier walks, past its limit on Linux 6.1).
+///
+/// Err only when the kernel cannot pull (no memory): the frame is dropped as malformed, as
+/// the checks could not read it.
+#[inline(always)]
+pub fn pull(ctx: &TcContext) -> Result<(), Reason> {
+    let len = ctx.frame_len();
+    // SAFETY: reading fields of the program's own context.
+    let head = unsafe {
+        let skb = ctx.skb.skb;
+        (*skb).data_end as usize - (*skb).data as usize
+    };
+    if head >= len {
+        return Ok(());
+    }
+    let deep = match copy::<2>(ctx, 12) {
+        Some(t) if u16::from_be_bytes(t) == ETH_P_IPV6 => !matches!(
+            copy::<1>(ctx, ETH_HLEN + 6),
+            Some([IPPROTO_TCP | IPPROTO_UDP])
+        ),
+        _ => false,
+    };
+    let want = if deep { MAX_OFF + 64 } else { PULL_SHORT };
+    let want = want.min(len);
+    if head >= want {
+        return Ok(());
+    }
+    ctx.pull_data(want as u32).map_err(|_| Reason::Malformed)
+}
+
+/// `N` bytes at `off` copied out of the skb wherever they lie (head or fragments).
+#[inline(always)]
+fn copy<const N: usize>(ctx: &TcContext, off: usize) -> Option<[u8; N]> {
+    let mut out = [0u8; N];
+    // SAFETY: `out` is a live buffer of exactly N bytes.
+    let r = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb.cast(),
+            off as u32,
+            out.as_mut_ptr().cast(),
+            N as u32,
+        )
+    };
+    (r == 0).then_some(out)
 }

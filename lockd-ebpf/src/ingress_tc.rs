@@ -7,7 +7,8 @@
 //!   is dropped here as `bad_ethertype`, moving it out of the `pass` count XDP gave it, so every
 //!   frame still counts under exactly one reason.
 //! - On a VIF judged at TC (`FLAG_TC_CHECKS`: no native XDP, and this hook costs less than
-//!   generic XDP) it makes every from-VM check itself, in the same code as XDP (`from_vm`).
+//!   generic XDP) it makes every from-VM check itself, in the same code as XDP (`from_vm`),
+//!   after pulling into the skb's head the bytes those checks read (`frame::pull`).
 //! - A passing frame of a rate-limited VIF is redirected to the VIF's shaper, an ifb device
 //!   whose tbf qdisc holds the frame until the rate allows it and drops only when its bounded
 //!   backlog is full. The ifb then hands the frame back to the VIF's receive path, past TC (and
@@ -22,7 +23,7 @@ use aya_ebpf::{
 use lockd_common::{Direction, FLAG_TC_CHECKS, MODE_UNLOCKED, Reason, SLOT_SHAPED, VifConfig};
 
 use crate::{
-    frame::Frame,
+    frame::{Frame, pull},
     from_vm::judge,
     maps::{config, count, count_slot, recount},
 };
@@ -36,7 +37,10 @@ pub fn vif_ingress_tc(ctx: TcContext) -> i32 {
     };
     let len = ctx.frame_len() as u64;
     if cfg.flags & FLAG_TC_CHECKS != 0 {
-        let reason = judge(&ctx, cfg, ifindex);
+        let reason = match pull(&ctx) {
+            Ok(()) => judge(&ctx, cfg, ifindex),
+            Err(r) => r,
+        };
         count(cfg.counter, Direction::FromVm, reason, len);
         if !matches!(reason, Reason::Pass) {
             return TC_ACT_SHOT as i32;

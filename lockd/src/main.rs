@@ -174,17 +174,32 @@ fn run(cli: Cli) -> Result<u8> {
         }
         Cmd::Features { json } => {
             let probed = lockd::features::probe();
+            let checked = lockd::features::check(&probed);
+            // Loading the programs is the verifier's verdict on this kernel (needs root).
+            let programs = match &checked {
+                Ok(_) => lockd::features::load_programs(),
+                Err(_) => Err("not tried: a required feature is missing".into()),
+            };
             if json {
-                println!("{}", serde_json::to_string_pretty(&probed)?);
+                let v = serde_json::json!({
+                    "features": probed,
+                    "programs": lockd::features::programs_json(&programs),
+                });
+                println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 print!("{}", lockd::features::table(&probed));
+                print!("{}", lockd::features::programs_table(&programs));
             }
-            match lockd::features::check(&probed) {
-                Ok(_) => Ok(0),
-                Err(line) => {
+            match (checked, programs) {
+                (Err(line), _) => {
                     eprintln!("lockd: {line}");
                     Ok(1)
                 }
+                (Ok(_), Err(e)) => {
+                    eprintln!("lockd: this kernel does not accept lockd's programs: {e}");
+                    Ok(1)
+                }
+                (Ok(_), Ok(_)) => Ok(0),
             }
         }
         Cmd::Xe(argv) => {

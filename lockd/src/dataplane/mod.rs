@@ -305,6 +305,22 @@ impl Dataplane {
         })
     }
 
+    /// The instructions the verifier processed to accept each program (Linux 5.16+ reports
+    /// it; None before): how far each is from the verifier's limit of one million.
+    pub fn verified_insns(&self) -> Vec<(&'static str, Option<u32>)> {
+        [PROG_VIF_INGRESS, PROG_VIF_INGRESS_TC, PROG_VIF_EGRESS]
+            .into_iter()
+            .map(|name| {
+                let n = self
+                    .ebpf
+                    .program(name)
+                    .and_then(|p| p.info().ok())
+                    .and_then(|i| i.verified_instruction_count());
+                (name, n)
+            })
+            .collect()
+    }
+
     fn xdp(&mut self, name: &'static str) -> Result<&mut Xdp> {
         program(&mut self.ebpf, name)
     }
