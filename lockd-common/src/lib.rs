@@ -176,7 +176,7 @@ reasons! {
     RxForeignMac = 12 => "rx_foreign_mac",
     /// To the VM, the destination IP address is not one the VIF may receive.
     RxForeignIp = 13 => "rx_foreign_ip",
-    /// The VIF's rate limit had no budget for the frame.
+    /// The VIF is over its rate limit and its shaper's bounded backlog is full.
     Ratelimit = 14 => "ratelimit",
     /// A DHCP client message that is not a BOOTREQUEST for the guest's own MAC.
     DhcpSpoof = 15 => "dhcp_spoof",

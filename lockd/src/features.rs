@@ -18,17 +18,15 @@ pub enum Feature {
     XdpProgram,
     LpmTrie,
     MmapableArray,
-    AtomicCmpxchg,
     XdpLink,
     Tcx,
 }
 
 impl Feature {
-    pub const ALL: [Feature; 6] = [
+    pub const ALL: [Feature; 5] = [
         Feature::XdpProgram,
         Feature::LpmTrie,
         Feature::MmapableArray,
-        Feature::AtomicCmpxchg,
         Feature::XdpLink,
         Feature::Tcx,
     ];
@@ -39,7 +37,6 @@ impl Feature {
             Feature::XdpProgram => "xdp_program",
             Feature::LpmTrie => "lpm_trie",
             Feature::MmapableArray => "mmapable_array",
-            Feature::AtomicCmpxchg => "atomic_cmpxchg",
             Feature::XdpLink => "xdp_link",
             Feature::Tcx => "tcx",
         }
@@ -50,7 +47,6 @@ impl Feature {
             Feature::XdpProgram => "XDP programs",
             Feature::LpmTrie => "LPM trie maps (prefix lookups)",
             Feature::MmapableArray => "BPF_F_MMAPABLE array maps (atomic position flips)",
-            Feature::AtomicCmpxchg => "BPF atomic compare-and-exchange (the shared rate limiter)",
             Feature::XdpLink => "XDP BPF links and bpf_link_update (gapless restarts)",
             Feature::Tcx => "TCX links for the TC programs (`--tc-mode tcx`)",
         }
@@ -62,7 +58,6 @@ impl Feature {
             Feature::XdpProgram => (4, 8),
             Feature::LpmTrie => (4, 11),
             Feature::MmapableArray => (5, 5),
-            Feature::AtomicCmpxchg => (5, 12),
             Feature::XdpLink => (5, 9),
             Feature::Tcx => (6, 6),
         }
@@ -138,18 +133,6 @@ fn trivial() -> Vec<u64> {
     vec![insn(0xb7, 0, 0, 0, 0), insn(0x95, 0, 0, 0, 0)]
 }
 
-/// `*(u64 *)(r10 - 8) = 0; r0 = 0; r1 = 1; cmpxchg(r10 - 8, r0, r1); r0 = 2; exit`.
-fn cmpxchg() -> Vec<u64> {
-    vec![
-        insn(0x7a, 10, 0, -8, 0),    // *(u64 *)(r10 - 8) = 0
-        insn(0xb7, 0, 0, 0, 0),      // r0 = 0
-        insn(0xb7, 1, 0, 0, 1),      // r1 = 1
-        insn(0xdb, 10, 1, -8, 0xf1), // r0 = cmpxchg_64(r10 - 8, r0, r1)
-        insn(0xb7, 0, 0, 0, 2),      // r0 = XDP_PASS
-        insn(0x95, 0, 0, 0, 0),      // exit
-    ]
-}
-
 fn at_least(v: Option<KernelVersion>, (major, minor): (u32, u32)) -> bool {
     v.is_some_and(|v| v >= KernelVersion::new(major as u8, minor as u8, 0))
 }
@@ -174,7 +157,6 @@ pub fn probe() -> Vec<Probed> {
                     map_create(BPF_MAP_TYPE_ARRAY, 4, 8, 1, BPF_F_MMAPABLE).is_ok(),
                     "probe",
                 ),
-                Feature::AtomicCmpxchg => (prog_load(&cmpxchg()).is_ok(), "probe"),
                 Feature::XdpLink | Feature::Tcx => {
                     (at_least(version, feature.since()), "kernel version")
                 }

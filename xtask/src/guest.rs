@@ -328,9 +328,14 @@ fn parts(b: &Bins) -> Vec<Part> {
                         "corpus_matches_model",
                         "random_frames_match_model",
                         "to_vm_corpus_and_random_frames_match_model",
+                        "tc_hook_corpus_matches_model",
                     ],
                 )
             ),
+        },
+        Part {
+            name: "from-VM checks at TC ingress on skbs with the frame in fragments",
+            cmd: one("skb_path", &["fragmented_frames_get_the_models_verdict_at_the_tc_hook"]),
         },
         Part {
             name: "daemon start, kill -9, adopt: no spoofed frame delivered",
