@@ -216,6 +216,36 @@ impl Drop for DelayLine {
     }
 }
 
+/// An AF_PACKET socket on `dev` whose sends carry a virtio-net header.
+fn split_socket(dev: &str) -> std::os::fd::OwnedFd {
+    use std::os::fd::AsRawFd;
+    let sock = raw_socket(dev).unwrap_or_else(|e| panic!("AF_PACKET socket on {dev}: {e}"));
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt with a live int of the size given.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_VNET_HDR,
+            (&raw const one).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(r, 0, "PACKET_VNET_HDR: {}", std::io::Error::last_os_error());
+    sock
+}
+
+/// The bytes to send for `frame` with `head` bytes in the skb's head: a virtio-net header
+/// (flags, gso_type none, hdr_len, gso_size, csum_start, csum_offset), then the frame.
+fn split_buf(frame: &[u8], head: u16) -> Vec<u8> {
+    assert!(frame.len() >= 4096, "a frame under a page is sent linear");
+    let mut buf = vec![0u8, 0];
+    buf.extend_from_slice(&head.to_le_bytes());
+    buf.extend_from_slice(&[0; 6]);
+    buf.extend_from_slice(frame);
+    buf
+}
+
 /// Sends each frame from `dev` inside `ns` as an skb whose head holds only its first `head`
 /// bytes and the rest page fragments, as netback's skbs do. An AF_PACKET socket with a
 /// virtio-net header builds such an skb for a frame of a page or more (`hdr_len` is the
@@ -225,27 +255,9 @@ pub fn send_split(ns: &NetNs, dev: &str, frames: &[(Vec<u8>, u16)]) {
     let dev = dev.to_string();
     let frames = frames.to_vec();
     ns.run(move || {
-        let sock = raw_socket(&dev).unwrap_or_else(|e| panic!("AF_PACKET socket on {dev}: {e}"));
-        let one: libc::c_int = 1;
-        // SAFETY: setsockopt with a live int of the size given.
-        let r = unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_PACKET,
-                libc::PACKET_VNET_HDR,
-                (&raw const one).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(r, 0, "PACKET_VNET_HDR: {}", std::io::Error::last_os_error());
+        let sock = split_socket(&dev);
         for (frame, head) in &frames {
-            assert!(frame.len() >= 4096, "a frame under a page is sent linear");
-            // struct virtio_net_hdr: flags, gso_type (none), hdr_len, gso_size, csum_start,
-            // csum_offset.
-            let mut buf = vec![0u8, 0];
-            buf.extend_from_slice(&head.to_le_bytes());
-            buf.extend_from_slice(&[0; 6]);
-            buf.extend_from_slice(frame);
+            let buf = split_buf(frame, *head);
             // SAFETY: a live buffer of the length given.
             let n = unsafe { libc::send(sock.as_raw_fd(), buf.as_ptr().cast(), buf.len(), 0) };
             assert_eq!(
@@ -257,4 +269,61 @@ pub fn send_split(ns: &NetNs, dev: &str, frames: &[(Vec<u8>, u16)]) {
         }
     })
     .expect("sender namespace");
+}
+
+/// Sends `frame` `count` times as [`send_split`] does, in batches of 64 (`sendmmsg`), from
+/// one thread pinned to CPU 0 (the receive side runs in the same CPU's softirq, so the time
+/// taken includes the hooks'); returns the frames sent and the time taken.
+pub fn send_split_repeat(
+    ns: &NetNs,
+    dev: &str,
+    frame: &[u8],
+    head: u16,
+    count: u64,
+) -> (u64, std::time::Duration) {
+    use std::os::fd::AsRawFd;
+    let dev = dev.to_string();
+    let buf = split_buf(frame, head);
+    ns.run(move || {
+        // SAFETY: a zeroed cpu_set_t with one bit set, for this thread.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(0, &mut set);
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+        }
+        let sock = split_socket(&dev);
+        const BATCH: usize = 64;
+        let mut iov = libc::iovec {
+            iov_base: buf.as_ptr() as *mut libc::c_void,
+            iov_len: buf.len(),
+        };
+        // SAFETY: mmsghdr is plain data; each points at the one live iovec above.
+        let mut msgs: Vec<libc::mmsghdr> = (0..BATCH)
+            .map(|_| {
+                let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                m.msg_hdr.msg_iov = &raw mut iov;
+                m.msg_hdr.msg_iovlen = 1;
+                m
+            })
+            .collect();
+        let start = std::time::Instant::now();
+        let mut sent = 0u64;
+        while sent < count {
+            let n = (count - sent).min(BATCH as u64) as u32;
+            // SAFETY: `msgs` holds at least n live headers.
+            let r = unsafe { libc::sendmmsg(sock.as_raw_fd(), msgs.as_mut_ptr(), n, 0) };
+            if r < 0 {
+                let e = std::io::Error::last_os_error();
+                // The receiver's backlog is full: let it drain.
+                if e.raw_os_error() == Some(libc::ENOBUFS) {
+                    std::thread::yield_now();
+                    continue;
+                }
+                panic!("sendmmsg: {e}");
+            }
+            sent += r as u64;
+        }
+        (sent, start.elapsed())
+    })
+    .expect("sender namespace")
 }

@@ -335,7 +335,10 @@ fn parts(b: &Bins) -> Vec<Part> {
         },
         Part {
             name: "from-VM checks at TC ingress on skbs with the frame in fragments",
-            cmd: one("skb_path", &["fragmented_frames_get_the_models_verdict_at_the_tc_hook"]),
+            cmd: one(
+                "skb_path",
+                &["fragmented_frames_get_the_models_verdict_at_the_tc_hook"],
+            ),
         },
         Part {
             name: "daemon start, kill -9, adopt: no spoofed frame delivered",

@@ -33,12 +33,15 @@ struct Opts {
     /// Only the toolstack hook section (`--hook`).
     hook_only: bool,
     quick: bool,
+    /// Only the skb-path section (both hooks, linear and non-linear skbs).
+    skb_only: bool,
     json: PathBuf,
     out_dir: PathBuf,
 }
 
 fn parse_opts() -> Opts {
     let mut quick = false;
+    let mut skb_only = false;
     let mut api_only = false;
     let mut pktgen_only = false;
     let mut hook_only = false;
@@ -51,11 +54,12 @@ fn parse_opts() -> Opts {
             "--api" => api_only = true,
             "--pktgen" => pktgen_only = true,
             "--hook" => hook_only = true,
+            "--skb" => skb_only = true,
             "--pktgen-check" => std::process::exit(if pktgen::check() { 0 } else { 1 }),
             "--json" => json = Some(PathBuf::from(args.next().expect("--json PATH"))),
             "--out-dir" => out_dir = PathBuf::from(args.next().expect("--out-dir DIR")),
             other => panic!(
-                "unknown argument {other}; usage: lockd-bench [--quick] [--api] [--pktgen] [--pktgen-check] [--hook] [--json PATH] [--out-dir DIR]"
+                "unknown argument {other}; usage: lockd-bench [--quick] [--api] [--pktgen] [--pktgen-check] [--hook] [--skb] [--json PATH] [--out-dir DIR]"
             ),
         }
     }
@@ -63,6 +67,7 @@ fn parse_opts() -> Opts {
         api_only,
         pktgen_only,
         hook_only,
+        skb_only,
         quick,
         json: json.unwrap_or_else(|| out_dir.join("bench.json")),
         out_dir,
@@ -130,6 +135,18 @@ fn main() {
         return;
     }
     let mut helpers = Helpers::load();
+    let per_thread = if opts.quick { 2_000_000 } else { 10_000_000 };
+    if opts.skb_only {
+        step("the skb path: generic XDP and TC ingress, each over an empty program at its hook");
+        let (hooks, _) = skb_hooks(per_thread, &mut helpers);
+        std::fs::write(
+            &opts.json,
+            serde_json::to_string_pretty(&json!({"machine": machine(), "skb_hooks": hooks}))
+                .expect("json"),
+        )
+        .expect("write json");
+        return;
+    }
 
     // A device for test_run's ingress ifindex.
     let host = NetNs::new("bt").expect("ns");
@@ -141,7 +158,6 @@ fn main() {
     drop((host, vm));
 
     step("throughput through one VIF (64-byte spoofed frames, built-in live-frames generator)");
-    let per_thread = if opts.quick { 2_000_000 } else { 10_000_000 };
     let mut samples = Vec::new();
     for vcpus in [1usize, 2] {
         for path in Path::ALL {
