@@ -356,6 +356,57 @@ pub struct Lpm6Data {
 /// Bits of an LPM key taken by ifindex and generation.
 pub const LPM_HEADER_BITS: u32 = 64;
 
+/// The monitor's switch and cap (one element): while `enabled` is 0 the programs write no
+/// event; otherwise each VIF writes at most `cap` events a second and counts the rest.
+pub const MAP_MONITOR: &str = "MONITOR";
+/// Per VIF (by counter index): this second's events and the drops over the cap.
+pub const MAP_MONITOR_BUDGET: &str = "MONITOR_BUDGET";
+/// The ring buffer of [`DropEvent`]s.
+pub const MAP_EVENTS: &str = "EVENTS";
+/// Bytes of the ring buffer: about 1700 events, a second of the default cap on 17 VIFs.
+pub const EVENTS_BYTES: u32 = 256 * 1024;
+/// Bytes of a dropped frame an event carries (enough for every header the checks read but
+/// NDP options and BOOTP past the fixed part).
+pub const EVENT_FRAME_BYTES: usize = 128;
+/// The default per-VIF cap, events a second.
+pub const DEFAULT_MONITOR_CAP: u32 = 100;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MonitorCtl {
+    pub enabled: u32,
+    pub cap: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MonitorBudget {
+    /// The second (of `bpf_ktime_get_ns`) `emitted` counts in.
+    pub second: u64,
+    pub emitted: u64,
+    /// Drops over the cap (or with the ring full) since the VIF got its counters; never reset.
+    pub suppressed: u64,
+}
+
+/// One dropped frame, as the programs write it to [`MAP_EVENTS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DropEvent {
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC).
+    pub time_ns: u64,
+    pub ifindex: u32,
+    /// The frame's length on the wire.
+    pub len: u32,
+    /// Bytes of `frame` that hold the frame (≤ [`EVENT_FRAME_BYTES`]).
+    pub caplen: u16,
+    /// `Reason as u8`.
+    pub reason: u8,
+    /// `Direction as u8`.
+    pub direction: u8,
+    pub _pad: u32,
+    pub frame: [u8; EVENT_FRAME_BYTES],
+}
+
 /// One packet/byte counter (per CPU in the kernel).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -368,6 +419,8 @@ pub struct Counter {
 mod pod {
     // SAFETY: all are #[repr(C)], Copy, integer/array fields with no implicit padding.
     unsafe impl aya::Pod for super::VifConfig {}
+    unsafe impl aya::Pod for super::MonitorCtl {}
+    unsafe impl aya::Pod for super::MonitorBudget {}
     unsafe impl aya::Pod for super::Slot4 {}
     unsafe impl aya::Pod for super::Slot6 {}
     unsafe impl aya::Pod for super::Lpm4Data {}
@@ -387,5 +440,7 @@ const _: () = {
     assert!(core::mem::size_of::<Lpm4Data>() == 12);
     assert!(core::mem::size_of::<Lpm6Data>() == 24);
     assert!(core::mem::size_of::<Counter>() == 16);
+    assert!(core::mem::size_of::<DropEvent>() == 24 + EVENT_FRAME_BYTES);
+    assert!(core::mem::size_of::<MonitorBudget>() == 24);
     assert!(POSITIONS.is_power_of_two() && REASON_SLOTS.is_power_of_two());
 };

@@ -56,6 +56,15 @@ impl LockingMode {
 }
 
 impl EffectiveMode {
+    /// The word for it (`locked`, `unlocked`, `disabled`).
+    pub fn name(self) -> &'static str {
+        match self {
+            EffectiveMode::Unlocked => "unlocked",
+            EffectiveMode::Disabled => "disabled",
+            EffectiveMode::Locked => "locked",
+        }
+    }
+
     /// The `MODE_*` value stored in the kernel.
     pub fn kernel(self) -> u32 {
         match self {

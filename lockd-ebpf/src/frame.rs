@@ -10,7 +10,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use lockd_common::{
-    Reason,
+    EVENT_FRAME_BYTES, Reason,
     proto::{ETH_HLEN, ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP},
 };
 
@@ -25,6 +25,8 @@ pub trait Frame {
     fn load<const N: usize>(&self, off: usize) -> Result<[u8; N], Reason>;
     /// Whether the kernel carries a VLAN tag beside the bytes (rule 2 applies to it too).
     fn tagged_beside(&self) -> bool;
+    /// Copies the frame's first bytes into `out` (for a monitor event); how many.
+    fn copy_head(&self, out: &mut [u8; EVENT_FRAME_BYTES]) -> u16;
 }
 
 /// A bounds-checked read of `N` bytes at `start` from a linear buffer ending at `data_end`.
@@ -61,6 +63,37 @@ impl Frame for XdpContext {
     fn tagged_beside(&self) -> bool {
         false
     }
+
+    /// Eight bytes at a time (no helper copies from an XDP buffer before Linux 5.18).
+    #[inline(always)]
+    fn copy_head(&self, out: &mut [u8; EVENT_FRAME_BYTES]) -> u16 {
+        let mut n = 0;
+        while n + 8 <= EVENT_FRAME_BYTES {
+            let Ok(b) = self.load::<8>(n) else {
+                break;
+            };
+            out[n..n + 8].copy_from_slice(&b);
+            n += 8;
+        }
+        // Then two at a time (a one-byte bound check becomes a `>=` the verifier does not
+        // narrow), and an odd last byte from a read that overlaps the one before.
+        while n + 2 <= EVENT_FRAME_BYTES {
+            let Ok(b) = self.load::<2>(n) else {
+                break;
+            };
+            out[n] = b[0];
+            out[n + 1] = b[1];
+            n += 2;
+        }
+        if n > 0
+            && n < EVENT_FRAME_BYTES
+            && let Ok(b) = self.load::<2>(n - 1)
+        {
+            out[n] = b[1];
+            n += 1;
+        }
+        n as u16
+    }
 }
 
 impl Frame for TcContext {
@@ -92,6 +125,19 @@ impl Frame for TcContext {
     fn tagged_beside(&self) -> bool {
         // SAFETY: reading a field of the program's own context.
         unsafe { (*self.skb.skb).vlan_present != 0 }
+    }
+
+    #[inline(always)]
+    fn copy_head(&self, out: &mut [u8; EVENT_FRAME_BYTES]) -> u16 {
+        let n = self.frame_len().min(EVENT_FRAME_BYTES);
+        if n == 0 {
+            return 0;
+        }
+        // SAFETY: `out` is a live buffer of at least n bytes.
+        let r = unsafe {
+            bpf_skb_load_bytes(self.skb.skb.cast(), 0, out.as_mut_ptr().cast(), n as u32)
+        };
+        if r == 0 { n as u16 } else { 0 }
     }
 }
 

@@ -16,6 +16,7 @@ use crate::{
     frame::Frame,
     lookup::{allowed4, allowed6},
     maps::{config, count},
+    monitor::report,
 };
 
 /// The from-VM program. Frames on an interface lockd does not manage pass untouched; a managed
@@ -37,6 +38,7 @@ pub fn vif_ingress(ctx: XdpContext) -> u32 {
     if matches!(reason, Reason::Pass) {
         XDP_PASS
     } else {
+        report(&ctx, cfg.counter, ifindex, Direction::FromVm, reason);
         XDP_DROP
     }
 }

@@ -26,6 +26,7 @@ use crate::{
     frame::{Frame, pull},
     from_vm::judge,
     maps::{config, count, count_slot, recount},
+    monitor::report,
 };
 
 #[classifier]
@@ -43,6 +44,7 @@ pub fn vif_ingress_tc(ctx: TcContext) -> i32 {
         };
         count(cfg.counter, Direction::FromVm, reason, len);
         if !matches!(reason, Reason::Pass) {
+            report(&ctx, cfg.counter, ifindex, Direction::FromVm, reason);
             return TC_ACT_SHOT as i32;
         }
     } else if ctx.tagged_beside() && cfg.mode != MODE_UNLOCKED {
@@ -52,6 +54,13 @@ pub fn vif_ingress_tc(ctx: TcContext) -> i32 {
             Reason::Pass,
             Reason::BadEthertype,
             len,
+        );
+        report(
+            &ctx,
+            cfg.counter,
+            ifindex,
+            Direction::FromVm,
+            Reason::BadEthertype,
         );
         return TC_ACT_SHOT as i32;
     }

@@ -7,11 +7,15 @@
 //!   hand-off of a rate-limited VIF's frames to its shaper;
 //! - `frame`: the frame as the checks read it at either hook;
 //! - `lookup`: address-set membership (inline sets, table regions, tries);
-//! - `maps`: every map, the config in force for a VIF, its counters.
+//! - `maps`: every map, the config in force for a VIF, its counters;
+//! - `monitor`: events for `lockd monitor`, one per dropped frame while a monitor listens.
 //!
 //! Both directions check in the same order as `lockd_common::model`, which the differential
 //! tests hold them to, frame by frame; protocol numbers come from `lockd_common::proto`.
 #![no_std]
+// BPF_XADD: the BPF target has no atomic read-modify-write methods.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 #![no_main]
 
 mod frame;
@@ -19,6 +23,7 @@ mod from_vm;
 mod ingress_tc;
 mod lookup;
 mod maps;
+mod monitor;
 mod to_vm;
 
 #[cfg(not(test))]

@@ -12,6 +12,7 @@ use lockd_common::{Direction, MODE_DISABLED, MODE_UNLOCKED, Reason, VifConfig, p
 use crate::{
     lookup::{allowed4, allowed6},
     maps::{config, count},
+    monitor::report,
 };
 
 /// Pass hands the frame on (`TC_ACT_UNSPEC` is `TCX_NEXT`: later programs still run); a drop
@@ -35,6 +36,7 @@ pub fn vif_egress(ctx: TcContext) -> i32 {
     if matches!(reason, Reason::Pass) {
         TC_ACT_UNSPEC
     } else {
+        report(&ctx, cfg.counter, ifindex, Direction::ToVm, reason);
         TC_ACT_SHOT as i32
     }
 }

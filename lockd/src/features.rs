@@ -292,7 +292,11 @@ mod tests {
     #[test]
     fn a_missing_required_feature_is_one_line_naming_it() {
         let mut p = all_present();
-        p[2].present = false; // mmapable arrays
+        let m = Feature::ALL
+            .iter()
+            .position(|f| *f == Feature::MmapableArray)
+            .unwrap();
+        p[m].present = false;
         let e = check(&p).unwrap_err();
         assert!(!e.contains('\n'), "{e}");
         assert!(e.contains("BPF_F_MMAPABLE") && e.contains("5.5+"), "{e}");
@@ -301,7 +305,11 @@ mod tests {
     #[test]
     fn a_missing_feature_with_a_fallback_is_logged_not_fatal() {
         let mut p = all_present();
-        p[5].present = false; // TCX
+        let tcx = Feature::ALL
+            .iter()
+            .position(|f| *f == Feature::Tcx)
+            .unwrap();
+        p[tcx].present = false;
         let f = check(&p).unwrap();
         assert_eq!(f.len(), 1);
         assert!(f[0].contains("clsact"), "{f:?}");

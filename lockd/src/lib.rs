@@ -2,7 +2,9 @@
 
 pub mod daemon;
 pub mod dataplane;
+pub mod explain;
 pub mod features;
+pub mod frameinfo;
 pub mod hook;
 pub mod netlink;
 pub mod rcu;

@@ -45,6 +45,52 @@ enum Cmd {
         /// xenopsd's per-VIF records, re-read at start for changes made while lockd was down.
         #[arg(long, env = "LOCKD_XENOPSD_DIR", default_value = hook::DEFAULT_XENOPSD_DIR)]
         xenopsd_dir: PathBuf,
+        /// `lockd monitor`: at most this many drop events a second per VIF (the rest are
+        /// counted and reported as suppressed).
+        #[arg(long, env = "LOCKD_MONITOR_CAP", default_value_t = lockd_common::DEFAULT_MONITOR_CAP)]
+        monitor_cap: u32,
+        /// Serve Prometheus metrics at http://ADDR:PORT/metrics (off by default).
+        #[arg(long, env = "LOCKD_METRICS_LISTEN")]
+        metrics_listen: Option<std::net::SocketAddr>,
+    },
+    /// Print each frame lockd drops, as it happens (Ctrl-C ends it).
+    Monitor {
+        /// Only this VIF's drops.
+        #[arg(long)]
+        vif: Option<String>,
+        /// Only this netdev's drops.
+        #[arg(long)]
+        device: Option<String>,
+        /// Only drops for this reason (`lockd vif-stats` names them).
+        #[arg(long)]
+        reason: Option<String>,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run every frame of a capture through lockd's kernel program under a policy (nothing
+    /// attached, no traffic sent) and print each verdict, with the reference model's beside it.
+    Explain {
+        /// A pcap or pcapng file of Ethernet frames (tcpdump -i vifN.M -w FILE).
+        #[arg(long)]
+        pcap: PathBuf,
+        /// Which way the frames went: sent by the VM (from-vm) or to it (to-vm).
+        #[arg(long, value_enum, default_value_t = ExplainDirection::FromVm)]
+        direction: ExplainDirection,
+        /// One JSON object per frame.
+        #[arg(long)]
+        json: bool,
+        /// The policy in force for this VIF (asks the daemon).
+        #[arg(long, conflicts_with = "mac", required_unless_present = "mac")]
+        vif: Option<String>,
+        /// The guest MAC of a policy given here, with `locking-mode=`, `ipv4-allowed=` and
+        /// `ipv6-allowed=` words as `vif-param-set` takes them (`locking-mode` defaults to
+        /// locked).
+        #[arg(long)]
+        mac: Option<String>,
+        /// `key=value` words for `--mac`.
+        #[arg(requires = "mac")]
+        params: Vec<String>,
     },
     /// Remove every pinned program, link and map (stops enforcement). The daemon must be stopped.
     Cleanup {
@@ -64,6 +110,12 @@ enum Cmd {
     },
     #[command(external_subcommand)]
     Xe(Vec<String>),
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ExplainDirection {
+    FromVm,
+    ToVm,
 }
 
 #[derive(Subcommand)]
@@ -97,6 +149,8 @@ fn run(cli: Cli) -> Result<u8> {
             xdp_mode,
             tc_mode,
             xenopsd_dir,
+            monitor_cap,
+            metrics_listen,
         } => {
             // A panic on any thread ends the process: enforcement stays pinned and systemd
             // restarts the daemon, instead of a daemon that is up but cannot serve.
@@ -113,6 +167,8 @@ fn run(cli: Cli) -> Result<u8> {
                 xdp_mode,
                 tc_mode,
                 xenopsd_dir,
+                monitor_cap,
+                metrics_listen,
             })?;
             Ok(0)
         }
@@ -201,6 +257,76 @@ fn run(cli: Cli) -> Result<u8> {
                 }
                 (Ok(_), Ok(_)) => Ok(0),
             }
+        }
+        Cmd::Monitor {
+            vif,
+            device,
+            reason,
+            json,
+        } => daemon::monitor(
+            &cli.socket,
+            &daemon::Request::Monitor {
+                vif,
+                device,
+                reason,
+            },
+            json,
+        ),
+        Cmd::Explain {
+            pcap,
+            direction,
+            json,
+            vif,
+            mac,
+            params,
+        } => {
+            use lockd::explain;
+            let policy = match (vif, mac) {
+                (Some(uuid), _) => {
+                    let r = daemon::request(&cli.socket, &daemon::Request::Policy { vif: uuid })?;
+                    if r.code != 0 {
+                        eprint!("{}", r.stderr);
+                        return Ok(r.code.clamp(1, 255) as u8);
+                    }
+                    explain::policy_from_daemon(&r.stdout)?
+                }
+                (None, Some(mac)) => explain::policy_from_words(&mac, &params)?,
+                (None, None) => {
+                    anyhow::bail!("give --vif UUID, or --mac MAC and the policy's words")
+                }
+            };
+            let dir = match direction {
+                ExplainDirection::FromVm => lockd_common::Direction::FromVm,
+                ExplainDirection::ToVm => lockd_common::Direction::ToVm,
+            };
+            let frames = explain::read_capture(&pcap)?;
+            let lines = explain::explain(&policy, &frames, dir)?;
+            let mut disagree = 0;
+            for l in &lines {
+                if json {
+                    println!("{}", serde_json::to_string(l)?);
+                } else {
+                    println!("{}", l.text());
+                }
+                if l.disagrees() {
+                    disagree += 1;
+                    eprintln!(
+                        "lockd: !!! frame {}: the kernel says {} ({}), the model says {} ({}): please report this",
+                        l.index, l.verdict, l.reason, l.model_verdict, l.model_reason
+                    );
+                }
+            }
+            if !json {
+                let dropped = lines.iter().filter(|l| l.verdict == "drop").count();
+                eprintln!(
+                    "lockd: {} frames, {} would pass, {dropped} would be dropped ({} policy, MAC {})",
+                    lines.len(),
+                    lines.len() - dropped,
+                    policy.mode.name(),
+                    lockd::frameinfo::mac(&policy.mac)
+                );
+            }
+            Ok(if disagree > 0 { 3 } else { 0 })
         }
         Cmd::Xe(argv) => {
             if !xe::VERBS.contains(&argv[0].as_str()) {

@@ -96,6 +96,9 @@ const APT: &[(&str, &str)] = &[
     ("procps", "sysctl"),
     ("ethtool", "ethtool"),
     ("util-linux", "nsenter"),
+    // `promtool check metrics` on lockd's /metrics; curl scrapes it.
+    ("prometheus", "promtool"),
+    ("curl", "curl"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -27,6 +27,10 @@ pub(super) struct Core {
     /// Netdevs an older pinned layout still enforces, during a takeover at start: their
     /// policies are set here but their programs are not attached anew.
     pub(super) no_attach: std::collections::HashSet<u32>,
+    /// ifindex → VIF and netdev names, for the monitor's events.
+    pub(super) names: super::monitor::Names,
+    /// `lockd_policy_update_seconds`.
+    pub(super) update_seconds: prometheus_client::metrics::histogram::Histogram,
 }
 
 /// What a fenced netdev is held to: nothing passes either way.
@@ -68,6 +72,7 @@ impl Core {
         for ifx in self.dp.ifindexes() {
             if !wanted.contains(&ifx) {
                 self.dp.remove_policy(ifx)?;
+                self.name(ifx, None);
                 tracing::info!(ifindex = ifx, "policy removed");
             }
         }
@@ -85,6 +90,7 @@ impl Core {
             let Some(vif) = self.state.vif_by_device(dev) else {
                 if self.fenced.contains(dev) {
                     self.dp.set_policy(ifx, &fence_policy())?;
+                    self.name(ifx, Some((String::new(), dev.clone())));
                     if self.dp.attach_mode(ifx).is_none() {
                         self.dp.attach(ifx, self.xdp_mode)?;
                     }
@@ -93,6 +99,7 @@ impl Core {
                 }
                 if self.dp.has_policy(ifx) {
                     self.dp.remove_policy(ifx)?;
+                    self.name(ifx, None);
                     tracing::info!(ifindex = ifx, device = %dev, "policy removed");
                 }
                 continue;
@@ -102,6 +109,7 @@ impl Core {
             self.dp
                 .set_policy(ifx, &policy)
                 .with_context(|| format!("VIF {uuid} (ifindex {ifx})"))?;
+            self.name(ifx, Some((uuid.clone(), dev.clone())));
             if self.dp.attach_mode(ifx).is_none() && !self.no_attach.contains(&ifx) {
                 let mode = self
                     .dp
@@ -111,6 +119,106 @@ impl Core {
             }
         }
         Ok(())
+    }
+
+    /// Records (or forgets) which VIF and netdev `ifindex` is, for the monitor.
+    fn name(&self, ifindex: u32, name: Option<(String, String)>) {
+        let mut names = self.names.write().unwrap_or_else(|p| p.into_inner());
+        match name {
+            Some((uuid, device)) => {
+                let counter = self.dp.counter_index(ifindex);
+                names.insert(
+                    ifindex,
+                    super::monitor::VifName {
+                        uuid,
+                        device,
+                        counter,
+                    },
+                );
+            }
+            None => {
+                names.remove(&ifindex);
+            }
+        }
+    }
+
+    /// What `/metrics` shows, read now: every enforced netdev's counters and mode.
+    pub(super) fn snapshot(&self) -> super::metrics::Snapshot {
+        let mut vifs = Vec::new();
+        let names = self.names.read().unwrap_or_else(|p| p.into_inner()).clone();
+        for (ifx, n) in names {
+            let Ok(counters) = self.dp.counters(ifx) else {
+                continue;
+            };
+            let mode = match self.state.vif_by_device(&n.device) {
+                Some(v) => self.state.policy(v).mode.name(),
+                None => "disabled",
+            };
+            vifs.push(super::metrics::VifSample {
+                uuid: n.uuid,
+                device: n.device,
+                mode,
+                counters,
+            });
+        }
+        vifs.sort_by(|a, b| a.device.cmp(&b.device));
+        super::metrics::Snapshot { vifs }
+    }
+
+    /// A monitor's filter, checked: the VIF must exist (its canonical uuid goes back in
+    /// `stdout`), the reason must be one lockd counts.
+    fn monitor_request(
+        &self,
+        vif: Option<String>,
+        device: Option<String>,
+        reason: Option<String>,
+    ) -> Result<String, String> {
+        if let Some(r) = &reason
+            && !lockd_common::Reason::ALL.iter().any(|x| x.name() == r)
+        {
+            return Err(format!(
+                "unknown reason '{r}'; one of: {}",
+                lockd_common::Reason::ALL
+                    .iter()
+                    .map(|x| x.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        if let Some(d) = &device
+            && self.state.vif_by_device(d).is_none()
+            && !self.fenced.contains(d)
+        {
+            return Err(format!("no VIF has device '{d}'"));
+        }
+        match vif {
+            None => Ok(String::new()),
+            Some(u) => {
+                let canonical = u.trim().to_ascii_lowercase();
+                match self.state.vif(&canonical) {
+                    Some(v) => Ok(v.uuid.clone()),
+                    None => Err(format!("unknown VIF '{u}'")),
+                }
+            }
+        }
+    }
+
+    /// The policy in force for a VIF, as `lockd explain --vif` wants it.
+    fn policy_request(&self, vif: &str) -> Result<String, String> {
+        let canonical = vif.trim().to_ascii_lowercase();
+        let v = self
+            .state
+            .vif(&canonical)
+            .ok_or_else(|| format!("unknown VIF '{vif}'"))?;
+        let p = self.state.policy(v);
+        Ok(serde_json::json!({
+            "uuid": v.uuid,
+            "mode": p.mode.name(),
+            "mac": crate::frameinfo::mac(&p.mac),
+            "ipv4": p.ipv4.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+            "ipv6": p.ipv6.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+        })
+        .to_string())
     }
 
     pub(super) fn command(&mut self, req: Request) -> Reply {
@@ -125,6 +233,30 @@ impl Core {
         let mut bridge: Option<(String, Option<String>)> = None;
         let out = match req {
             Request::Fence { device, reason } => return self.fence(device, reason),
+            Request::Monitor {
+                vif,
+                device,
+                reason,
+            } => {
+                return match self.monitor_request(vif, device, reason) {
+                    Ok(uuid) => Reply {
+                        code: 0,
+                        stdout: uuid,
+                        stderr: String::new(),
+                    },
+                    Err(e) => fail(e),
+                };
+            }
+            Request::Policy { vif } => {
+                return match self.policy_request(&vif) {
+                    Ok(p) => Reply {
+                        code: 0,
+                        stdout: p,
+                        stderr: String::new(),
+                    },
+                    Err(e) => fail(e),
+                };
+            }
             Request::Xe { argv } => {
                 // Tests of the panic policy inject a fault here (debug builds only).
                 #[cfg(debug_assertions)]
@@ -202,6 +334,7 @@ impl Core {
                 }
                 return fail(format!("{e:#}; nothing was changed"));
             }
+            self.update_seconds.observe(started.elapsed().as_secs_f64());
             tracing::debug!(
                 took_us = started.elapsed().as_micros() as u64,
                 devices = devices.len(),

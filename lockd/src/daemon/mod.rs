@@ -30,6 +30,8 @@ use crate::{
 };
 
 mod engine;
+pub mod metrics;
+pub mod monitor;
 
 use engine::Core;
 
@@ -44,6 +46,10 @@ pub struct Config {
     /// xenopsd's record directory, read at start for VIFs the toolstack changed while the
     /// daemon was down.
     pub xenopsd_dir: PathBuf,
+    /// `lockd monitor`'s cap: events a second per VIF.
+    pub monitor_cap: u32,
+    /// Where to serve Prometheus metrics (`/metrics`), if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// A client request.
@@ -72,6 +78,15 @@ pub enum Request {
     /// The toolstack hook could not read or apply the record for `device`: the VIF keeps the
     /// policy it has, or, having none, is enforced as `disabled` until a valid one arrives.
     Fence { device: String, reason: String },
+    /// `lockd monitor`: after a reply with code 0, one JSON line per dropped frame (and per
+    /// suppressed count) that the filter keeps, until the client hangs up.
+    Monitor {
+        vif: Option<String>,
+        device: Option<String>,
+        reason: Option<String>,
+    },
+    /// `lockd explain --vif`: the VIF's policy in force, as JSON in `stdout`.
+    Policy { vif: String },
 }
 
 /// The daemon's answer.
@@ -88,6 +103,8 @@ const GC_IDLE: Duration = Duration::from_millis(20);
 enum Msg {
     Command(Box<Request>, oneshot::Sender<Reply>),
     Links(Vec<LinkEvent>),
+    /// A scrape of `/metrics`: the counters, read from the kernel now.
+    Snapshot(oneshot::Sender<metrics::Snapshot>),
 }
 
 /// Sends `READY=1` to systemd when started with `Type=notify`.
@@ -140,6 +157,9 @@ pub fn run(cfg: Config) -> Result<()> {
     let state = store.load()?;
     let mut dp = Dataplane::load_with(Some(&cfg.bpffs)).context("loading the dataplane")?;
     dp.set_tc_mode(cfg.tc_mode);
+    let names = monitor::Names::default();
+    let hub = monitor::Hub::start(dp.take_monitor(), names.clone(), cfg.monitor_cap);
+    let update_seconds = metrics::update_histogram();
     let adopted = dp.adopt().context("adopting pinned programs and maps")?;
     if !adopted.is_empty() {
         tracing::info!(count = adopted.len(), "adopted pinned attachments");
@@ -160,6 +180,8 @@ pub fn run(cfg: Config) -> Result<()> {
         xdp_mode: cfg.xdp_mode,
         fenced: Default::default(),
         no_attach: older.into_iter().collect(),
+        names,
+        update_seconds: update_seconds.clone(),
     };
     core.reconcile_all().context("enforcing the stored state")?;
     // An earlier release's layout: the policies are now in this layout's maps; every old link
@@ -210,6 +232,18 @@ pub fn run(cfg: Config) -> Result<()> {
         .enable_all()
         .build()?;
     let listener = rt.block_on(async { bind(&cfg.socket) })?;
+    if let Some(addr) = cfg.metrics_listen {
+        let m = rt
+            .block_on(tokio::net::TcpListener::bind(addr))
+            .with_context(|| format!("--metrics-listen {addr}"))?;
+        let ctx = metrics::Context {
+            core: tx.clone(),
+            hub: hub.clone(),
+            update_seconds,
+        };
+        rt.spawn(metrics::serve(m, ctx));
+        tracing::info!(%addr, "serving Prometheus metrics at /metrics");
+    }
     std::thread::Builder::new()
         .name("core".into())
         .spawn(move || {
@@ -218,6 +252,9 @@ pub fn run(cfg: Config) -> Result<()> {
                     let _gone = reply.send(core.command(*req));
                 }
                 Msg::Links(ev) => core.links_changed(ev),
+                Msg::Snapshot(reply) => {
+                    let _gone = reply.send(core.snapshot());
+                }
             };
             loop {
                 // Replaced generations are deleted once the core has been idle for a moment
@@ -259,8 +296,9 @@ pub fn run(cfg: Config) -> Result<()> {
                 conn = listener.accept() => {
                     let (stream, _) = conn?;
                     let tx = tx.clone();
+                    let hub = hub.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = serve(stream, tx).await {
+                        if let Err(e) = serve(stream, tx, hub).await {
                             tracing::warn!(error = %e, "client connection");
                         }
                     });
@@ -275,12 +313,25 @@ pub fn run(cfg: Config) -> Result<()> {
     })
 }
 
-async fn serve(stream: UnixStream, tx: mpsc::Sender<Msg>) -> Result<()> {
+async fn serve(
+    stream: UnixStream,
+    tx: mpsc::Sender<Msg>,
+    hub: std::sync::Arc<monitor::Hub>,
+) -> Result<()> {
     let (r, mut w) = stream.into_split();
+    let mut r = BufReader::new(r);
     let mut line = String::new();
-    BufReader::new(r).read_line(&mut line).await?;
+    r.read_line(&mut line).await?;
+    let mut filter = None;
     let reply = match serde_json::from_str::<Request>(&line) {
         Ok(req) => {
+            if let Request::Monitor { device, reason, .. } = &req {
+                filter = Some(monitor::Filter {
+                    vif: None,
+                    device: device.clone(),
+                    reason: reason.clone(),
+                });
+            }
             let (rtx, rrx) = oneshot::channel();
             tx.send(Msg::Command(Box::new(req), rtx))
                 .map_err(|_| anyhow::anyhow!("core stopped"))?;
@@ -294,8 +345,92 @@ async fn serve(stream: UnixStream, tx: mpsc::Sender<Msg>) -> Result<()> {
     };
     let mut out = serde_json::to_vec(&reply)?;
     out.push(b'\n');
+    // Subscribed before the reply goes out, so no event after it is missed.
+    let sub = (filter.is_some() && reply.code == 0).then(|| hub.subscribe());
     w.write_all(&out).await?;
+    let (Some(mut sub), Some(mut filter)) = (sub, filter) else {
+        return Ok(());
+    };
+    // The core answered a monitor request with the VIF's canonical uuid (or nothing).
+    let uuid = reply.stdout.trim();
+    if !uuid.is_empty() {
+        filter.vif = Some(uuid.to_string());
+    }
+    let mut scratch = [0u8; 64];
+    loop {
+        tokio::select! {
+            got = sub.rx.recv() => {
+                let line = match got {
+                    Ok(l) => l,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        std::sync::Arc::new(serde_json::json!({
+                            "time": monitor::rfc3339(
+                                std::time::SystemTime::now()
+                                    .duration_since(std::time::UNIX_EPOCH)
+                                    .map_or(0, |d| d.as_nanos() as i128),
+                            ),
+                            "vif": filter.vif.clone().unwrap_or_default(),
+                            "device": filter.device.clone().unwrap_or_default(),
+                            "suppressed": n,
+                            "note": "this client read too slowly",
+                        }))
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                };
+                if filter.keeps(&line) {
+                    let mut out = serde_json::to_vec(&*line)?;
+                    out.push(b'\n');
+                    if w.write_all(&out).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            n = tokio::io::AsyncReadExt::read(&mut r, &mut scratch) => {
+                // The client hung up (Ctrl-C).
+                if n.map_or(true, |n| n == 0) {
+                    break;
+                }
+            }
+        }
+    }
     Ok(())
+}
+
+/// Client side: `lockd monitor`. Prints the daemon's lines (JSON, or text) until the
+/// daemon goes away; Ctrl-C ends it.
+pub fn monitor(socket: &Path, req: &Request, json: bool) -> Result<u8> {
+    use std::io::{BufRead as _, Write as _};
+    let mut s = std::os::unix::net::UnixStream::connect(socket).map_err(|e| {
+        anyhow::anyhow!(
+            "the lockd daemon is not running (cannot connect to {}: {e})",
+            socket.display()
+        )
+    })?;
+    let mut bytes = serde_json::to_vec(req)?;
+    bytes.push(b'\n');
+    s.write_all(&bytes)?;
+    let mut lines = std::io::BufReader::new(s).lines();
+    let first = lines.next().context("the daemon closed the connection")??;
+    let reply: Reply = serde_json::from_str(&first).context("reading the daemon's reply")?;
+    if reply.code != 0 {
+        eprint!("{}", reply.stderr);
+        return Ok(reply.code.clamp(1, 255) as u8);
+    }
+    let stdout = std::io::stdout();
+    for line in lines {
+        let line = line?;
+        let mut out = stdout.lock();
+        let written = if json {
+            writeln!(out, "{line}")
+        } else {
+            let v: serde_json::Value = serde_json::from_str(&line)?;
+            writeln!(out, "{}", monitor::text(&v))
+        };
+        if written.and_then(|()| out.flush()).is_err() {
+            break;
+        }
+    }
+    Ok(0)
 }
 
 /// Client side: sends an `xe` command to the daemon at `socket` and returns its reply.

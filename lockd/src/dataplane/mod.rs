@@ -20,6 +20,7 @@ mod encode;
 mod error;
 mod garbage;
 mod mapping;
+mod monitor_maps;
 mod pinning;
 mod positions;
 pub mod shaper;
@@ -27,6 +28,7 @@ mod tables;
 
 pub use counters::VifCounters;
 pub use error::DataplaneError;
+pub use monitor_maps::MonitorMaps;
 pub use pinning::{DEFAULT_PIN_DIR, LAYOUT_VERSION, cleanup, ensure_bpffs};
 
 use encode::{Entries, config_of, lpm4, lpm6};

@@ -205,7 +205,10 @@ pub fn markdown(r: &Value) -> String {
         for (len, frame) in [
             ("64", "64 B, linear"),
             ("1500", "1500 B, linear"),
-            ("4400_nonlinear", "4400 B, 128 in the head (netback's shape)"),
+            (
+                "4400_nonlinear",
+                "4400 B, 128 in the head (netback's shape)",
+            ),
         ] {
             let h = &r["skb_hooks"][hook][len];
             if let Some(why) = h["unavailable"].as_str() {

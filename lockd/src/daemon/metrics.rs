@@ -1,0 +1,233 @@
+//! Prometheus metrics at `/metrics` (`lockd daemon --metrics-listen ADDR:PORT`), in the
+//! OpenMetrics text format encoded by `prometheus-client`. Counter values are read from the
+//! kernel's maps by the core at each scrape, never copied on a timer.
+
+use std::sync::{Arc, atomic::Ordering, mpsc};
+
+use lockd_common::{Direction, Reason};
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpListener, TcpStream},
+    sync::oneshot,
+};
+
+use super::{Msg, monitor::Hub};
+use crate::dataplane::VifCounters;
+
+/// One enforced netdev at scrape time.
+pub struct VifSample {
+    pub uuid: String,
+    pub device: String,
+    pub mode: &'static str,
+    pub counters: VifCounters,
+}
+
+/// What the core reads for a scrape.
+pub struct Snapshot {
+    pub vifs: Vec<VifSample>,
+}
+
+/// `lockd_policy_update_seconds`: 100 µs … about 3 s.
+pub fn update_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 2.0, 16))
+}
+
+/// What a scrape needs.
+#[derive(Clone)]
+pub struct Context {
+    pub(super) core: mpsc::Sender<Msg>,
+    pub hub: Arc<Hub>,
+    pub update_seconds: Histogram,
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+/// The exposition text for one snapshot.
+pub fn render(snap: &Snapshot, ctx: &Context) -> String {
+    let mut reg = Registry::default();
+    let frames = Family::<Labels, Counter>::default();
+    let bytes = Family::<Labels, Counter>::default();
+    let vifs = Family::<Labels, Gauge>::default();
+    for v in &snap.vifs {
+        for dir in [Direction::FromVm, Direction::ToVm] {
+            for r in Reason::ALL {
+                let c = v.counters.get(dir, r);
+                let labels = vec![
+                    ("vif", v.uuid.clone()),
+                    ("device", v.device.clone()),
+                    ("direction", dir.name().to_string()),
+                    ("reason", r.name().to_string()),
+                ];
+                frames.get_or_create(&labels).inc_by(c.packets);
+                bytes.get_or_create(&labels).inc_by(c.bytes);
+            }
+        }
+    }
+    for mode in ["locked", "unlocked", "disabled"] {
+        let n = snap.vifs.iter().filter(|v| v.mode == mode).count();
+        vifs.get_or_create(&vec![("mode", mode.to_string())])
+            .set(n as i64);
+    }
+    reg.register(
+        "lockd_frames",
+        "Frames lockd judged, by VIF, netdev, direction and reason (pass or a drop reason)",
+        frames,
+    );
+    reg.register(
+        "lockd_bytes",
+        "Bytes of the frames lockd judged, by VIF, netdev, direction and reason",
+        bytes,
+    );
+    reg.register(
+        "lockd_vifs",
+        "Enforced netdevs by effective locking mode",
+        vifs,
+    );
+    reg.register(
+        "lockd_policy_update_seconds",
+        "Time to apply a command that changed policy: parse, kernel update, durable commit",
+        ctx.update_seconds.clone(),
+    );
+    let suppressed = Counter::<u64>::default();
+    suppressed.inc_by(ctx.hub.suppressed_total.load(Ordering::Relaxed));
+    reg.register(
+        "lockd_monitor_events_suppressed",
+        "Drop events not written to lockd monitor (over the per-VIF cap, or the ring full)",
+        suppressed,
+    );
+    let build = Family::<Labels, Gauge>::default();
+    build
+        .get_or_create(&vec![("version", env!("CARGO_PKG_VERSION").to_string())])
+        .set(1);
+    reg.register("lockd_build_info", "lockd's version", build);
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = encode(&mut out, &reg);
+    out
+}
+
+/// The Prometheus text format (0.0.4) of an OpenMetrics exposition, for scrapers that do not
+/// ask for OpenMetrics (curl, promtool): a counter's HELP and TYPE name its `_total` samples,
+/// and there is no `# EOF` or `# UNIT`.
+pub fn prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for l in openmetrics.lines() {
+        if l == "# EOF" || l.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| l.strip_prefix(p).map(|rest| (p, rest)));
+        match meta {
+            Some((p, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                if counters.contains(name) {
+                    out += &format!("{p}{name}_total {tail}\n");
+                } else {
+                    out += l;
+                    out.push('\n');
+                }
+            }
+            None => {
+                out += l;
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+/// Serves `/metrics` until the daemon stops.
+pub async fn serve(listener: TcpListener, ctx: Context) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            if let Err(e) = answer(stream, &ctx).await {
+                tracing::debug!(error = %e, "metrics client");
+            }
+        });
+    }
+}
+
+/// One HTTP/1.1 exchange: `GET /metrics`, anything else 404 (or 405), then close.
+async fn answer(mut s: TcpStream, ctx: &Context) -> std::io::Result<()> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 16 * 1024 {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), s.read(&mut chunk))
+            .await
+            .map_err(|_| std::io::Error::other("request timed out"))??;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let head = String::from_utf8_lossy(&buf);
+    let mut words = head.split_whitespace();
+    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+    let path = path.split('?').next().unwrap_or("");
+    let (status, ctype, body) = match (method, path) {
+        ("GET", "/metrics") => {
+            let (tx, rx) = oneshot::channel();
+            let snap = match ctx.core.send(Msg::Snapshot(tx)) {
+                Ok(()) => rx.await.ok(),
+                Err(_) => None,
+            };
+            // OpenMetrics for scrapers that ask for it (Prometheus does), else the text format.
+            let openmetrics = head.lines().any(|l| {
+                l.to_ascii_lowercase().starts_with("accept:") && l.contains("openmetrics")
+            });
+            match snap {
+                Some(snap) if openmetrics => (
+                    "200 OK",
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    render(&snap, ctx),
+                ),
+                Some(snap) => (
+                    "200 OK",
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    prometheus_text(&render(&snap, ctx)),
+                ),
+                None => (
+                    "503 Service Unavailable",
+                    "text/plain",
+                    "lockd's core is not answering\n".to_string(),
+                ),
+            }
+        }
+        ("GET", _) => (
+            "404 Not Found",
+            "text/plain",
+            "lockd serves /metrics only\n".into(),
+        ),
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain",
+            "GET /metrics\n".into(),
+        ),
+    };
+    let reply = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(reply.as_bytes()).await?;
+    s.shutdown().await
+}
