@@ -442,5 +442,6 @@ const _: () = {
     assert!(core::mem::size_of::<Counter>() == 16);
     assert!(core::mem::size_of::<DropEvent>() == 24 + EVENT_FRAME_BYTES);
     assert!(core::mem::size_of::<MonitorBudget>() == 24);
+    assert!(EVENT_FRAME_BYTES.is_power_of_two());
     assert!(POSITIONS.is_power_of_two() && REASON_SLOTS.is_power_of_two());
 };

@@ -25,8 +25,37 @@ pub trait Frame {
     fn load<const N: usize>(&self, off: usize) -> Result<[u8; N], Reason>;
     /// Whether the kernel carries a VLAN tag beside the bytes (rule 2 applies to it too).
     fn tagged_beside(&self) -> bool;
-    /// Copies the frame's first bytes into `out` (for a monitor event); how many.
-    fn copy_head(&self, out: &mut [u8; EVENT_FRAME_BYTES]) -> u16;
+    /// Eight bytes at `off` wherever they lie (for a monitor event).
+    fn piece(&self, off: usize) -> Option<[u8; 8]>;
+
+    /// Copies the frame's first bytes into `out` (for a monitor event); how many. Eight at a
+    /// time, the last eight overlapping the piece before: constant sizes and offsets the
+    /// verifier of Linux 6.1 can bound (a byte-wise tail and a helper's variable size it
+    /// cannot).
+    #[inline(always)]
+    fn copy_head(&self, out: &mut [u8; EVENT_FRAME_BYTES]) -> u16 {
+        let len = self.frame_len();
+        let mut n = 0;
+        while n + 8 <= EVENT_FRAME_BYTES && n + 8 <= len {
+            let Some(b) = self.piece(n) else {
+                break;
+            };
+            out[n..n + 8].copy_from_slice(&b);
+            n += 8;
+        }
+        if n < EVENT_FRAME_BYTES && n < len && len >= 8 {
+            // Masked so the verifier bounds it whatever LLVM makes of the checks around it
+            // (here the frame is shorter than EVENT_FRAME_BYTES, so the mask changes nothing).
+            let i = len.wrapping_sub(8) & (EVENT_FRAME_BYTES - 1);
+            if i <= EVENT_FRAME_BYTES - 8
+                && let Some(b) = self.piece(i)
+            {
+                out[i..i + 8].copy_from_slice(&b);
+                n = len;
+            }
+        }
+        n as u16
+    }
 }
 
 /// A bounds-checked read of `N` bytes at `start` from a linear buffer ending at `data_end`.
@@ -64,35 +93,10 @@ impl Frame for XdpContext {
         false
     }
 
-    /// Eight bytes at a time (no helper copies from an XDP buffer before Linux 5.18).
+    /// No helper copies from an XDP buffer before Linux 5.18: a direct read.
     #[inline(always)]
-    fn copy_head(&self, out: &mut [u8; EVENT_FRAME_BYTES]) -> u16 {
-        let mut n = 0;
-        while n + 8 <= EVENT_FRAME_BYTES {
-            let Ok(b) = self.load::<8>(n) else {
-                break;
-            };
-            out[n..n + 8].copy_from_slice(&b);
-            n += 8;
-        }
-        // Then two at a time (a one-byte bound check becomes a `>=` the verifier does not
-        // narrow), and an odd last byte from a read that overlaps the one before.
-        while n + 2 <= EVENT_FRAME_BYTES {
-            let Ok(b) = self.load::<2>(n) else {
-                break;
-            };
-            out[n] = b[0];
-            out[n + 1] = b[1];
-            n += 2;
-        }
-        if n > 0
-            && n < EVENT_FRAME_BYTES
-            && let Ok(b) = self.load::<2>(n - 1)
-        {
-            out[n] = b[1];
-            n += 1;
-        }
-        n as u16
+    fn piece(&self, off: usize) -> Option<[u8; 8]> {
+        self.load::<8>(off).ok()
     }
 }
 
@@ -127,17 +131,10 @@ impl Frame for TcContext {
         unsafe { (*self.skb.skb).vlan_present != 0 }
     }
 
+    /// Copied out of the skb wherever the bytes lie.
     #[inline(always)]
-    fn copy_head(&self, out: &mut [u8; EVENT_FRAME_BYTES]) -> u16 {
-        let n = self.frame_len().min(EVENT_FRAME_BYTES);
-        if n == 0 {
-            return 0;
-        }
-        // SAFETY: `out` is a live buffer of at least n bytes.
-        let r = unsafe {
-            bpf_skb_load_bytes(self.skb.skb.cast(), 0, out.as_mut_ptr().cast(), n as u32)
-        };
-        if r == 0 { n as u16 } else { 0 }
+    fn piece(&self, off: usize) -> Option<[u8; 8]> {
+        copy::<8>(self, off)
     }
 }
 

@@ -341,6 +341,13 @@ fn parts(b: &Bins) -> Vec<Part> {
             ),
         },
         Part {
+            name: "lockd monitor: one line per dropped frame, with its reason and addresses",
+            cmd: one(
+                "observe",
+                &["monitor_shows_each_dropped_frame_with_its_reason_and_addresses"],
+            ),
+        },
+        Part {
             name: "daemon start, kill -9, adopt: no spoofed frame delivered",
             cmd: one("daemon_e2e", &["restarts_leave_no_gap"]),
         },

@@ -66,7 +66,7 @@ pub(crate) fn per_packet(
     opts: &Opts,
     dev: (&NetNs, u32),
     helpers: &Helpers,
-) -> (Value, Value, f64) {
+) -> (Value, Value, f64, Value) {
     step("per-packet cost (BPF_PROG_TEST_RUN, median of 5, kernel-reported)");
     let repeat = if opts.quick { 1_000_000 } else { 4_000_000 };
     let cs = cases();
@@ -105,7 +105,29 @@ pub(crate) fn per_packet(
             rows.push(json!({"class": key, "empty_ns": empty, "lockd_ns": plain, "lockd_ratelimit_ns": limited,
                 "tc_ingress_ns": tc_plain, "tc_ingress_ratelimit_ns": tc_limited}));
         }
-        (Value::Array(rows), Value::Object(overhead), median_f(limiter))
+        // The drop path with no monitor attached and with one (a spoofed frame, over and over:
+        // after the first `cap` events of each second, the suppressed count).
+        let c = cs
+            .iter()
+            .find(|c| c.name == "UDP from a foreign IP")
+            .expect("corpus case");
+        dp.set_policy(ifx, &c.policy).expect("policy");
+        let mut mon = dp.take_monitor().expect("the monitor's maps");
+        let off = cost(&lockd, ifx, &c.frame, repeat);
+        mon.set(true, lockd_common::DEFAULT_MONITOR_CAP).expect("monitor on");
+        let on = cost(&lockd, ifx, &c.frame, repeat);
+        mon.set(false, 0).expect("monitor off");
+        eprintln!(
+            "  drop path ({}): monitor off {off:5.1} ns, on (over the cap) {on:5.1} ns",
+            c.name
+        );
+        let monitor = json!({"class": c.name, "off_ns": off, "on_ns": on});
+        (
+            Value::Array(rows),
+            Value::Object(overhead),
+            median_f(limiter),
+            monitor,
+        )
     })
     .expect("ns")
 }

@@ -153,7 +153,7 @@ fn main() {
     let vm = NetNs::new("bu").expect("ns");
     lockd_kit::netlab::veth(&host, "v0", &vm, "e0", "02:00:00:00:00:0b", None).expect("veth");
     let ifx = host.ifindex("v0").expect("ifindex");
-    let (classes, overhead, limiter_added) = per_packet(&opts, (&host, ifx), &helpers);
+    let (classes, overhead, limiter_added, monitor) = per_packet(&opts, (&host, ifx), &helpers);
     let (vifs_scaling, allowed_scaling) = scaling(&opts, (&host, ifx));
     drop((host, vm));
 
@@ -267,6 +267,7 @@ fn main() {
         "tcp_wan_ratio": tcp["wan_20ms"]["ratio"],
         "tcp": tcp,
         "unavailable": unavailable,
+        "monitor_drop_ns": monitor,
         "speedup_vs_ebtables": eb / lockd,
         "lockd_2vcpu_vs_1vcpu": two / one_pps,
         "test_run_overhead_ns": overhead,

@@ -108,6 +108,15 @@ pub fn markdown(r: &Value) -> String {
             "≥ 0.9 each",
         ),
         (
+            "drop path, test_run: no monitor / a monitor attached (over its cap)",
+            format!(
+                "{} / {} ns",
+                opt(&r["monitor_drop_ns"]["off_ns"], |x| format!("{x:.0}")),
+                opt(&r["monitor_drop_ns"]["on_ns"], |x| format!("{x:.0}"))
+            ),
+            "off: within noise of no monitor code",
+        ),
+        (
             "lockd 2 vCPUs / 1 vCPU (pps)",
             format!("{:.2}×", f(&r["lockd_2vcpu_vs_1vcpu"])),
             "≥ 1.9×",
