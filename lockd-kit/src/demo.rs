@@ -165,7 +165,7 @@ pub fn run(json: bool, mode: XdpModeRequest) -> Result<()> {
             ))
         })
         .collect::<Result<_>>()?;
-    let (dp, modes) = host.run(move || -> Result<_> {
+    let (mut dp, modes) = host.run(move || -> Result<_> {
         let mut dp = Dataplane::load().context("loading the eBPF programs")?;
         let mut modes = Vec::new();
         for (ifx, p) in &policies {
@@ -183,11 +183,36 @@ pub fn run(json: bool, mode: XdpModeRequest) -> Result<()> {
             vm.v6
         ));
     }
+    // What `lockd monitor` shows: the kernel writes an event per dropped frame while on.
+    let mut monitor = dp.take_monitor().context("the monitor's maps")?;
+    monitor.set(true, lockd_common::DEFAULT_MONITOR_CAP)?;
     for (vm, ns, _) in &vms {
         let f = traffic(vm);
         if !f.is_empty() {
             say(&format!("{} sends {} frames", vm.name, f.len()));
             send_frames(ns, "eth0", &f)?;
+        }
+    }
+    monitor.set(false, 0)?;
+    let evil_ifx = vms[2].2;
+    let evil_name = lockd::daemon::monitor::VifName {
+        uuid: "evil".into(),
+        device: "vif-evil".into(),
+        counter: dp.counter_index(evil_ifx),
+    };
+    let mut events = Vec::new();
+    while let Some(item) = monitor.events.next() {
+        if let Some(ev) = lockd::daemon::monitor::parse_event(&item)
+            && ev.ifindex == evil_ifx
+        {
+            events.push(lockd::daemon::monitor::event_json(&ev, Some(&evil_name)));
+        }
+    }
+    say("\nlockd monitor --device vif-evil (the first drop of each reason):");
+    let mut seen = std::collections::BTreeSet::new();
+    for e in &events {
+        if seen.insert((e["direction"].to_string(), e["reason"].to_string())) {
+            say(&format!("  {}", lockd::daemon::monitor::text(e)));
         }
     }
     let mut report = Vec::new();
@@ -217,7 +242,9 @@ pub fn run(json: bool, mode: XdpModeRequest) -> Result<()> {
     if json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&json!({ "counters": report, "evil_passed": leaked }))?
+            serde_json::to_string_pretty(
+                &json!({ "counters": report, "evil_passed": leaked, "monitor": events })
+            )?
         );
     } else {
         println!("\nevil got {leaked} frames through; namespaces are removed on exit.");

@@ -122,11 +122,9 @@ impl Hub {
             let _ = unsafe { libc::poll(&mut pfd, 1, 200) };
             let clock = Clock::now();
             while let Some(item) = events.next() {
-                if item.len() < size_of::<DropEvent>() {
+                let Some(ev) = parse_event(&item) else {
                     continue;
-                }
-                // SAFETY: the kernel wrote a DropEvent (plain data) of at least this size.
-                let ev: DropEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+                };
                 let name = names
                     .read()
                     .unwrap_or_else(|p| p.into_inner())
@@ -254,6 +252,18 @@ pub fn rfc3339(unix_ns: i128) -> String {
         sod % 3600 / 60,
         sod % 60
     )
+}
+
+/// The line for one event read from the ring (`lockd monitor --json`'s object).
+pub fn event_json(ev: &DropEvent, name: Option<&VifName>) -> Value {
+    event_line(ev, name, &Clock::now())
+}
+
+/// Reads one ring buffer record as an event.
+pub fn parse_event(bytes: &[u8]) -> Option<DropEvent> {
+    (bytes.len() >= size_of::<DropEvent>())
+        // SAFETY: the kernel wrote a DropEvent (plain data) of at least this size.
+        .then(|| unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
 }
 
 fn event_line(ev: &DropEvent, name: Option<&VifName>, clock: &Clock) -> Value {
