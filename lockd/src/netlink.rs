@@ -78,10 +78,10 @@ fn parse(buf: &[u8]) -> io::Result<(Vec<LinkEvent>, bool)> {
     Ok((out, false))
 }
 
-/// Every link in the calling thread's network namespace, as (ifindex, name).
-pub fn dump() -> io::Result<Vec<(u32, String)>> {
+/// A request socket whose receive times out after 5 s: a request the kernel never answers (a
+/// wrong flag) must fail, not hang the daemon.
+fn timed_socket() -> io::Result<Socket> {
     let s = socket(0)?;
-    // A request the kernel never answers (a wrong flag) must fail, not hang the daemon.
     let tv = libc::timeval {
         tv_sec: 5,
         tv_usec: 0,
@@ -99,6 +99,12 @@ pub fn dump() -> io::Result<Vec<(u32, String)>> {
     if r != 0 {
         return Err(io::Error::last_os_error());
     }
+    Ok(s)
+}
+
+/// Every link in the calling thread's network namespace, as (ifindex, name).
+pub fn dump() -> io::Result<Vec<(u32, String)>> {
+    let s = timed_socket()?;
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST | NLM_F_DUMP;
     header.sequence_number = 1;
@@ -153,25 +159,7 @@ pub(crate) fn request(
     msg: RouteNetlinkMessage,
     flags: u16,
 ) -> io::Result<Vec<NetlinkMessage<RouteNetlinkMessage>>> {
-    let s = socket(0)?;
-    // A request the kernel never answers (a wrong flag) must fail, not hang the daemon.
-    let tv = libc::timeval {
-        tv_sec: 5,
-        tv_usec: 0,
-    };
-    // SAFETY: setsockopt on our own socket with a live timeval of the size given.
-    let r = unsafe {
-        libc::setsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(&s),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&raw const tv).cast(),
-            size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let s = timed_socket()?;
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST | flags;
     header.sequence_number = 1;

@@ -14,6 +14,7 @@ use rand::{Rng, RngCore, SeedableRng, rngs::SmallRng};
 pub mod corpus;
 pub mod daemon;
 pub mod random;
+pub mod scene;
 pub mod wire;
 
 pub const GUEST: Mac = [0x02, 0, 0, 0, 0, 0x0b];

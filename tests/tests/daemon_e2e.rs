@@ -2,7 +2,6 @@
 //! restarts with no enforcement gap, durable state under kill -9, and the toolstack hook.
 
 use std::{
-    net::Ipv4Addr,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -11,22 +10,12 @@ use std::{
 };
 
 use lockd_common::policy::format_mac;
-use lockd_kit::{
-    frames::{self, Mac},
-    netlab::{NetNs, bridge, send_frames, veth},
-};
+use lockd_kit::netlab::{NetNs, bridge, send_frames, veth};
 use lockd_tests::{
     daemon::Instance,
+    scene::{IP_B, IP_SPOOF, MAC_A, MAC_B, NET, VIF, udp},
     wire::{Capture, delivered},
 };
-
-const MAC_A: Mac = [0x02, 0, 0, 0, 0, 0x0a];
-const MAC_B: Mac = [0x02, 0, 0, 0, 0, 0x0b];
-const IP_A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
-const IP_B: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
-const IP_SPOOF: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 99);
-const NET: &str = "0d6b2f77-3c8a-4a4e-8b47-2f1d7c3e9b02";
-const VIF: &str = "6f1c3bd8-0a52-4b8e-9f3e-1f0c2e6b7a01";
 
 /// A bridge in a host namespace with VM-a (receiver) plugged in; VM-b's namespace exists but
 /// its VIF is created by the test.
@@ -55,18 +44,6 @@ fn plug_b(t: &Topo) {
         Some("br0"),
     )
     .expect("veth b");
-}
-
-fn udp(src: Ipv4Addr, i: u32) -> Vec<u8> {
-    frames::udp4(
-        MAC_B,
-        MAC_A,
-        src,
-        IP_A,
-        20_000 + (i % 40_000) as u16,
-        9,
-        &i.to_be_bytes(),
-    )
 }
 
 fn configure(d: &Instance) {

@@ -12,22 +12,15 @@ use std::{
 
 use lockd_common::policy::format_mac;
 use lockd_kit::{
-    frames::{self, Mac},
+    frames,
     netlab::{NetNs, bridge, send_frames, veth},
 };
 use lockd_tests::{
     daemon::{Instance, lockd_bin},
+    scene::{IP_A, IP_B, IP_SPOOF, MAC_A, MAC_B, NET, VIF, udp},
     wire::{Capture, delivered},
 };
 use serde_json::Value;
-
-const MAC_A: Mac = [0x02, 0, 0, 0, 0, 0x0a];
-const MAC_B: Mac = [0x02, 0, 0, 0, 0, 0x0b];
-const IP_A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
-const IP_B: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
-const IP_SPOOF: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 99);
-const NET: &str = "0d6b2f77-3c8a-4a4e-8b47-2f1d7c3e9b02";
-const VIF: &str = "6f1c3bd8-0a52-4b8e-9f3e-1f0c2e6b7a01";
 
 /// A bridge in a host namespace, VM a (receiver) and VM b (the VIF under test, locked to
 /// 10.0.0.2 and 2001:db8::2) plugged in, and a daemon enforcing it.
@@ -68,18 +61,6 @@ fn topo(env: &[(&str, &str)]) -> Topo {
     ])
     .ok();
     Topo { host, a, b, d }
-}
-
-fn udp(src: Ipv4Addr, i: u32) -> Vec<u8> {
-    frames::udp4(
-        MAC_B,
-        MAC_A,
-        src,
-        IP_A,
-        20_000 + (i % 40_000) as u16,
-        9,
-        &i.to_be_bytes(),
-    )
 }
 
 fn arp_claiming(spa: Ipv4Addr) -> Vec<u8> {

@@ -92,21 +92,10 @@ impl Dataplane {
     /// counts dropped frames but not their bytes: those are the frames times the mean size of
     /// the frames handed to the shaper. None without a shaper.
     pub(super) fn shaper_drops(&self, ifindex: u32) -> Result<Option<(u64, u64)>> {
-        let Some((shaper_ifx, _)) = self
-            .vifs
-            .get(&ifindex)
-            .ok_or(DataplaneError::UnknownIfindex(ifindex))?
-            .shaper
-        else {
-            return Ok(None);
-        };
-        let st = self
-            .netns
-            .run(|| super::shaper::stats(shaper_ifx))
-            .map_err(DataplaneError::Shaper)?;
-        let shaped = self.slot(ifindex, Direction::FromVm, SLOT_SHAPED)?;
-        let bytes = st.dropped * shaped.bytes / shaped.packets.max(1);
-        Ok(Some((st.dropped, bytes)))
+        Ok(self.shaper_stats(ifindex)?.map(|(shaped, st)| {
+            let bytes = st.dropped * shaped.bytes / shaped.packets.max(1);
+            (st.dropped, bytes)
+        }))
     }
 
     /// What the VIF's shaper did: frames handed to it (counted by the TC program) and its

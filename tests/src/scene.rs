@@ -1,0 +1,28 @@
+//! The two-VM scene the end-to-end tests share: VM a receives, VM b's VIF is under test.
+
+use std::net::Ipv4Addr;
+
+use lockd_kit::frames::{self, Mac};
+
+pub const MAC_A: Mac = [0x02, 0, 0, 0, 0, 0x0a];
+pub const MAC_B: Mac = [0x02, 0, 0, 0, 0, 0x0b];
+pub const IP_A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+pub const IP_B: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+/// An address VM b may not use.
+pub const IP_SPOOF: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 99);
+pub const NET: &str = "0d6b2f77-3c8a-4a4e-8b47-2f1d7c3e9b02";
+pub const VIF: &str = "6f1c3bd8-0a52-4b8e-9f3e-1f0c2e6b7a01";
+
+/// UDP from VM b to VM a with source `src`, numbered `i` (port and payload), so that every
+/// frame is distinct.
+pub fn udp(src: Ipv4Addr, i: u32) -> Vec<u8> {
+    frames::udp4(
+        MAC_B,
+        MAC_A,
+        src,
+        IP_A,
+        20_000 + (i % 40_000) as u16,
+        9,
+        &i.to_be_bytes(),
+    )
+}
