@@ -38,6 +38,8 @@ pub struct Instance {
     /// Extra environment for the daemon.
     pub env: Vec<(String, String)>,
     child: Option<Child>,
+    /// The bpffs `bpffs` lies on: the test's own, unmounted on drop.
+    mount: Option<crate::bpffs::PrivateBpffs>,
 }
 
 /// Output of one CLI call.
@@ -68,10 +70,12 @@ impl Instance {
         let tag = format!("{}-{n}", std::process::id());
         let base = std::env::temp_dir().join(format!("lockd-test-{tag}"));
         let _ = std::fs::remove_dir_all(&base);
+        let mount = crate::bpffs::PrivateBpffs::mount(&base.join("bpffs"));
         Instance {
             state_dir: base.join("state"),
             socket: base.join("lockd.sock"),
-            bpffs: PathBuf::from(format!("/sys/fs/bpf/lockd-test-{tag}")),
+            bpffs: mount.dir("lockd"),
+            mount: Some(mount),
             netns: ns.name().to_string(),
             env: Vec::new(),
             child: None,
@@ -207,6 +211,7 @@ impl Drop for Instance {
             .arg(&self.bpffs)
             .env("LOCKD_SOCKET", &self.socket)
             .output();
+        drop(self.mount.take());
         if let Some(base) = self.state_dir.parent() {
             let _ = std::fs::remove_dir_all(base);
         }

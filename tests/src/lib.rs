@@ -11,6 +11,7 @@ use lockd_common::{
 use lockd_kit::frames::{self, BROADCAST, Mac, multicast_mac};
 use rand::{Rng, RngCore, SeedableRng, rngs::SmallRng};
 
+pub mod bpffs;
 pub mod corpus;
 pub mod daemon;
 pub mod random;

@@ -37,7 +37,10 @@ fn a_new_dataplane_adopts_slots_and_tables() {
     veth(&host, "v1", &vm, "e1", "02:00:00:00:00:0c", None).expect("veth");
     let a = host.ifindex("v0").expect("ifindex");
     let b = host.ifindex("v1").expect("ifindex");
-    let dir = std::path::PathBuf::from(format!("/sys/fs/bpf/lockd-adopt-{}", std::process::id()));
+    let mount = lockd_tests::bpffs::PrivateBpffs::mount(
+        &std::env::temp_dir().join(format!("lockd-adopt-{}", std::process::id())),
+    );
+    let dir = mount.dir("lockd");
     ensure_bpffs(&dir).expect("bpffs");
     let _pins = Pins(dir.clone());
     host.run(|| {

@@ -17,6 +17,8 @@ pub(crate) struct BenchDaemon {
     base: std::path::PathBuf,
     pub(crate) sock: std::path::PathBuf,
     bpffs: String,
+    /// Its own bpffs, unmounted when it stops.
+    mount: Option<lockd_tests::bpffs::PrivateBpffs>,
 }
 
 impl BenchDaemon {
@@ -26,11 +28,8 @@ impl BenchDaemon {
         base: std::path::PathBuf,
         env: &[(&str, &std::path::Path)],
     ) -> Self {
-        let tag = base
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let bpffs = format!("/sys/fs/bpf/{tag}");
+        let mount = lockd_tests::bpffs::PrivateBpffs::mount(&base.join("bpffs"));
+        let bpffs = mount.dir("lockd").to_string_lossy().into_owned();
         let sock = base.join("s.sock");
         let child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", ns.name()))
@@ -56,6 +55,7 @@ impl BenchDaemon {
             base,
             sock,
             bpffs,
+            mount: Some(mount),
         }
     }
 
@@ -72,6 +72,7 @@ impl BenchDaemon {
             .args(["cleanup", "--bpffs", &self.bpffs])
             .env("LOCKD_SOCKET", &self.sock)
             .output();
+        drop(self.mount.take());
         let _ = std::fs::remove_dir_all(&self.base);
     }
 }

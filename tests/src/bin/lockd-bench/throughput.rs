@@ -118,6 +118,20 @@ pub fn topo(bridge: bool) -> Topo {
 /// libxdp's working directory on bpffs.
 const XDP_DIR: &str = "/sys/fs/bpf/xdp";
 
+/// Whether the bench mounted the bpffs at /sys/fs/bpf (for xdp-filter), to unmount it after.
+static MOUNTED_BPFFS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether /sys/fs/bpf is a bpffs mount point now.
+fn bpffs_at_sys_fs_bpf() -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.get(4) == Some(&"/sys/fs/bpf") && l.contains(" - bpf ")
+        })
+}
+
 /// The paths compared.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Path {
@@ -359,7 +373,11 @@ fn setup(path: Path, t: &Topo, helpers: &mut Helpers) -> Setup {
                 }
             };
             // libxdp keeps its state under /sys/fs/bpf/xdp: bpffs must be there (mounted only
-            // on an empty /sys/fs/bpf, as the daemon does).
+            // on an empty /sys/fs/bpf, as the daemon does, and unmounted after the run if it
+            // was not there before).
+            if !bpffs_at_sys_fs_bpf() {
+                MOUNTED_BPFFS.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
             if let Err(e) = lockd::dataplane::ensure_bpffs(std::path::Path::new(XDP_DIR)) {
                 return Setup::Unavailable(format!("bpffs for xdp-filter: {e}"));
             }
@@ -607,8 +625,13 @@ pub fn measure_with(
             .arg(format!("--net=/run/netns/{ns}"))
             .args(["xdp-filter", "unload", "vif0"])
             .output();
-        // Leave bpffs as found: libxdp's directory goes once empty.
+        // Leave bpffs as found: libxdp's directory goes once empty, and a bpffs the bench
+        // mounted goes too.
         let _ = std::fs::remove_dir(XDP_DIR);
+        if MOUNTED_BPFFS.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            // SAFETY: a NUL-terminated path.
+            unsafe { libc::umount2(c"/sys/fs/bpf".as_ptr(), libc::MNT_DETACH) };
+        }
     }
     drop(setup);
     Sample {
