@@ -4,7 +4,7 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use lockd_common::proto::*;
+use lockd_common::{policy::format_mac, proto::*};
 
 /// The fields of one frame, as strings ready to print.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -18,14 +18,6 @@ pub struct FrameInfo {
     /// `arp`, `ipv4/udp`, `ipv6/icmpv6/135`, `ethertype 0x8100`, …
     pub proto: String,
     pub summary: String,
-}
-
-/// Lower case, colon separated.
-pub fn mac(b: &[u8]) -> String {
-    b.iter()
-        .map(|x| format!("{x:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
 }
 
 fn arr<const N: usize>(f: &[u8], off: usize) -> Option<[u8; N]> {
@@ -80,8 +72,8 @@ pub fn describe(frame: &[u8], len: usize) -> FrameInfo {
         i.summary = format!("{len} bytes: shorter than an Ethernet header");
         return i;
     };
-    i.dst_mac = mac(&dst);
-    i.src_mac = mac(&src);
+    i.dst_mac = format_mac(dst);
+    i.src_mac = format_mac(src);
     let l3 = ETH_HLEN;
     let what = match ethertype {
         ETH_P_ARP => {
@@ -94,7 +86,7 @@ pub fn describe(frame: &[u8], len: usize) -> FrameInfo {
                 (Some(op), Some(spa), Some(tpa)) => {
                     i.src_ip = Ipv4Addr::from(spa).to_string();
                     i.dst_ip = Ipv4Addr::from(tpa).to_string();
-                    let sha = arr::<6>(frame, l3 + 8).map(|m| mac(&m)).unwrap_or_default();
+                    let sha = arr::<6>(frame, l3 + 8).map(format_mac).unwrap_or_default();
                     match op {
                         1 => format!("ARP who-has {} tell {} ({sha})", i.dst_ip, i.src_ip),
                         2 => format!("ARP reply {} is-at {sha}", i.src_ip),

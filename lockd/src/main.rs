@@ -323,7 +323,7 @@ fn run(cli: Cli) -> Result<u8> {
                     lines.len(),
                     lines.len() - dropped,
                     policy.mode.name(),
-                    lockd::frameinfo::mac(&policy.mac)
+                    lockd_common::policy::format_mac(policy.mac)
                 );
             }
             Ok(if disagree > 0 { 3 } else { 0 })

@@ -214,7 +214,7 @@ impl Core {
         Ok(serde_json::json!({
             "uuid": v.uuid,
             "mode": p.mode.name(),
-            "mac": crate::frameinfo::mac(&p.mac),
+            "mac": lockd_common::policy::format_mac(p.mac),
             "ipv4": p.ipv4.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
             "ipv6": p.ipv6.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
         })
