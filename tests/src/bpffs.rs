@@ -12,24 +12,8 @@ impl PrivateBpffs {
     /// Mounts a new bpffs at `root` (created; must not exist or be empty).
     pub fn mount(root: &Path) -> PrivateBpffs {
         std::fs::create_dir_all(root).expect("bpffs mount point");
-        let target = std::ffi::CString::new(root.as_os_str().as_encoded_bytes()).expect("path");
-        // SAFETY: NUL-terminated strings that outlive the call.
-        let r = unsafe {
-            libc::mount(
-                c"bpffs".as_ptr(),
-                target.as_ptr(),
-                c"bpf".as_ptr(),
-                0,
-                c"mode=0700".as_ptr().cast(),
-            )
-        };
-        assert_eq!(
-            r,
-            0,
-            "mount bpffs on {}: {}",
-            root.display(),
-            std::io::Error::last_os_error()
-        );
+        lockd::dataplane::mount_bpffs(root)
+            .unwrap_or_else(|e| panic!("mount bpffs on {}: {e}", root.display()));
         PrivateBpffs {
             root: root.to_path_buf(),
         }

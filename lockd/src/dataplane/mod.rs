@@ -29,7 +29,7 @@ mod tables;
 pub use counters::VifCounters;
 pub use error::DataplaneError;
 pub use monitor_maps::MonitorMaps;
-pub use pinning::{DEFAULT_PIN_DIR, LAYOUT_VERSION, cleanup, ensure_bpffs};
+pub use pinning::{DEFAULT_PIN_DIR, LAYOUT_VERSION, cleanup, ensure_bpffs, mount_bpffs};
 
 use encode::{Entries, config_of, lpm4, lpm6};
 use error::{Result, map_err, prog_err};

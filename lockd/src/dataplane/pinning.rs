@@ -106,6 +106,27 @@ fn on_bpffs(path: &Path) -> bool {
     }
 }
 
+/// Mounts a new bpffs (mode 0700) on the existing directory `at`.
+pub fn mount_bpffs(at: &Path) -> io::Result<()> {
+    let target =
+        std::ffi::CString::new(at.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
+    // SAFETY: all strings are NUL-terminated and outlive the call.
+    let r = unsafe {
+        libc::mount(
+            c"bpffs".as_ptr(),
+            target.as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            c"mode=0700".as_ptr().cast(),
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Makes sure `dir`'s parent is on bpffs, then creates `dir`. A fresh machine has no bpffs
 /// at /sys/fs/bpf, so the parent gets one mounted — but only if it is an empty directory (or
 /// does not exist yet): mounting over a directory with contents would hide them (once, a
@@ -124,21 +145,7 @@ pub fn ensure_bpffs(dir: &Path) -> Result<()> {
                  there yourself, or choose a pin directory whose parent is bpffs or empty)",
             )));
         }
-        let target = std::ffi::CString::new(parent.as_os_str().as_encoded_bytes())
-            .map_err(|e| pin_err(parent)(io::Error::other(e)))?;
-        // SAFETY: all strings are NUL-terminated and outlive the call.
-        let r = unsafe {
-            libc::mount(
-                c"bpffs".as_ptr(),
-                target.as_ptr(),
-                c"bpf".as_ptr(),
-                0,
-                c"mode=0700".as_ptr().cast(),
-            )
-        };
-        if r != 0 {
-            return Err(pin_err(parent)(io::Error::last_os_error()));
-        }
+        mount_bpffs(parent).map_err(pin_err(parent))?;
         tracing::info!(path = %parent.display(), "mounted bpffs");
     }
     fs::create_dir_all(dir).map_err(pin_err(dir))
