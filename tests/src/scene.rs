@@ -2,7 +2,10 @@
 
 use std::net::Ipv4Addr;
 
+use lockd_common::policy::format_mac;
 use lockd_kit::frames::{self, Mac};
+
+use crate::daemon::Instance;
 
 pub const MAC_A: Mac = [0x02, 0, 0, 0, 0, 0x0a];
 pub const MAC_B: Mac = [0x02, 0, 0, 0, 0, 0x0b];
@@ -25,4 +28,23 @@ pub fn udp(src: Ipv4Addr, i: u32) -> Vec<u8> {
         9,
         &i.to_be_bytes(),
     )
+}
+
+/// VM b's network and VIF (`vifb`), locked, with its allowed addresses given as
+/// `vif-param-set` words (`ipv4-allowed=…`, `ipv6-allowed=…`).
+pub fn configure(d: &Instance, allowed: &[&str]) {
+    d.cli(&["network-create", "name-label=br0", &format!("uuid={NET}")])
+        .ok();
+    d.cli(&[
+        "vif-create",
+        &format!("network-uuid={NET}"),
+        "device=vifb",
+        &format!("mac={}", format_mac(MAC_B)),
+        &format!("uuid={VIF}"),
+    ])
+    .ok();
+    let uuid = format!("uuid={VIF}");
+    let mut args = vec!["vif-param-set", uuid.as_str(), "locking-mode=locked"];
+    args.extend_from_slice(allowed);
+    d.cli(&args).ok();
 }

@@ -13,7 +13,7 @@ use lockd_common::policy::format_mac;
 use lockd_kit::netlab::{NetNs, bridge, send_frames, veth};
 use lockd_tests::{
     daemon::Instance,
-    scene::{IP_B, IP_SPOOF, MAC_A, MAC_B, NET, VIF, udp},
+    scene::{IP_B, IP_SPOOF, MAC_A, MAC_B, NET, VIF, configure, udp},
     wire::{Capture, delivered},
 };
 
@@ -46,26 +46,6 @@ fn plug_b(t: &Topo) {
     .expect("veth b");
 }
 
-fn configure(d: &Instance) {
-    d.cli(&["network-create", "name-label=br0", &format!("uuid={NET}")])
-        .ok();
-    d.cli(&[
-        "vif-create",
-        &format!("network-uuid={NET}"),
-        "device=vifb",
-        &format!("mac={}", format_mac(MAC_B)),
-        &format!("uuid={VIF}"),
-    ])
-    .ok();
-    d.cli(&[
-        "vif-param-set",
-        &format!("uuid={VIF}"),
-        "locking-mode=locked",
-        "ipv4-allowed=10.0.0.2",
-    ])
-    .ok();
-}
-
 /// Sends `n` spoofed and `n` genuine frames from VM-b and returns (spoofed, genuine) delivered.
 fn burst(t: &Topo, n: u32, base: u32) -> (usize, usize) {
     let spoof: Vec<_> = (0..n).map(|i| udp(IP_SPOOF, base + i)).collect();
@@ -83,7 +63,7 @@ fn vif_configured_before_its_netdev_is_enforced_on_arrival() {
     let t = topo();
     let mut d = Instance::new(&t.host);
     d.start();
-    configure(&d);
+    configure(&d, &["ipv4-allowed=10.0.0.2"]);
     let row = d.cli(&["vif-list", "--json"]).json();
     assert_eq!(row[0]["attach"], "absent");
 
@@ -245,7 +225,7 @@ fn restarts_leave_no_gap() {
     // the default, clsact filters recorded on bpffs.
     d.env.push(("LOCKD_TC_MODE".into(), "tcx".into()));
     d.start();
-    configure(&d);
+    configure(&d, &["ipv4-allowed=10.0.0.2"]);
     let flow = Flow::start(&t);
     let phase = |what: &str| {
         std::thread::sleep(Duration::from_millis(300));
@@ -276,7 +256,7 @@ fn state_is_the_last_acknowledged_after_kill_9() {
     let t = topo();
     let mut d = Instance::new(&t.host);
     d.start();
-    configure(&d);
+    configure(&d, &["ipv4-allowed=10.0.0.2"]);
     let acked = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicBool::new(false));
     let writer = {
@@ -341,7 +321,7 @@ fn upgrade_from_an_older_layout_has_no_gap() {
     let mut d = Instance::new(&t.host);
     d.env.push(("LOCKD_LAYOUT_VERSION".into(), "1".into()));
     d.start();
-    configure(&d);
+    configure(&d, &["ipv4-allowed=10.0.0.2"]);
     assert!(d.bpffs.join("links").is_dir(), "the old release's layout");
     let flow = Flow::start(&t);
     std::thread::sleep(Duration::from_millis(300));

@@ -17,7 +17,7 @@ use lockd_kit::{
 };
 use lockd_tests::{
     daemon::{Instance, lockd_bin},
-    scene::{IP_A, IP_B, IP_SPOOF, MAC_A, MAC_B, NET, VIF, udp},
+    scene::{IP_A, IP_B, IP_SPOOF, MAC_A, MAC_B, VIF, configure, udp},
     wire::{Capture, delivered},
 };
 use serde_json::Value;
@@ -42,24 +42,7 @@ fn topo(env: &[(&str, &str)]) -> Topo {
     d.env
         .extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     d.start();
-    d.cli(&["network-create", "name-label=br0", &format!("uuid={NET}")])
-        .ok();
-    d.cli(&[
-        "vif-create",
-        &format!("network-uuid={NET}"),
-        "device=vifb",
-        &format!("mac={}", format_mac(MAC_B)),
-        &format!("uuid={VIF}"),
-    ])
-    .ok();
-    d.cli(&[
-        "vif-param-set",
-        &format!("uuid={VIF}"),
-        "locking-mode=locked",
-        "ipv4-allowed=10.0.0.2",
-        "ipv6-allowed=2001:db8::2",
-    ])
-    .ok();
+    configure(&d, &["ipv4-allowed=10.0.0.2", "ipv6-allowed=2001:db8::2"]);
     Topo { host, a, b, d }
 }
 
