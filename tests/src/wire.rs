@@ -327,3 +327,57 @@ pub fn send_split_repeat(
     })
     .expect("sender namespace")
 }
+
+/// The far host's MAC and address (on the VMs' subnet, behind the bridge's uplink).
+pub const FAR_MAC: &str = "02:00:00:00:00:0f";
+pub const FAR_IP: &str = "10.0.0.9";
+
+/// A host 20 ms (round trip) away behind a bridge's uplink, as the far end of a VM's TCP
+/// connection: the uplink port carries no lockd program; a delay line in its own namespace
+/// stands for the network. Lives as long as the value.
+pub struct FarHost {
+    pub far: NetNs,
+    _line: DelayLine,
+    _wan: NetNs,
+}
+
+impl FarHost {
+    /// Plugs the uplink into `bridge` in `host`; `vm` is the namespace of the VM that talks
+    /// to the far host (its checksums are computed in software, for the delay line).
+    pub fn start(host: &NetNs, bridge: &str, vm: &NetNs) -> FarHost {
+        let wan = NetNs::new("rw").expect("ns");
+        let far = NetNs::new("rf").expect("ns");
+        lockd_kit::netlab::veth(
+            host,
+            "uplink",
+            &wan,
+            "up0",
+            "02:00:00:00:00:fe",
+            Some(bridge),
+        )
+        .expect("veth");
+        lockd_kit::netlab::veth(&wan, "dn0", &far, "eth0", FAR_MAC, None).expect("veth");
+        far.exec(&["ip", "addr", "add", &format!("{FAR_IP}/24"), "dev", "eth0"])
+            .expect("addr");
+        for ns in [&far, vm] {
+            ns.exec(&["ethtool", "-K", "eth0", "tx", "off"])
+                .expect("checksums in software for the delay line");
+        }
+        let line = DelayLine::start(&wan, "up0", "dn0", Duration::from_millis(10));
+        FarHost {
+            far,
+            _line: line,
+            _wan: wan,
+        }
+    }
+}
+
+/// An iperf3 TCP client report's goodput as frame bytes per second: the payload the receiver
+/// got, each full segment carried in a frame 66 bytes longer (Ethernet 14, IPv4 20, TCP with
+/// timestamps 32) — the flow's share of the rate, retransmissions not counted. None if the
+/// report lacks the figures.
+pub fn tcp_frame_rate(report: &serde_json::Value) -> Option<f64> {
+    let recv = &report["end"]["sum_received"];
+    let mss = 1448.0;
+    Some(recv["bytes"].as_f64()? / recv["seconds"].as_f64()? * (mss + 66.0) / mss)
+}

@@ -21,7 +21,7 @@ use lockd_kit::{
     frames::{self, BROADCAST, Mac, multicast_mac, nd_body},
     netlab::{NetNs, bridge, veth},
 };
-use lockd_tests::wire::{Capture, DelayLine, delivered, send};
+use lockd_tests::wire::{Capture, FAR_IP, FarHost, delivered, send, tcp_frame_rate};
 
 const MAC: [Mac; 3] = [
     [0x02, 0, 0, 0, 0, 0x0a],
@@ -377,46 +377,6 @@ fn measure(
     (rate, limited(lab) - r0, reports)
 }
 
-/// A TCP client report's goodput as frame bytes per second: the payload the receiver got,
-/// each full segment carried in a frame 66 bytes longer (Ethernet 14, IPv4 20, TCP with
-/// timestamps 32) — the flow's share of the rate, retransmissions not counted.
-fn tcp_frame_rate(report: &serde_json::Value) -> f64 {
-    let recv = &report["end"]["sum_received"];
-    let bytes = recv["bytes"].as_f64().expect("bytes received");
-    let secs = recv["seconds"].as_f64().expect("seconds");
-    let mss = 1448.0;
-    bytes / secs * (mss + 66.0) / mss
-}
-
-/// A host 20 ms (round trip) away behind the bridge's uplink, as the far end of a VM's TCP
-/// connection: the uplink port carries no lockd program; a delay line in its own namespace
-/// stands for the network. Returns the namespaces and the line, which live as long as needed.
-fn far_host(lab: &Lab) -> (NetNs, NetNs, DelayLine) {
-    let wan = NetNs::new("rw").expect("ns");
-    let far = NetNs::new("rf").expect("ns");
-    veth(
-        &lab.host,
-        "uplink",
-        &wan,
-        "up0",
-        "02:00:00:00:00:fe",
-        Some("br0"),
-    )
-    .expect("veth");
-    veth(&wan, "dn0", &far, "eth0", FAR_MAC, None).expect("veth");
-    far.exec(&["ip", "addr", "add", &format!("{FAR_IP}/24"), "dev", "eth0"])
-        .expect("addr");
-    for ns in [&far, lab.ns(1)] {
-        ns.exec(&["ethtool", "-K", "eth0", "tx", "off"])
-            .expect("checksums in software for the delay line");
-    }
-    let line = DelayLine::start(&wan, "up0", "dn0", Duration::from_millis(10));
-    (wan, far, line)
-}
-
-const FAR_MAC: &str = "02:00:00:00:00:0f";
-const FAR_IP: &str = "10.0.0.9";
-
 const KBPS: u64 = 1024; // 1 MiB/s
 
 fn limited(i: usize) -> VifPolicy {
@@ -454,9 +414,10 @@ fn rate_limit_shapes_to_the_configured_rate() {
     lab.host
         .exec(&["ip", "link", "show", &shaper])
         .expect("the shaper device exists");
-    let (_wan, far, _line) = far_host(&lab);
+    let far_host = FarHost::start(&lab.host, "br0", lab.ns(1));
+    let far = &far_host.far;
     let near: Peer<'_> = (lab.ns(0), IPS[0]);
-    let remote: Peer<'_> = (&far, FAR_IP);
+    let remote: Peer<'_> = (far, FAR_IP);
     let twice_bits = (2.0 * configured * 8.0) as u64;
     let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
     let two: Vec<u32> = (0..ncpu.min(2)).collect();
@@ -494,7 +455,7 @@ fn rate_limit_shapes_to_the_configured_rate() {
         ("TCP, 1 flow, 20 ms away", remote),
     ] {
         let (_, _, reports) = measure(&lab, peer, &[0], Load::Tcp(twice_bits), 8);
-        let ratio = tcp_frame_rate(&reports[0]) / configured;
+        let ratio = tcp_frame_rate(&reports[0]).expect("a TCP report") / configured;
         eprintln!("{name}: ratio {ratio:.4}");
         assert!(
             ratio >= 0.9,

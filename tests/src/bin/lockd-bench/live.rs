@@ -176,7 +176,7 @@ pub(crate) fn ratelimit(opts: &Opts, helpers: &mut Helpers) -> Value {
 /// 20 ms away (a delay line stands for the network): its goodput, as frame bytes, over the rate.
 pub(crate) fn tcp_ratios(opts: &Opts) -> Value {
     use lockd_kit::netlab::{bridge, veth};
-    use lockd_tests::wire::DelayLine;
+    use lockd_tests::wire::{FAR_IP, FarHost, tcp_frame_rate};
     step("one TCP flow through the rate limit (iperf3; same bridge, and 20 ms away)");
     let secs = if opts.quick { 5 } else { 10 };
     let kbps = 1024u64; // 1 MiB/s
@@ -184,8 +184,6 @@ pub(crate) fn tcp_ratios(opts: &Opts) -> Value {
     bridge(&host, "br0").expect("bridge");
     let vm = NetNs::new("ta").expect("ns");
     let peer = NetNs::new("tb").expect("ns");
-    let wan = NetNs::new("tw").expect("ns");
-    let far = NetNs::new("tf").expect("ns");
     let guest = "02:00:00:00:00:0b";
     veth(&host, "vif0", &vm, "eth0", guest, Some("br0")).expect("veth");
     veth(
@@ -197,25 +195,11 @@ pub(crate) fn tcp_ratios(opts: &Opts) -> Value {
         Some("br0"),
     )
     .expect("veth");
-    veth(
-        &host,
-        "uplink",
-        &wan,
-        "up0",
-        "02:00:00:00:00:fe",
-        Some("br0"),
-    )
-    .expect("veth");
-    veth(&wan, "dn0", &far, "eth0", "02:00:00:00:00:0f", None).expect("veth");
-    for (ns, ip) in [(&vm, "10.0.0.2"), (&peer, "10.0.0.1"), (&far, "10.0.0.9")] {
+    for (ns, ip) in [(&vm, "10.0.0.2"), (&peer, "10.0.0.1")] {
         ns.exec(&["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"])
             .expect("addr");
     }
-    for ns in [&far, &vm] {
-        ns.exec(&["ethtool", "-K", "eth0", "tx", "off"])
-            .expect("checksums in software for the delay line");
-    }
-    let line = DelayLine::start(&wan, "up0", "dn0", std::time::Duration::from_millis(10));
+    let far = FarHost::start(&host, "br0", &vm);
     let ifx = host.ifindex("vif0").expect("ifindex");
     let mut p = bench_policy();
     p.rate = Some(RateLimit {
@@ -269,20 +253,16 @@ pub(crate) fn tcp_ratios(opts: &Opts) -> Value {
         let v: Option<Value> = out
             .ok()
             .and_then(|o| serde_json::from_slice(&o.stdout).ok());
-        let Some(bytes_s) = v.as_ref().and_then(|v| {
-            let r = &v["end"]["sum_received"];
-            Some(r["bytes"].as_f64()? / r["seconds"].as_f64()?)
-        }) else {
+        let Some(frame_bps) = v.as_ref().and_then(tcp_frame_rate) else {
             return json!({"unavailable": "iperf3 gave no report"});
         };
-        // Goodput as frame bytes: each 1448-byte segment rides a frame 66 bytes longer.
-        let r = bytes_s * (1448.0 + 66.0) / 1448.0 / configured;
-        eprintln!("  to {dst}: goodput {:.0} B/s, {r:.4} of the rate", bytes_s);
-        json!({"ratio": r, "goodput_bps": bytes_s})
+        let r = frame_bps / configured;
+        eprintln!("  to {dst}: goodput {frame_bps:.0} B/s as frames, {r:.4} of the rate");
+        json!({"ratio": r, "goodput_frame_bps": frame_bps})
     };
     let lan = ratio(&peer, "10.0.0.1");
-    let wan_r = ratio(&far, "10.0.0.9");
-    drop(line);
+    let wan_r = ratio(&far.far, FAR_IP);
+    drop(far);
     host.run(move || drop(dp)).expect("ns");
     json!({"configured_bps": configured, "lan": lan, "wan_20ms": wan_r})
 }
