@@ -212,7 +212,14 @@ pub fn explain(policy: &VifPolicy, frames: &[Captured], dir: Direction) -> Resul
         Direction::ToVm => Some(dp.tc_runner()?),
         Direction::FromVm => None,
     };
-    let mut before = dp.counters(ifx)?;
+    // Frames counted per reason in this direction (the other is never touched here).
+    let counts = |dp: &Dataplane| -> Result<Vec<u64>> {
+        Reason::ALL
+            .iter()
+            .map(|&r| Ok(dp.counter(ifx, dir, r)?.packets))
+            .collect()
+    };
+    let mut before = counts(&dp)?;
     let mut out = Vec::with_capacity(frames.len());
     for (i, f) in frames.iter().enumerate() {
         let mut summary = frameinfo::describe(&f.data, f.orig_len).summary;
@@ -238,10 +245,11 @@ pub fn explain(policy: &VifPolicy, frames: &[Captured], dir: Direction) -> Resul
                         .with_context(|| format!("frame {}", i + 1))?;
                 }
             }
-            let after = dp.counters(ifx)?;
+            let after = counts(&dp)?;
             let changed = Reason::ALL
                 .into_iter()
-                .find(|&r| after.get(dir, r).packets != before.get(dir, r).packets);
+                .zip(after.iter().zip(&before))
+                .find_map(|(r, (a, b))| (a != b).then_some(r));
             before = after;
             changed.ok_or_else(|| anyhow!("frame {}: the kernel counted nothing", i + 1))?
         };

@@ -194,7 +194,7 @@ impl Core {
         match vif {
             None => Ok(String::new()),
             Some(u) => {
-                let canonical = u.trim().to_ascii_lowercase();
+                let canonical = xe::params::uuid(&u)?;
                 match self.state.vif(&canonical) {
                     Some(v) => Ok(v.uuid.clone()),
                     None => Err(format!("unknown VIF '{u}'")),
@@ -205,7 +205,7 @@ impl Core {
 
     /// The policy in force for a VIF, as `lockd explain --vif` wants it.
     fn policy_request(&self, vif: &str) -> Result<String, String> {
-        let canonical = vif.trim().to_ascii_lowercase();
+        let canonical = xe::params::uuid(vif)?;
         let v = self
             .state
             .vif(&canonical)
