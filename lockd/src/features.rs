@@ -20,15 +20,19 @@ pub enum Feature {
     MmapableArray,
     XdpLink,
     Tcx,
+    Clsact,
+    ClsBpf,
 }
 
 impl Feature {
-    pub const ALL: [Feature; 5] = [
+    pub const ALL: [Feature; 7] = [
         Feature::XdpProgram,
         Feature::LpmTrie,
         Feature::MmapableArray,
         Feature::XdpLink,
         Feature::Tcx,
+        Feature::Clsact,
+        Feature::ClsBpf,
     ];
 
     /// The stable key (`lockd features --json`, `LOCKD_FEATURES_MISSING`).
@@ -39,6 +43,8 @@ impl Feature {
             Feature::MmapableArray => "mmapable_array",
             Feature::XdpLink => "xdp_link",
             Feature::Tcx => "tcx",
+            Feature::Clsact => "clsact",
+            Feature::ClsBpf => "cls_bpf",
         }
     }
 
@@ -49,6 +55,8 @@ impl Feature {
             Feature::MmapableArray => "BPF_F_MMAPABLE array maps (atomic position flips)",
             Feature::XdpLink => "XDP BPF links and bpf_link_update (gapless restarts)",
             Feature::Tcx => "TCX links for the TC programs (`--tc-mode tcx`)",
+            Feature::Clsact => "clsact qdiscs (module sch_ingress), the TC programs' parent",
+            Feature::ClsBpf => "cls_bpf direct-action filters (module cls_bpf)",
         }
     }
 
@@ -60,6 +68,8 @@ impl Feature {
             Feature::MmapableArray => (5, 5),
             Feature::XdpLink => (5, 9),
             Feature::Tcx => (6, 6),
+            Feature::Clsact => (4, 5),
+            Feature::ClsBpf => (4, 4),
         }
     }
 
@@ -69,6 +79,13 @@ impl Feature {
             Feature::Tcx => {
                 Some("the TC programs go on a clsact qdisc as cls_bpf filters (the default anyway)")
             }
+            // Not fatal: the daemon runs and holds every VIF it cannot attach.
+            Feature::Clsact => Some(
+                "no VIF can be attached at TC with `--tc-mode clsact` (the default): each is held (off its bridge and down); load sch_ingress, or use `--tc-mode tcx` (6.6+)",
+            ),
+            Feature::ClsBpf => Some(
+                "no VIF can be attached at TC with `--tc-mode clsact` (the default): each is held (off its bridge and down); load cls_bpf, or use `--tc-mode tcx` (6.6+)",
+            ),
             _ => None,
         }
     }
@@ -81,6 +98,9 @@ pub struct Probed {
     pub present: bool,
     /// How it was decided: "probe" or "kernel version".
     pub how: &'static str,
+    /// Why a probe found it missing (the kernel's answer), when it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
 }
 
 const BPF_MAP_CREATE: i64 = 0;
@@ -109,12 +129,14 @@ fn map_create(ty: u32, key: u32, value: u32, entries: u32, flags: u32) -> io::Re
     bpf(BPF_MAP_CREATE, &mut a)
 }
 
-/// Loads an XDP program of `insns` (each `code, regs, off, imm` packed as the kernel's
-/// `struct bpf_insn`).
-fn prog_load(insns: &[u64]) -> io::Result<OwnedFd> {
+const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+
+/// Loads a program of type `ty` and `insns` (each `code, regs, off, imm` packed as the
+/// kernel's `struct bpf_insn`).
+fn prog_load(ty: u32, insns: &[u64]) -> io::Result<OwnedFd> {
     let license = c"GPL";
     let mut a = [0u64; 16];
-    a[0] = u64::from(BPF_PROG_TYPE_XDP) | (insns.len() as u64) << 32;
+    a[0] = u64::from(ty) | (insns.len() as u64) << 32;
     a[1] = insns.as_ptr() as u64;
     a[2] = license.as_ptr() as u64;
     bpf(BPF_PROG_LOAD, &mut a)
@@ -133,6 +155,46 @@ fn trivial() -> Vec<u64> {
     vec![insn(0xb7, 0, 0, 0, 0), insn(0x95, 0, 0, 0, 0)]
 }
 
+/// Attaches as lockd does by default, where nothing else can see it: in a network namespace
+/// of its own (a thread's, gone with the thread), a clsact qdisc on its loopback, then a
+/// cls_bpf direct-action filter running `r0 = 0; exit`. The kernel loads sch_ingress and
+/// cls_bpf on demand where they are modules; a missing one is refused here, as it would be
+/// on a VIF. (clsact, cls_bpf), each Err with the kernel's answer.
+fn probe_tc() -> (Result<(), String>, Result<(), String>) {
+    let probe = || {
+        // SAFETY: unshare only changes this (short-lived) thread's network namespace.
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+            let e = format!(
+                "a private network namespace: {}",
+                io::Error::last_os_error()
+            );
+            return (Err(e.clone()), Err(e));
+        }
+        if let Err(e) = crate::netlink::add_clsact(1) {
+            return (
+                Err(format!(
+                    "clsact qdisc refused ({e}): is module sch_ingress there?"
+                )),
+                Err("untested: no clsact qdisc to put a filter on".into()),
+            );
+        }
+        let filter = prog_load(BPF_PROG_TYPE_SCHED_CLS, &trivial())
+            .map_err(|e| format!("loading a TC program: {e}"))
+            .and_then(|fd| {
+                use std::os::fd::AsFd as _;
+                crate::netlink::add_bpf_filter(1, fd.as_fd())
+                    .map_err(|e| format!("cls_bpf filter refused ({e}): is module cls_bpf there?"))
+            });
+        (Ok(()), filter)
+    };
+    std::thread::spawn(probe).join().unwrap_or_else(|_| {
+        (
+            Err("probe thread panicked".into()),
+            Err("probe thread panicked".into()),
+        )
+    })
+}
+
 fn at_least(v: Option<KernelVersion>, (major, minor): (u32, u32)) -> bool {
     v.is_some_and(|v| v >= KernelVersion::new(major as u8, minor as u8, 0))
 }
@@ -144,11 +206,19 @@ pub fn probe() -> Vec<Probed> {
     let pretend: Vec<String> = std::env::var("LOCKD_FEATURES_MISSING")
         .map(|s| s.split(',').map(|k| k.trim().to_string()).collect())
         .unwrap_or_default();
+    let (clsact, cls_bpf) = probe_tc();
     Feature::ALL
         .iter()
         .map(|&feature| {
+            let mut why = None;
+            let mut probed = |r: &Result<(), String>| {
+                why = r.as_ref().err().cloned();
+                (r.is_ok(), "probe")
+            };
             let (present, how) = match feature {
-                Feature::XdpProgram => (prog_load(&trivial()).is_ok(), "probe"),
+                Feature::Clsact => probed(&clsact),
+                Feature::ClsBpf => probed(&cls_bpf),
+                Feature::XdpProgram => (prog_load(BPF_PROG_TYPE_XDP, &trivial()).is_ok(), "probe"),
                 Feature::LpmTrie => (
                     map_create(BPF_MAP_TYPE_LPM_TRIE, 8, 1, 1, BPF_F_NO_PREALLOC).is_ok(),
                     "probe",
@@ -161,11 +231,15 @@ pub fn probe() -> Vec<Probed> {
                     (at_least(version, feature.since()), "kernel version")
                 }
             };
-            let present = present && !pretend.iter().any(|k| k == feature.key());
+            let pretended = pretend.iter().any(|k| k == feature.key());
+            if pretended {
+                why = Some("LOCKD_FEATURES_MISSING".into());
+            }
             Probed {
                 feature,
-                present,
+                present: present && !pretended,
                 how,
+                why,
             }
         })
         .collect()
@@ -189,8 +263,9 @@ pub fn check(probed: &[Probed]) -> Result<Vec<String>, String> {
                 ));
             }
             Some(f) => fallbacks.push(format!(
-                "no {} (Linux {major}.{minor}+): {f}",
-                p.feature.describe()
+                "no {} (Linux {major}.{minor}+{}): {f}",
+                p.feature.describe(),
+                p.why.as_ref().map(|w| format!("; {w}")).unwrap_or_default()
             )),
         }
     }
@@ -249,7 +324,13 @@ pub fn table(probed: &[Probed]) -> String {
         let (major, minor) = p.feature.since();
         let state = match (p.present, p.feature.fallback()) {
             (true, _) => "yes".to_string(),
-            (false, Some(f)) => format!("no — {f}"),
+            (false, Some(f)) => format!(
+                "no — {f}{}",
+                p.why
+                    .as_ref()
+                    .map(|w| format!(" ({w})"))
+                    .unwrap_or_default()
+            ),
             (false, None) => "NO — required".to_string(),
         };
         s += &format!(
@@ -273,6 +354,7 @@ mod tests {
                 feature,
                 present: true,
                 how: "test",
+                why: None,
             })
             .collect()
     }

@@ -97,6 +97,16 @@ enum Cmd {
         #[arg(long, env = "LOCKD_BPFFS", default_value = lockd::dataplane::DEFAULT_PIN_DIR)]
         bpffs: PathBuf,
     },
+    /// Checks what lockd keeps: every stored VIF row valid, and (if the daemon runs) no
+    /// netdev held. Exit 0 when all is well, 1 naming each bad row or held netdev, 2 when the
+    /// store cannot be read at all.
+    Doctor {
+        #[arg(long, env = "LOCKD_STATE_DIR", default_value = "/var/lib/lockd")]
+        state_dir: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// What lockd needs from this kernel, and whether it has it.
     Features {
         /// Print JSON.
@@ -205,6 +215,7 @@ fn run(cli: Cli) -> Result<u8> {
                     Err(e) if action == "filter" => daemon::Request::Fence {
                         device: vif_name.clone(),
                         reason: format!("VIF {vif_name}: {e:#}"),
+                        vm_uuid: Some(vm_uuid.clone()),
                     },
                     Err(e) => return Err(e),
                 };
@@ -227,6 +238,68 @@ fn run(cli: Cli) -> Result<u8> {
                 }
                 None => Ok(0),
             }
+        }
+        Cmd::Doctor { state_dir, json } => {
+            use lockd::store::Store as _;
+            let state = match lockd::store::SqliteStore::open_read_only(&state_dir)
+                .and_then(|mut s| s.load())
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("lockd: {e}");
+                    return Ok(2);
+                }
+            };
+            let bad: Vec<serde_json::Value> = state
+                .bad_vifs()
+                .map(|b| serde_json::json!({"vif": b.uuid, "devices": b.devices, "reason": b.reason}))
+                .collect();
+            // The daemon's view, when it runs: netdevs it holds.
+            let held: Vec<serde_json::Value> =
+                daemon::call(&cli.socket, &["vif-list".into(), "--json".into()])
+                    .ok()
+                    .filter(|r| r.code == 0)
+                    .and_then(|r| serde_json::from_str::<serde_json::Value>(&r.stdout).ok())
+                    .and_then(|v| v.as_array().cloned())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|v| v["held"].is_string())
+                    .map(|v| serde_json::json!({"vif": v["uuid"], "held": v["held"]}))
+                    .collect();
+            if json {
+                println!("{}", serde_json::json!({"bad_rows": bad, "held": held}));
+            } else {
+                for b in &bad {
+                    println!(
+                        "bad stored row: VIF {} ({}): {}; its netdevs are held disabled",
+                        b["vif"].as_str().unwrap_or_default(),
+                        b["devices"]
+                            .as_array()
+                            .map(|d| d
+                                .iter()
+                                .filter_map(|x| x.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", "))
+                            .unwrap_or_default(),
+                        b["reason"].as_str().unwrap_or_default()
+                    );
+                }
+                for h in &held {
+                    println!(
+                        "held: VIF {}: {}",
+                        h["vif"].as_str().unwrap_or_default(),
+                        h["held"].as_str().unwrap_or_default()
+                    );
+                }
+                if bad.is_empty() && held.is_empty() {
+                    println!("lockd: every stored VIF row is valid; no netdev is held");
+                }
+            }
+            Ok(if bad.is_empty() && held.is_empty() {
+                0
+            } else {
+                1
+            })
         }
         Cmd::Features { json } => {
             let probed = lockd::features::probe();
@@ -255,7 +328,30 @@ fn run(cli: Cli) -> Result<u8> {
                     eprintln!("lockd: this kernel does not accept lockd's programs: {e}");
                     Ok(1)
                 }
-                (Ok(_), Ok(_)) => Ok(0),
+                (Ok(_), Ok(_)) => {
+                    // lockd runs, but its default TC attach cannot: every VIF would be held.
+                    let tc: Vec<_> = probed
+                        .iter()
+                        .filter(|p| {
+                            !p.present
+                                && matches!(
+                                    p.feature,
+                                    lockd::features::Feature::Clsact
+                                        | lockd::features::Feature::ClsBpf
+                                )
+                        })
+                        .map(|p| p.feature.key())
+                        .collect();
+                    if tc.is_empty() {
+                        Ok(0)
+                    } else {
+                        eprintln!(
+                            "lockd: this kernel lacks {}: VIFs cannot be attached at TC (`--tc-mode clsact`) and would be held",
+                            tc.join(" and ")
+                        );
+                        Ok(1)
+                    }
+                }
             }
         }
         Cmd::Monitor {

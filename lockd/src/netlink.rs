@@ -60,6 +60,10 @@ fn parse(buf: &[u8]) -> io::Result<(Vec<LinkEvent>, bool)> {
                     });
                 }
             }
+            // A port leaving its bridge is announced as a DELLINK of the bridge family: the
+            // netdev is still there (lockd itself takes held netdevs off their bridge).
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(l))
+                if l.header.interface_family == netlink_packet_route::AddressFamily::Bridge => {}
             NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(l)) => {
                 if let Some(name) = name_of(&l) {
                     out.push(LinkEvent::Del {
@@ -226,6 +230,144 @@ pub fn plumb(ifindex: u32, master: u32) -> io::Result<()> {
     if !up {
         set.header.flags = LinkFlags::Up;
         set.header.change_mask = LinkFlags::Up;
+    }
+    request(RouteNetlinkMessage::SetLink(set), NLM_F_ACK).map(|_| ())
+}
+
+/// The kind of the qdisc at `ifindex`'s ingress handle (ffff:), where clsact lives: None if
+/// there is none, `clsact`, or an old-style `ingress` that leaves clsact no room. Read from a
+/// qdisc dump (all of it, however many datagrams), which is what the kernel answers reliably.
+pub fn ingress_qdisc(ifindex: u32) -> io::Result<Option<String>> {
+    use netlink_packet_route::tc::{TcAttribute, TcMessage};
+    let s = timed_socket()?;
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    header.sequence_number = 1;
+    let mut req = NetlinkMessage::new(
+        header,
+        NetlinkPayload::from(RouteNetlinkMessage::GetQueueDiscipline(
+            TcMessage::with_index(ifindex as i32),
+        )),
+    );
+    req.finalize();
+    let mut bytes = vec![0u8; req.buffer_len()];
+    req.serialize(&mut bytes);
+    s.send(&bytes, 0)?;
+    let mut buf = vec![0u8; 1 << 16];
+    let mut found = None;
+    loop {
+        let n = s.recv(&mut &mut buf[..], 0)?;
+        let mut off = 0;
+        while off < n {
+            let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[off..n])
+                .map_err(|e| io::Error::other(format!("qdisc dump: {e}")))?;
+            let len = m.header.length as usize;
+            match m.payload {
+                NetlinkPayload::Done(_) => return Ok(found),
+                NetlinkPayload::Error(e) => {
+                    if let Some(code) = e.code {
+                        return Err(io::Error::from_raw_os_error(-code.get()));
+                    }
+                }
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewQueueDiscipline(q))
+                    if q.header.index == ifindex as i32
+                        && q.header.handle.major == 0xffff
+                        && q.header.handle.minor == 0 =>
+                {
+                    found = q.attributes.into_iter().find_map(|a| match a {
+                        TcAttribute::Kind(k) => Some(k),
+                        _ => None,
+                    });
+                }
+                _ => {}
+            }
+            if len == 0 {
+                break;
+            }
+            off += (len + 3) & !3;
+        }
+    }
+}
+
+/// Adds a clsact qdisc to `ifindex` (the parent of lockd's cls_bpf filters); one already
+/// there is fine.
+pub fn add_clsact(ifindex: u32) -> io::Result<()> {
+    use netlink_packet_route::tc::{TcAttribute, TcHandle, TcMessage};
+    let mut msg = TcMessage::with_index(ifindex as i32);
+    msg.header.handle = TcHandle {
+        major: 0xffff,
+        minor: 0,
+    };
+    msg.header.parent = TcHandle::CLSACT;
+    msg.attributes.push(TcAttribute::Kind("clsact".into()));
+    match request(
+        RouteNetlinkMessage::NewQueueDiscipline(msg),
+        NLM_F_ACK | netlink_packet_core::NLM_F_CREATE | netlink_packet_core::NLM_F_EXCL,
+    ) {
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        r => r.map(|_| ()),
+    }
+}
+
+/// Adds a cls_bpf direct-action filter running program `fd` on the egress side of
+/// `ifindex`'s clsact qdisc (the features probe; lockd's own filters go through aya).
+pub fn add_bpf_filter(ifindex: u32, fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+    use netlink_packet_route::tc::{
+        TcAttribute, TcBpfFlags, TcFilterBpfOption, TcHandle, TcMessage, TcOption,
+    };
+    use std::os::fd::AsRawFd as _;
+    let mut msg = TcMessage::with_index(ifindex as i32);
+    msg.header.parent = TcHandle {
+        major: 0xffff,
+        minor: TcHandle::MIN_EGRESS,
+    };
+    // Priority 1, every protocol (ETH_P_ALL in network order).
+    msg.header.info = (1u32 << 16) | u32::from(0x0003u16.to_be());
+    msg.attributes.push(TcAttribute::Kind("bpf".into()));
+    msg.attributes.push(TcAttribute::Options(vec![
+        TcOption::Bpf(TcFilterBpfOption::ProgFd(fd.as_raw_fd() as u32)),
+        TcOption::Bpf(TcFilterBpfOption::ProgName("lockd_probe".into())),
+        TcOption::Bpf(TcFilterBpfOption::Flags(TcBpfFlags::DirectAction)),
+    ]));
+    request(
+        RouteNetlinkMessage::NewTrafficFilter(msg),
+        NLM_F_ACK | netlink_packet_core::NLM_F_CREATE | netlink_packet_core::NLM_F_EXCL,
+    )
+    .map(|_| ())
+}
+
+/// Holds a netdev lockd cannot enforce: off its bridge and down. Returns what it was (its
+/// bridge's ifindex, 0 for none, and whether it was up) so it can be put back; a netdev
+/// already off every bridge and down is not touched.
+pub fn isolate(ifindex: u32) -> io::Result<(u32, bool)> {
+    let (master, up) = link_state(ifindex)?;
+    if master == 0 && !up {
+        return Ok((master, up));
+    }
+    let mut set = LinkMessage::default();
+    set.header.index = ifindex;
+    if master != 0 {
+        set.attributes.push(LinkAttribute::Controller(0));
+    }
+    // Down: the Up flag in the change mask, cleared in the flags.
+    set.header.change_mask = LinkFlags::Up;
+    request(RouteNetlinkMessage::SetLink(set), NLM_F_ACK)?;
+    Ok((master, up))
+}
+
+/// Puts a netdev [`isolate`] held back as it was: on bridge `master` (0: none), up if `up`.
+pub fn restore(ifindex: u32, master: u32, up: bool) -> io::Result<()> {
+    let mut set = LinkMessage::default();
+    set.header.index = ifindex;
+    if master != 0 {
+        set.attributes.push(LinkAttribute::Controller(master));
+    }
+    if up {
+        set.header.flags = LinkFlags::Up;
+        set.header.change_mask = LinkFlags::Up;
+    }
+    if set.attributes.is_empty() && !up {
+        return Ok(());
     }
     request(RouteNetlinkMessage::SetLink(set), NLM_F_ACK).map(|_| ())
 }

@@ -68,8 +68,8 @@ impl Capture {
             })
             .expect("spawn capture");
         ready_rx
-            .recv_timeout(Duration::from_secs(5))
-            .expect("capture did not start");
+            .recv_timeout(Duration::from_secs(120))
+            .expect("capture did not start within 120 s");
         Capture {
             handle,
             stop: stop_tx,

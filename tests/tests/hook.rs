@@ -49,6 +49,8 @@ impl Host {
         let dir = d.state_dir.with_file_name("xenopsd");
         d.env
             .push(("LOCKD_XENOPSD_DIR".into(), dir.display().to_string()));
+        d.env
+            .push(("LOCKD_METRICS_LISTEN".into(), "127.0.0.1:9464".into()));
         d.start();
         Host { ns, a, b, d, dir }
     }
@@ -168,6 +170,51 @@ fn hvm_vif_and_tap_share_one_vif() {
     h.hook("tap7.0", VM, "filter").ok();
     assert_eq!(h.plumbing("tap7.0"), ("xenbr0".into(), true));
     assert_eq!(h.burst("eth1", 10), (0, 5), "the tap is enforced too");
+    // Both netdevs are shown and counted, each on its own and summed for the VIF; /metrics
+    // has the same per netdev.
+    let stats = h.d.cli(&["vif-stats", "--json"]).json();
+    let netdevs = stats[0]["netdevs"].as_array().expect("netdevs").clone();
+    let names: Vec<&str> = netdevs
+        .iter()
+        .filter_map(|n| n["device"].as_str())
+        .collect();
+    assert_eq!(names, ["vif7.0", "tap7.0"], "{stats}");
+    let spoofed = |c: &serde_json::Value| {
+        c["from_vm"]["ipv4_spoof"]["packets"]
+            .as_u64()
+            .expect("count")
+    };
+    assert_eq!(spoofed(&netdevs[0]["counters"]), 5, "{stats}");
+    assert_eq!(spoofed(&netdevs[1]["counters"]), 5, "{stats}");
+    assert_eq!(spoofed(&stats[0]["counters"]), 10, "the VIF's sum: {stats}");
+    let listed = &h.vifs()[0]["netdevs"];
+    assert_eq!(listed.as_array().map(Vec::len), Some(2), "{listed}");
+    assert!(
+        listed
+            .as_array()
+            .expect("netdevs")
+            .iter()
+            .all(|n| n["attach"] != "absent"),
+        "{listed}"
+    );
+    let metrics =
+        h.ns.exec(&["curl", "-sf", "http://127.0.0.1:9464/metrics"])
+            .expect("curl /metrics");
+    for n in &netdevs {
+        for (dir, reasons) in n["counters"].as_object().expect("dirs") {
+            for (reason, c) in reasons.as_object().expect("reasons") {
+                let labels = format!(
+                    "lockd_frames_total{{vif=\"{VIF}\",device=\"{}\",direction=\"{dir}\",reason=\"{reason}\"}} ",
+                    n["device"].as_str().expect("device")
+                );
+                let got = metrics
+                    .lines()
+                    .find_map(|l| l.strip_prefix(labels.as_str()))
+                    .unwrap_or_else(|| panic!("no {labels} in /metrics"));
+                assert_eq!(got.trim(), c["packets"].to_string(), "{labels}");
+            }
+        }
+    }
     assert_eq!(
         h.burst("eth0", 20),
         (0, 5),

@@ -67,6 +67,7 @@ impl Monitor {
             .spawn()
             .expect("lockd monitor");
         let out = child.stdout.take().expect("stdout");
+        let err = child.stderr.take().expect("stderr");
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
             for l in BufReader::new(out).lines().map_while(Result::ok) {
@@ -75,9 +76,47 @@ impl Monitor {
                 }
             }
         });
-        // The daemon subscribes the client before it answers; give the answer time to land.
-        std::thread::sleep(Duration::from_millis(300));
+        // The daemon subscribes the client before it answers; the client says so on stderr
+        // once the answer is in. Wait for that line, however long this machine takes.
+        let (etx, erx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(err).lines().map_while(Result::ok) {
+                if etx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        let started = std::time::Instant::now();
+        loop {
+            match erx.recv_timeout(Duration::from_secs(120)) {
+                Ok(l) if l.contains("monitoring drops") => break,
+                Ok(l) => eprintln!("monitor: {l}"),
+                Err(e) => panic!("lockd monitor {args:?} never said it was listening: {e}"),
+            }
+        }
+        eprintln!("monitor {args:?} listening after {:.2?}", started.elapsed());
         Monitor { child, lines }
+    }
+
+    /// The next `n` lines, waiting up to a generous bound for each, then any more that
+    /// arrive within `quiet` (so extra lines are seen, not missed).
+    fn expect(&self, n: usize, quiet: Duration) -> Vec<String> {
+        let mut v = Vec::new();
+        while v.len() < n {
+            match self.lines.recv_timeout(Duration::from_secs(60)) {
+                Ok(l) => v.push(l),
+                Err(_) => break,
+            }
+        }
+        v.extend(self.drain(quiet));
+        v
+    }
+
+    fn expect_json(&self, n: usize, quiet: Duration) -> Vec<Value> {
+        self.expect(n, quiet)
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect()
     }
 
     /// Every line that arrives within `quiet` of the one before (or of the call).
@@ -121,7 +160,7 @@ fn monitor_shows_each_dropped_frame_with_its_reason_and_addresses() {
         ],
     )
     .expect("send");
-    let ev = all.json(Duration::from_secs(2));
+    let ev = all.expect_json(2, Duration::from_millis(500));
     assert_eq!(
         ev.len(),
         2,
@@ -148,10 +187,10 @@ fn monitor_shows_each_dropped_frame_with_its_reason_and_addresses() {
     assert_eq!(arp_ev["src_ip"], "10.0.0.77", "ARP: the sender's address");
     assert_eq!(arp_ev["dst_ip"], "10.0.0.1", "ARP: the target's address");
     assert_eq!(arp_ev["proto"], "arp");
-    let arp = arp_only.json(Duration::from_millis(500));
+    let arp = arp_only.expect_json(1, Duration::from_millis(500));
     assert_eq!(arp.len(), 1, "{arp:?}");
     assert_eq!(arp[0]["reason"], "arp_spoof");
-    let lines = text.drain(Duration::from_millis(500));
+    let lines = text.expect(2, Duration::from_millis(500));
     assert_eq!(lines.len(), 2, "{lines:?}");
     assert!(
         lines[0].contains("ipv4_spoof") && lines[0].contains("10.0.0.99 → 10.0.0.1"),

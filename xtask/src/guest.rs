@@ -84,6 +84,12 @@ pub fn run(series: &str) -> Result<()> {
             SERIES.iter().map(|s| s.name).collect::<Vec<_>>().join(", ")
         )
     })?;
+    if workspace().to_string_lossy().contains(char::is_whitespace) {
+        bail!(
+            "the checkout's path {} has whitespace, which the guest's kernel command line cannot carry: clone it to a path without",
+            workspace().display()
+        );
+    }
     ensure_packages(APT)?;
     crate::initramfs::ensure_static_busybox()?;
     let kernel = fetch_kernel(s)?;
@@ -363,14 +369,15 @@ fn guest_script(k: &Kernel, parts: &[Part]) -> String {
         "#!/bin/sh\n# Written by `cargo xtask test --kernel`; runs inside the guest.\n",
     );
     s += "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n";
-    s += "export HOME=/tmp RUST_BACKTRACE=1\n";
+    // Tests that need a module this guest must have (8021q) fail rather than stop early.
+    s += "export HOME=/tmp RUST_BACKTRACE=1 LOCKD_GUEST=1\n";
     // The kernel's module loader finds the unpacked package's modules.
     s += &format!(
         "printf '#!/bin/sh\\nexec /sbin/modprobe -d {} \"$@\"\\n' > /tmp/modprobe && chmod +x /tmp/modprobe && echo /tmp/modprobe > /proc/sys/kernel/modprobe\n",
         k.root.display()
     );
     for m in GUEST_MODULES {
-        s += &format!("/tmp/modprobe {m} || echo \"module {m} did not load\"\n");
+        s += &format!("/tmp/modprobe {m} || echo \"LOCKD-MODULE-MISSING {m}\"\n");
     }
     s += "echo \"LOCKD-KERNEL $(uname -r)\"\n";
     s += &format!("cd {}\n", workspace().display());
@@ -402,8 +409,9 @@ fn boot(k: &Kernel, initrd: &Path, script: &Path, parts: &[Part]) -> Result<()> 
         .arg(initrd)
         .arg("-append")
         .arg(format!(
-            "console=ttyS0 panic=-1 quiet loglevel=4 lockd.script={}",
-            script.display()
+            "console=ttyS0 panic=-1 quiet loglevel=4 lockd.script={} lockd.workspace={}",
+            script.display(),
+            fs::canonicalize(workspace())?.display()
         ))
         .args([
             "-virtfs",
@@ -427,6 +435,7 @@ fn boot(k: &Kernel, initrd: &Path, script: &Path, parts: &[Part]) -> Result<()> 
     let mut results: Vec<(String, String, String)> = Vec::new();
     let mut kernel_seen = None;
     let mut exit = None;
+    let mut missing: Vec<String> = Vec::new();
     loop {
         let left = GUEST_TIMEOUT.saturating_sub(started.elapsed());
         let line = match rx.recv_timeout(left) {
@@ -459,6 +468,9 @@ fn boot(k: &Kernel, initrd: &Path, script: &Path, parts: &[Part]) -> Result<()> 
             );
             eprintln!("guest: {r} {name} ({t})");
             results.push((r, t, name));
+        } else if let Some(m) = line.strip_prefix("LOCKD-MODULE-MISSING ") {
+            eprintln!("guest: module {m} did not load");
+            missing.push(m.trim().to_string());
         } else if let Some(code) = line.strip_prefix("LOCKD-GUEST-EXIT ") {
             exit = Some(code.trim().to_string());
         } else {
@@ -486,6 +498,13 @@ fn boot(k: &Kernel, initrd: &Path, script: &Path, parts: &[Part]) -> Result<()> 
     if exit.is_none() {
         bail!(
             "the guest stopped before its script finished (console: {})",
+            log_path.display()
+        );
+    }
+    if !missing.is_empty() {
+        bail!(
+            "module(s) {} did not load in the {kv} guest; the tests that need them cannot run (console: {})",
+            missing.join(", "),
             log_path.display()
         );
     }

@@ -99,6 +99,8 @@ const APT: &[(&str, &str)] = &[
     // `promtool check metrics` on lockd's /metrics; curl scrapes it.
     ("prometheus", "promtool"),
     ("curl", "curl"),
+    // The fail-closed tests edit a stored row with sqlite3 while the daemon is stopped.
+    ("sqlite3", "sqlite3"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

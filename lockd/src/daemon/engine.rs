@@ -10,7 +10,7 @@ use super::{Reply, Request};
 use crate::{
     dataplane::{AttachMode, Dataplane, VifCounters, XdpModeRequest},
     netlink::{self, LinkEvent},
-    store::{State, Store},
+    store::{self, State, Store},
     xe::{self, Runtime},
 };
 
@@ -21,16 +21,87 @@ pub(super) struct Core {
     /// Netdev name → ifindex in the daemon's namespace, kept current from rtnetlink.
     pub(super) links: HashMap<String, u32>,
     pub(super) xdp_mode: XdpModeRequest,
-    /// Netdevs with no VIF whose policy could not be applied: enforced as `disabled` until a
-    /// VIF with a valid policy takes the netdev (POLICY.md, failing closed).
-    pub(super) fenced: std::collections::HashSet<String>,
+    /// Netdevs the toolstack's hook plugged with a record lockd could not use: enforced as
+    /// `disabled` until a valid policy arrives for them (POLICY.md, failing closed). A fence
+    /// belongs to that plug: it ends when the netdev goes away or a VIF takes it.
+    pub(super) fenced: HashMap<String, Fence>,
+    /// Netdevs lockd cannot give their policy, and how it holds them.
+    pub(super) held: HashMap<String, Held>,
     /// Netdevs an older pinned layout still enforces, during a takeover at start: their
     /// policies are set here but their programs are not attached anew.
     pub(super) no_attach: std::collections::HashSet<u32>,
-    /// ifindex → VIF and netdev names, for the monitor's events.
+    /// ifindex → VIF and netdev names, for the monitor.
     pub(super) names: super::monitor::Names,
     /// `lockd_policy_update_seconds`.
     pub(super) update_seconds: prometheus_client::metrics::histogram::Histogram,
+}
+
+/// A hook's fence on a netdev: which VM plugged it, and why its record could not be used.
+#[derive(Clone, Debug)]
+pub(super) struct Fence {
+    pub(super) reason: String,
+}
+
+/// Why lockd holds a netdev; `/metrics` labels `lockd_vifs_held` with [`HoldCause::label`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HoldCause {
+    /// The toolstack's record for the netdev could not be read or applied.
+    Record,
+    /// The VIF's stored row failed validation.
+    BadRow,
+    /// The dataplane refused the VIF's policy (a table full, a map error).
+    Policy,
+    /// The programs could not be attached to the netdev (a qdisc or program refused).
+    Attach,
+}
+
+impl HoldCause {
+    /// Every label, in the order `/metrics` lists them.
+    pub const LABELS: [&'static str; 4] = ["record", "bad_row", "policy", "attach"];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            HoldCause::Record => "record",
+            HoldCause::BadRow => "bad_row",
+            HoldCause::Policy => "policy",
+            HoldCause::Attach => "attach",
+        }
+    }
+}
+
+/// A netdev lockd holds because it cannot give it its policy.
+#[derive(Clone, Debug)]
+pub(super) struct Held {
+    pub(super) ifindex: u32,
+    /// The VIF the netdev belongs to, when lockd knows it.
+    pub(super) vif: Option<String>,
+    pub(super) cause: HoldCause,
+    pub(super) detail: String,
+    /// Set when not even `disabled` could be enforced (no programs on the netdev): lockd took
+    /// it off bridge `.0` (0: none) and set it down (`.1`: whether it was up), to be put back.
+    pub(super) isolated: Option<(u32, bool)>,
+}
+
+impl Held {
+    /// How `vif-list` shows it.
+    pub(super) fn describe(&self) -> String {
+        let how = if self.isolated.is_some() {
+            "off its bridge and down"
+        } else {
+            "enforced as disabled"
+        };
+        format!("{} ({how}): {}", self.cause.label(), self.detail)
+    }
+}
+
+/// What a netdev should be given.
+enum Want {
+    /// Nothing: no VIF has it.
+    Nothing,
+    /// This VIF's policy.
+    Policy(String, lockd_common::policy::VifPolicy),
+    /// Held disabled for a known reason (a fence, a bad stored row).
+    Hold(Option<String>, HoldCause, String),
 }
 
 /// What a fenced netdev is held to: nothing passes either way.
@@ -54,16 +125,26 @@ impl Runtime for Core {
     fn counters(&self, ifindex: u32) -> Option<VifCounters> {
         self.dp.counters(ifindex).ok()
     }
+    fn held(&self, device: &str) -> Option<String> {
+        self.held.get(device).map(Held::describe)
+    }
 }
 
 impl Core {
     /// Makes the dataplane match the state for every VIF whose netdev exists: removes
-    /// policies nobody wants, replaces changed ones atomically, attaches where missing.
-    pub(super) fn reconcile_all(&mut self) -> Result<()> {
+    /// policies nobody wants, replaces changed ones atomically, attaches where missing. A
+    /// netdev that cannot be enforced is held; the others go on.
+    pub(super) fn reconcile_all(&mut self) -> Vec<String> {
         let mut devices: Vec<String> = self
             .state
             .vifs()
             .flat_map(|v| v.devices().cloned())
+            .chain(
+                self.state
+                    .bad_vifs()
+                    .flat_map(|b| b.devices.iter().cloned()),
+            )
+            .chain(self.fenced.keys().cloned())
             .collect();
         let wanted: std::collections::HashSet<u32> = devices
             .iter()
@@ -71,54 +152,172 @@ impl Core {
             .collect();
         for ifx in self.dp.ifindexes() {
             if !wanted.contains(&ifx) {
-                self.dp.remove_policy(ifx)?;
+                if let Err(e) = self.dp.remove_policy(ifx) {
+                    tracing::warn!(ifindex = ifx, error = %e, "removing a policy nobody wants");
+                    continue;
+                }
                 self.name(ifx, None);
                 tracing::info!(ifindex = ifx, "policy removed");
             }
         }
+        devices.sort();
         devices.dedup();
         self.reconcile(&devices)
     }
 
     /// Makes the dataplane match the state for the netdevs `devices` only: what a command
-    /// or a link event touched.
-    fn reconcile(&mut self, devices: &[String]) -> Result<()> {
-        for dev in devices {
-            let Some(&ifx) = self.links.get(dev) else {
-                continue;
-            };
-            let Some(vif) = self.state.vif_by_device(dev) else {
-                if self.fenced.contains(dev) {
-                    self.dp.set_policy(ifx, &fence_policy())?;
-                    self.name(ifx, Some((String::new(), dev.clone())));
-                    if self.dp.attach_mode(ifx).is_none() {
-                        self.dp.attach(ifx, self.xdp_mode)?;
-                    }
-                    tracing::warn!(ifindex = ifx, device = %dev, "no valid policy: enforced as disabled");
-                    continue;
-                }
+    /// or a link event touched. Each netdev on its own: one that cannot be given its policy is
+    /// held and the rest go on. Returns a line for each netdev held.
+    fn reconcile(&mut self, devices: &[String]) -> Vec<String> {
+        devices
+            .iter()
+            .filter_map(|dev| self.reconcile_one(dev))
+            .collect()
+    }
+
+    fn reconcile_one(&mut self, dev: &str) -> Option<String> {
+        let &ifx = self.links.get(dev)?;
+        let want = if let Some(f) = self.fenced.get(dev) {
+            Want::Hold(None, HoldCause::Record, f.reason.clone())
+        } else if let Some(b) = self.state.bad_vif_by_device(dev) {
+            Want::Hold(
+                Some(b.uuid.clone()),
+                HoldCause::BadRow,
+                format!("its stored row is bad: {}", b.reason),
+            )
+        } else if let Some(v) = self.state.vif_by_device(dev) {
+            Want::Policy(v.uuid.clone(), self.state.policy(v))
+        } else {
+            Want::Nothing
+        };
+        match want {
+            Want::Nothing => {
+                self.release(dev);
                 if self.dp.has_policy(ifx) {
-                    self.dp.remove_policy(ifx)?;
-                    self.name(ifx, None);
-                    tracing::info!(ifindex = ifx, device = %dev, "policy removed");
+                    if let Err(e) = self.dp.remove_policy(ifx) {
+                        tracing::warn!(ifindex = ifx, device = %dev, error = %e, "removing a policy");
+                    } else {
+                        self.name(ifx, None);
+                        tracing::info!(ifindex = ifx, device = %dev, "policy removed");
+                    }
                 }
-                continue;
-            };
-            let (uuid, policy) = (vif.uuid.clone(), self.state.policy(vif));
-            self.fenced.remove(dev);
-            self.dp
-                .set_policy(ifx, &policy)
-                .with_context(|| format!("VIF {uuid} (ifindex {ifx})"))?;
-            self.name(ifx, Some((uuid.clone(), dev.clone())));
-            if self.dp.attach_mode(ifx).is_none() && !self.no_attach.contains(&ifx) {
-                let mode = self
-                    .dp
-                    .attach(ifx, self.xdp_mode)
-                    .with_context(|| format!("attaching VIF {uuid} (ifindex {ifx})"))?;
-                tracing::info!(vif = %uuid, ifindex = ifx, ?mode, "attached");
+                None
             }
+            Want::Policy(uuid, policy) => match self.enforce(ifx, &policy) {
+                Ok(()) => {
+                    self.name(ifx, Some((uuid, dev.to_string())));
+                    self.release(dev);
+                    None
+                }
+                Err((cause, detail)) => Some(self.hold(dev, ifx, Some(uuid), cause, detail)),
+            },
+            Want::Hold(uuid, cause, detail) => Some(self.hold(dev, ifx, uuid, cause, detail)),
+        }
+    }
+
+    /// Gives `ifx` `policy` and attaches its programs where missing.
+    fn enforce(
+        &mut self,
+        ifx: u32,
+        policy: &lockd_common::policy::VifPolicy,
+    ) -> Result<(), (HoldCause, String)> {
+        let chain = |e: crate::dataplane::DataplaneError| e.to_string();
+        self.dp
+            .set_policy(ifx, policy)
+            .map_err(|e| (HoldCause::Policy, chain(e)))?;
+        if self.dp.attach_mode(ifx).is_none() && !self.no_attach.contains(&ifx) {
+            let mode = self
+                .dp
+                .attach(ifx, self.xdp_mode)
+                .map_err(|e| (HoldCause::Attach, chain(e)))?;
+            tracing::info!(ifindex = ifx, ?mode, "attached");
         }
         Ok(())
+    }
+
+    /// Holds netdev `dev`: `disabled` where its programs are (or can be) attached, else off
+    /// its bridge and down. Logs one line when the hold (or its cause) is new.
+    fn hold(
+        &mut self,
+        dev: &str,
+        ifx: u32,
+        vif: Option<String>,
+        cause: HoldCause,
+        detail: String,
+    ) -> String {
+        let before = self.held.get(dev).cloned();
+        let mut isolated = before.as_ref().and_then(|h| h.isolated);
+        // The attach just failed: trying it again for `disabled` would fail the same way.
+        let disabled = if cause == HoldCause::Attach {
+            Err(detail.clone())
+        } else {
+            self.enforce(ifx, &fence_policy()).map_err(|(_, e)| e)
+        };
+        let failed = match disabled {
+            Ok(()) => {
+                self.name(
+                    ifx,
+                    Some((vif.clone().unwrap_or_default(), dev.to_string())),
+                );
+                // Enforced now: a netdev that was held off its bridge goes back.
+                if let Some((master, up)) = isolated.take()
+                    && let Err(e) = netlink::restore(ifx, master, up)
+                {
+                    tracing::warn!(device = %dev, error = %e, "putting a held netdev back");
+                }
+                None
+            }
+            Err(why) => match netlink::isolate(ifx) {
+                Ok((master, up)) => {
+                    // Held already: what it was before the first hold, unless the toolstack
+                    // has put it on a bridge since.
+                    isolated = Some(match isolated {
+                        Some((m0, up0)) if master == 0 => (m0, up0 || up),
+                        _ => (master, up),
+                    });
+                    let _ = why;
+                    None
+                }
+                Err(e) => Some(e),
+            },
+        };
+        let h = Held {
+            ifindex: ifx,
+            vif: vif.clone(),
+            cause,
+            detail: detail.clone(),
+            isolated,
+        };
+        let who = match &vif {
+            Some(u) => format!("VIF {u} ({dev})"),
+            None => format!("netdev {dev}"),
+        };
+        if let Some(e) = failed {
+            tracing::error!(vif = ?vif, device = %dev, cause = cause.label(), error = %e, "cannot hold: neither disabled nor down: {detail}");
+            self.held.insert(dev.to_string(), h);
+            return format!("{who} cannot be enforced ({detail}) and could not be set down: {e}");
+        }
+        let line = format!("{who} is held, {}", h.describe());
+        if before.as_ref().is_none_or(|b| {
+            b.cause != cause || b.detail != detail || b.isolated.is_some() != h.isolated.is_some()
+        }) {
+            tracing::warn!(vif = ?vif, device = %dev, ifindex = ifx, cause = cause.label(), "{line}");
+        }
+        self.held.insert(dev.to_string(), h);
+        line
+    }
+
+    /// Ends a hold: the netdev is enforced normally now; one held off its bridge goes back.
+    fn release(&mut self, dev: &str) {
+        let Some(h) = self.held.remove(dev) else {
+            return;
+        };
+        if let Some((master, up)) = h.isolated
+            && let Err(e) = netlink::restore(h.ifindex, master, up)
+        {
+            tracing::warn!(device = %dev, error = %e, "putting a held netdev back");
+        }
+        tracing::info!(vif = ?h.vif, device = %dev, "hold released: enforced normally");
     }
 
     /// Records (or forgets) which VIF and netdev `ifindex` is, for the monitor.
@@ -151,8 +350,8 @@ impl Core {
                 continue;
             };
             let mode = match self.state.vif_by_device(&n.device) {
-                Some(v) => self.state.policy(v).mode.name(),
-                None => "disabled",
+                Some(v) if !self.held.contains_key(&n.device) => self.state.policy(v).mode.name(),
+                _ => "disabled",
             };
             vifs.push(super::metrics::VifSample {
                 uuid: n.uuid,
@@ -162,7 +361,8 @@ impl Core {
             });
         }
         vifs.sort_by(|a, b| a.device.cmp(&b.device));
-        super::metrics::Snapshot { vifs }
+        let held = self.held.values().map(|h| h.cause.label()).collect();
+        super::metrics::Snapshot { vifs, held }
     }
 
     /// A monitor's filter, checked: the VIF must exist (its canonical uuid goes back in
@@ -187,7 +387,7 @@ impl Core {
         }
         if let Some(d) = &device
             && self.state.vif_by_device(d).is_none()
-            && !self.fenced.contains(d)
+            && !self.fenced.contains_key(d)
         {
             return Err(format!("no VIF has device '{d}'"));
         }
@@ -232,7 +432,11 @@ impl Core {
         // (netdev, bridge to put it on) for the hook's plumbing after the policy is in force.
         let mut bridge: Option<(String, Option<String>)> = None;
         let out = match req {
-            Request::Fence { device, reason } => return self.fence(device, reason),
+            Request::Fence {
+                device,
+                reason,
+                vm_uuid,
+            } => return self.fence(device, reason, vm_uuid),
             Request::Monitor {
                 vif,
                 device,
@@ -286,11 +490,16 @@ impl Core {
                 if plumb {
                     bridge = Some((device.clone(), Some(network_name_label.clone())));
                 }
+                let vm = vif.vm_uuid.clone();
                 match xe::vif_apply(&self.state, vif, &network_name_label) {
                     Ok(o) => Ok(o),
                     // The toolstack's settings cannot be applied: fail closed.
                     Err(e) => {
-                        return self.fence(device.clone(), format!("VIF {uuid} ({device}): {e}"));
+                        return self.fence(
+                            device.clone(),
+                            format!("VIF {uuid} ({device}): {e}"),
+                            vm,
+                        );
                     }
                 }
             }
@@ -308,31 +517,33 @@ impl Core {
         if !out.changes.is_empty() {
             let mut devices = Vec::new();
             let mut undo = Vec::with_capacity(out.changes.len());
+            let mut unfenced = Vec::new();
             for c in &out.changes {
                 self.state.devices_touched(c, &mut devices);
                 undo.push(self.state.apply(c.clone()));
                 self.state.devices_touched(c, &mut devices);
+                // A valid VIF for a netdev ends a hook's fence on it.
+                if let store::Change::PutVif(v) = c {
+                    for d in v.devices() {
+                        if let Some(f) = self.fenced.remove(d) {
+                            unfenced.push((d.clone(), f));
+                        }
+                    }
+                }
             }
             devices.sort();
             devices.dedup();
-            let applied = self
-                .reconcile(&devices)
-                .and_then(|()| Ok(self.store.commit(&out.changes)?));
-            if let Err(e) = applied {
+            // Durable first: the dataplane follows what is stored, and a netdev it cannot
+            // enforce is held, never left with half a change.
+            if let Err(e) = self.store.commit(&out.changes) {
                 for u in undo.into_iter().rev() {
                     self.state.apply(u);
                 }
-                // A netdev this command meant to give a policy, and which has none now, is
-                // held disabled rather than left unfiltered.
-                for d in &devices {
-                    if self.links.contains_key(d) && self.state.vif_by_device(d).is_none() {
-                        self.fenced.insert(d.clone());
-                    }
-                }
-                if let Err(e2) = self.reconcile(&devices) {
-                    tracing::error!(error = %e2, "restoring the previous policy failed");
-                }
-                return fail(format!("{e:#}; nothing was changed"));
+                self.fenced.extend(unfenced);
+                return fail(format!("{e}; nothing was changed"));
+            }
+            for line in self.reconcile(&devices) {
+                notes += &format!("lockd: warning: {line}\n");
             }
             self.update_seconds.observe(started.elapsed().as_secs_f64());
             tracing::debug!(
@@ -340,6 +551,13 @@ impl Core {
                 devices = devices.len(),
                 "command applied"
             );
+        } else if let Some((device, _)) = &bridge {
+            // Nothing changed, but the command is an event for the netdev: a held one is
+            // tried again.
+            let device = device.clone();
+            for line in self.reconcile(std::slice::from_ref(&device)) {
+                notes += &format!("lockd: warning: {line}\n");
+            }
         }
         if let Some((device, br)) = bridge
             && let Err(e) = self.plumb(&device, br.as_deref())
@@ -360,7 +578,7 @@ impl Core {
     /// The original script's other duty: the netdev on its bridge (none when its VIF is
     /// disabled or cleared) and up. Only what differs is changed; a netdev not there yet is
     /// left to its hotplug.
-    fn plumb(&self, device: &str, bridge: Option<&str>) -> Result<()> {
+    fn plumb(&mut self, device: &str, bridge: Option<&str>) -> Result<()> {
         let Some(&ifx) = self.links.get(device) else {
             return Ok(());
         };
@@ -374,6 +592,13 @@ impl Core {
                 .with_context(|| format!("bridge {b} does not exist"))?,
             _ => 0,
         };
+        // A netdev held off its bridge stays off; it goes onto this bridge when released.
+        if let Some(h) = self.held.get_mut(device)
+            && let Some(isolated) = &mut h.isolated
+        {
+            *isolated = (master, true);
+            return Ok(());
+        }
         netlink::plumb(ifx, master).with_context(|| format!("plumbing {device}"))
     }
 
@@ -418,19 +643,39 @@ impl Core {
         }
     }
 
-    /// `Request::Fence`: the hook could not give `device` a policy.
-    fn fence(&mut self, device: String, reason: String) -> Reply {
-        let kept = self.state.vif_by_device(&device).map(|v| v.uuid.clone());
+    /// `Request::Fence`: the hook could not give `device` a policy. A VIF of the same VM that
+    /// already has the netdev keeps its policy; any other netdev (a fresh one, or a name an
+    /// earlier VM used) is held disabled until a valid policy arrives.
+    fn fence(&mut self, device: String, reason: String, vm: Option<String>) -> Reply {
+        let vm = vm.map(|u| xe::params::uuid(&u).unwrap_or(u));
+        let kept = self
+            .state
+            .vif_by_device(&device)
+            .filter(|_| !self.fenced.contains_key(&device))
+            .filter(|v| vm.is_none() || v.vm_uuid == vm)
+            .map(|v| v.uuid.clone());
         let what = match &kept {
             Some(uuid) => format!("VIF {uuid} ({device}) keeps the policy it had"),
             None => {
-                self.fenced.insert(device.clone());
-                match self.reconcile(std::slice::from_ref(&device)) {
-                    Ok(()) if self.links.contains_key(&device) => {
+                self.fenced.insert(
+                    device.clone(),
+                    Fence {
+                        reason: reason.clone(),
+                    },
+                );
+                let held = self.reconcile(std::slice::from_ref(&device));
+                match self.held.get(&device) {
+                    Some(h) if h.isolated.is_none() => {
                         format!("{device} is enforced as disabled until a valid policy arrives")
                     }
-                    Ok(()) => format!("{device} will be enforced as disabled when it appears"),
-                    Err(e) => format!("{device}: enforcing disabled failed too: {e:#}"),
+                    Some(_) => format!(
+                        "{device} is held off its bridge and down until a valid policy arrives ({})",
+                        held.join("; ")
+                    ),
+                    None if !self.links.contains_key(&device) => {
+                        format!("{device} will be enforced as disabled when it appears")
+                    }
+                    None => format!("{device}: holding it failed: {}", held.join("; ")),
                 }
             }
         };
@@ -439,6 +684,43 @@ impl Core {
             stdout: String::new(),
             stderr: format!("lockd: {reason}; {what}\n"),
         }
+    }
+
+    /// After lost link events (ENOBUFS): `links` is every netdev there is now. Netdevs that
+    /// vanished meanwhile are removed as their deletion would have removed them.
+    pub(super) fn resync(&mut self, links: Vec<(u32, String)>) {
+        let now: std::collections::HashSet<(u32, &str)> =
+            links.iter().map(|(i, n)| (*i, n.as_str())).collect();
+        let mut events: Vec<LinkEvent> = self
+            .links
+            .iter()
+            .filter(|(n, i)| !now.contains(&(**i, n.as_str())))
+            .map(|(n, i)| LinkEvent::Del {
+                ifindex: *i,
+                name: n.clone(),
+            })
+            .collect();
+        // A policy on an ifindex no netdev has any more (its name was never seen).
+        let known: std::collections::HashSet<u32> = links.iter().map(|(i, _)| *i).collect();
+        for ifx in self.dp.ifindexes() {
+            if !known.contains(&ifx) && !self.links.values().any(|i| *i == ifx) {
+                events.push(LinkEvent::Del {
+                    ifindex: ifx,
+                    name: String::new(),
+                });
+            }
+        }
+        tracing::info!(
+            vanished = events.len(),
+            links = links.len(),
+            "resynchronised with rtnetlink"
+        );
+        events.extend(
+            links
+                .into_iter()
+                .map(|(ifindex, name)| LinkEvent::New { ifindex, name }),
+        );
+        self.links_changed(events);
     }
 
     pub(super) fn links_changed(&mut self, events: Vec<LinkEvent>) {
@@ -461,7 +743,10 @@ impl Core {
                 }
                 LinkEvent::Del { ifindex, name } => {
                     self.links.retain(|_, i| *i != ifindex);
+                    // A fence and a hold belong to that netdev: a later one of the same name
+                    // starts afresh.
                     self.fenced.remove(&name);
+                    self.held.remove(&name);
                     // The kernel already detached the program; drop our side of it before the
                     // ifindex can be reused.
                     if self.dp.has_policy(ifindex) {
@@ -475,9 +760,8 @@ impl Core {
         }
         devices.sort();
         devices.dedup();
-        if let Err(e) = self.reconcile(&devices) {
-            tracing::error!(error = %format!("{e:#}"), "reconcile after link change failed");
-        }
+        // Each held netdev has logged its line.
+        let _held = self.reconcile(&devices);
         tracing::debug!(
             took_us = start.elapsed().as_micros() as u64,
             "link events handled"

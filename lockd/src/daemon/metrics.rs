@@ -35,6 +35,8 @@ pub struct VifSample {
 /// What the core reads for a scrape.
 pub struct Snapshot {
     pub vifs: Vec<VifSample>,
+    /// The cause label of each held netdev.
+    pub held: Vec<&'static str>,
 }
 
 /// `lockd_policy_update_seconds`: 100 µs … about 3 s.
@@ -92,6 +94,17 @@ pub fn render(snap: &Snapshot, ctx: &Context) -> String {
         "lockd_vifs",
         "Enforced netdevs by effective locking mode",
         vifs,
+    );
+    let held = Family::<Labels, Gauge>::default();
+    for cause in super::engine::HoldCause::LABELS {
+        let n = snap.held.iter().filter(|c| **c == cause).count();
+        held.get_or_create(&vec![("cause", cause.to_string())])
+            .set(n as i64);
+    }
+    reg.register(
+        "lockd_vifs_held",
+        "Netdevs lockd holds (disabled, or off their bridge and down) because it cannot give them their policy, by cause",
+        held,
     );
     reg.register(
         "lockd_policy_update_seconds",

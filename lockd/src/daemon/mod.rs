@@ -77,7 +77,14 @@ pub enum Request {
     },
     /// The toolstack hook could not read or apply the record for `device`: the VIF keeps the
     /// policy it has, or, having none, is enforced as `disabled` until a valid one arrives.
-    Fence { device: String, reason: String },
+    Fence {
+        device: String,
+        reason: String,
+        /// The VM the hook plugged the netdev for: a VIF of another VM that had a netdev of
+        /// this name never keeps its policy on it.
+        #[serde(default)]
+        vm_uuid: Option<String>,
+    },
     /// `lockd monitor`: after a reply with code 0, one JSON line per dropped frame (and per
     /// suppressed count) that the filter keeps, until the client hangs up.
     Monitor {
@@ -103,6 +110,8 @@ const GC_IDLE: Duration = Duration::from_millis(20);
 enum Msg {
     Command(Box<Request>, oneshot::Sender<Reply>),
     Links(Vec<LinkEvent>),
+    /// Every netdev there is, after events were lost.
+    Resync(Vec<(u32, String)>),
     /// A scrape of `/metrics`: the counters, read from the kernel now.
     Snapshot(oneshot::Sender<metrics::Snapshot>),
 }
@@ -179,11 +188,15 @@ pub fn run(cfg: Config) -> Result<()> {
         links,
         xdp_mode: cfg.xdp_mode,
         fenced: Default::default(),
+        held: Default::default(),
         no_attach: older.into_iter().collect(),
         names,
         update_seconds: update_seconds.clone(),
     };
-    core.reconcile_all().context("enforcing the stored state")?;
+    for b in core.state.bad_vifs() {
+        tracing::error!(vif = %b.uuid, devices = ?b.devices, "stored VIF row is bad: {}; its netdevs are held disabled (`lockd doctor`)", b.reason);
+    }
+    let _held = core.reconcile_all();
     // An earlier release's layout: the policies are now in this layout's maps; every old link
     // moves over with one atomic program swap, then the missing programs are attached.
     let moved = core
@@ -192,8 +205,7 @@ pub fn run(cfg: Config) -> Result<()> {
         .context("taking over an older pinned layout")?;
     if moved > 0 || !core.no_attach.is_empty() {
         core.no_attach.clear();
-        core.reconcile_all()
-            .context("enforcing the stored state after the takeover")?;
+        let _held = core.reconcile_all();
     }
     core.resync_from_records(&cfg.xenopsd_dir);
 
@@ -213,14 +225,14 @@ pub fn run(cfg: Config) -> Result<()> {
                     Err(e) => {
                         // ENOBUFS: events were lost; a dump brings the table back in line.
                         tracing::warn!(error = %e, "rtnetlink receive; resynchronising");
-                        let ev = netlink::dump()
-                            .map(|l| {
-                                l.into_iter()
-                                    .map(|(ifindex, name)| LinkEvent::New { ifindex, name })
-                                    .collect()
-                            })
-                            .unwrap_or_default();
-                        if link_tx.send(Msg::Links(ev)).is_err() {
+                        let links = match netlink::dump() {
+                            Ok(l) => l,
+                            Err(e) => {
+                                tracing::error!(error = %e, "listing links after lost events");
+                                continue;
+                            }
+                        };
+                        if link_tx.send(Msg::Resync(links)).is_err() {
                             return;
                         }
                     }
@@ -252,6 +264,7 @@ pub fn run(cfg: Config) -> Result<()> {
                     let _gone = reply.send(core.command(*req));
                 }
                 Msg::Links(ev) => core.links_changed(ev),
+                Msg::Resync(links) => core.resync(links),
                 Msg::Snapshot(reply) => {
                     let _gone = reply.send(core.snapshot());
                 }
@@ -416,6 +429,8 @@ pub fn monitor(socket: &Path, req: &Request, json: bool) -> Result<u8> {
         eprint!("{}", reply.stderr);
         return Ok(reply.code.clamp(1, 255) as u8);
     }
+    // As tcpdump does: from here on every drop is reported (scripts may wait for this line).
+    eprintln!("lockd: monitoring drops (Ctrl-C to stop)");
     let stdout = std::io::stdout();
     for line in lines {
         let line = line?;

@@ -229,8 +229,39 @@ impl Dataplane {
         let id = if tcx {
             prog.attach(&name, side.attach_type())
         } else {
-            // A clsact qdisc (kept if there) and a cls_bpf direct-action filter.
-            let _exists = aya::programs::tc::qdisc_add_clsact(&name);
+            // A clsact qdisc (kept if there) and a cls_bpf direct-action filter. A refused
+            // qdisc (sch_ingress missing, an old-style ingress qdisc in the way) is the
+            // error, named: an `ingress` qdisc would take both filters on its one hook.
+            match crate::netlink::ingress_qdisc(ifindex) {
+                Ok(None) => {}
+                Ok(Some(kind)) if kind == "clsact" => {}
+                Ok(Some(kind)) => {
+                    return Err(DataplaneError::Qdisc {
+                        device: name,
+                        source: aya::programs::tc::TcError::IoError(std::io::Error::other(
+                            format!("an {kind} qdisc holds handle ffff: where clsact goes"),
+                        )),
+                    });
+                }
+                Err(e) => {
+                    return Err(DataplaneError::Qdisc {
+                        device: name,
+                        source: aya::programs::tc::TcError::IoError(e),
+                    });
+                }
+            }
+            if let Err(e) = aya::programs::tc::qdisc_add_clsact(&name) {
+                let exists = matches!(&e, aya::programs::tc::TcError::AlreadyAttached)
+                    || matches!(&e, aya::programs::tc::TcError::NetlinkError(n) if n.raw_os_error() == Some(libc::EEXIST));
+                if !exists {
+                    return Err(DataplaneError::Qdisc {
+                        device: name,
+                        source: aya::programs::tc::TcError::IoError(std::io::Error::other(
+                            format!("refused ({e}); is module sch_ingress loaded?"),
+                        )),
+                    });
+                }
+            }
             prog.attach_with_options(
                     &name,
                     side.attach_type(),

@@ -28,6 +28,20 @@ impl VifCounters {
         out
     }
 
+    /// `self + other`, per cell (a VIF's netdevs summed).
+    pub fn plus(&self, other: &VifCounters) -> VifCounters {
+        let mut out = VifCounters::default();
+        for d in 0..2 {
+            for r in 0..Reason::COUNT {
+                out.0[d][r] = Counter {
+                    packets: self.0[d][r].packets + other.0[d][r].packets,
+                    bytes: self.0[d][r].bytes + other.0[d][r].bytes,
+                };
+            }
+        }
+        out
+    }
+
     /// The non-zero cells as (direction, reason, counter).
     pub fn nonzero(&self) -> Vec<(Direction, Reason, Counter)> {
         let mut out = Vec::new();

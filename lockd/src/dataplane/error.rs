@@ -18,6 +18,13 @@ pub enum DataplaneError {
         #[source]
         source: ProgramError,
     },
+    /// The clsact qdisc the TC programs hang from could not be added to a netdev.
+    #[error("clsact qdisc on {device}: {source}")]
+    Qdisc {
+        device: String,
+        #[source]
+        source: aya::programs::tc::TcError,
+    },
     /// A pinned link is not of the expected kind.
     #[error("pinned link: {0}")]
     Link(#[source] aya::programs::links::LinkError),

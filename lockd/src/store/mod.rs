@@ -34,15 +34,38 @@ pub enum Change {
     DeleteVif(String),
 }
 
+/// A stored VIF row that failed validation: it is not one of the state's VIFs, and the
+/// netdevs it names are held disabled until the row is replaced (POLICY.md, failing closed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BadVif {
+    /// The row's uuid, as stored.
+    pub uuid: String,
+    /// The netdevs the row names (its device and extra devices), as far as they can be read.
+    pub devices: Vec<String>,
+    /// What is wrong with it: the column and why.
+    pub reason: String,
+}
+
 /// Everything the daemon persists, with an index from netdev name to VIF.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct State {
     networks: BTreeMap<String, NetworkSettings>,
     vifs: BTreeMap<String, VifSettings>,
     by_device: HashMap<String, String>,
+    bad_vifs: BTreeMap<String, BadVif>,
 }
 
 impl State {
+    /// The stored VIF rows that failed validation.
+    pub fn bad_vifs(&self) -> impl Iterator<Item = &BadVif> {
+        self.bad_vifs.values()
+    }
+
+    /// Records a stored row that failed validation.
+    pub fn add_bad_vif(&mut self, bad: BadVif) {
+        self.bad_vifs.insert(bad.uuid.clone(), bad);
+    }
+
     pub fn networks(&self) -> impl Iterator<Item = &NetworkSettings> {
         self.networks.values()
     }
@@ -62,6 +85,13 @@ impl State {
     /// The VIF that owns netdev `device`.
     pub fn vif_by_device(&self, device: &str) -> Option<&VifSettings> {
         self.vifs.get(self.by_device.get(device)?)
+    }
+
+    /// The bad stored row that names netdev `device`, if one does.
+    pub fn bad_vif_by_device(&self, device: &str) -> Option<&BadVif> {
+        self.bad_vifs
+            .values()
+            .find(|b| b.devices.iter().any(|d| d == device))
     }
 
     /// The VIFs on network `uuid`.
@@ -87,6 +117,8 @@ impl State {
             },
             Change::PutVif(v) => {
                 let uuid = v.uuid.clone();
+                // A valid VIF replaces a bad stored row of the same uuid.
+                self.bad_vifs.remove(&uuid);
                 let devices: Vec<String> = v.devices().cloned().collect();
                 let old = self.vifs.insert(uuid.clone(), v);
                 if let Some(o) = &old {
@@ -135,6 +167,9 @@ impl State {
                         .into_iter()
                         .flat_map(|o| o.devices().cloned()),
                 );
+                if let Some(b) = self.bad_vifs.get(&v.uuid) {
+                    out.extend(b.devices.iter().cloned());
+                }
             }
             Change::DeleteVif(u) => {
                 out.extend(self.vif(u).into_iter().flat_map(|o| o.devices().cloned()))

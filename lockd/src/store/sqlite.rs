@@ -12,7 +12,7 @@ use lockd_common::{
 };
 use rusqlite::{Connection, OpenFlags, params};
 
-use super::{Change, State, Store, StoreError};
+use super::{BadVif, Change, State, Store, StoreError};
 
 /// The database file in the state directory.
 pub const DB_FILE: &str = "lockd.db";
@@ -279,69 +279,114 @@ impl SqliteStore {
             Option<i64>,
             String,
         );
+        // A row whose columns cannot be read or whose values are not valid is kept out of the
+        // state as a bad row (its VIF is held disabled, the rest goes on); only a table that
+        // cannot be read at all is corrupt.
         let rows = stmt
-            .query_map([], |r| -> rusqlite::Result<Row> {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                    r.get(6)?,
-                    r.get(7)?,
-                    r.get(8)?,
-                    r.get(9)?,
-                    r.get(10)?,
-                    r.get(11)?,
-                ))
+            .query_map([], |r| {
+                let row = (|| -> rusqlite::Result<Row> {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                        r.get(6)?,
+                        r.get(7)?,
+                        r.get(8)?,
+                        r.get(9)?,
+                        r.get(10)?,
+                        r.get(11)?,
+                    ))
+                })();
+                let text = |i: usize| match r.get_ref(i) {
+                    Ok(rusqlite::types::ValueRef::Text(t)) => {
+                        String::from_utf8_lossy(t).into_owned()
+                    }
+                    Ok(rusqlite::types::ValueRef::Integer(n)) => n.to_string(),
+                    _ => String::new(),
+                };
+                Ok((row, text(0), text(2), text(11)))
             })
             .map_err(corrupt)?;
-        for row in rows {
-            let (uuid, network_uuid, device, mac, vm_uuid, mode, v4, v6, qt, kbps, ts, extra) =
-                row.map_err(corrupt)?;
-            let bad = |field: &str, e: &dyn ToString| {
-                row_err(
-                    &self.path,
-                    "vif",
-                    &uuid,
-                    format!("{field}: {}", e.to_string()),
-                )
-            };
-            let unsigned = |field: &str, v: Option<i64>| {
-                v.map(|n| u64::try_from(n).map_err(|e| bad(field, &e)))
-                    .transpose()
-            };
-            let qos = Qos {
-                algorithm: match qt.as_str() {
-                    "" => QosAlgorithm::None,
-                    "ratelimit" => QosAlgorithm::Ratelimit,
-                    other => return Err(bad("qos_algorithm_type", &other)),
-                },
-                kbps: unsigned("qos_kbps", kbps)?,
-                timeslice_us: unsigned("qos_timeslice_us", ts)?,
-            };
-            let vif = VifSettings {
-                mac: parse_mac(&mac).map_err(|e| bad("mac", &e))?,
-                locking_mode: mode
-                    .parse::<LockingMode>()
-                    .map_err(|e| bad("locking_mode", &e))?,
-                ipv4_allowed: parse_ipv4_list(&v4).map_err(|e| bad("ipv4_allowed", &e))?,
-                ipv6_allowed: parse_ipv6_list(&v6).map_err(|e| bad("ipv6_allowed", &e))?,
-                qos,
-                network_uuid,
-                device,
-                extra_devices: extra
-                    .split(',')
+        for raw in rows {
+            let (row, raw_uuid, raw_device, raw_extra) = raw.map_err(corrupt)?;
+            let bad_row = |reason: String| BadVif {
+                uuid: raw_uuid.clone(),
+                devices: std::iter::once(raw_device.clone())
+                    .chain(raw_extra.split(',').map(str::to_string))
                     .filter(|d| !d.is_empty())
-                    .map(str::to_string)
                     .collect(),
-                vm_uuid,
-                uuid,
+                reason,
             };
-            state.apply(Change::PutVif(vif));
+            match row.map_err(|e| e.to_string()).and_then(Self::vif_of) {
+                Ok(vif) => match crate::xe::params::check_vif(&vif) {
+                    Ok(()) => {
+                        state.apply(Change::PutVif(vif));
+                    }
+                    Err((key, reason)) => state.add_bad_vif(bad_row(format!("{key}: {reason}"))),
+                },
+                Err(reason) => state.add_bad_vif(bad_row(reason)),
+            }
         }
         Ok(())
+    }
+
+    /// A VIF from its row's columns, or what is wrong with them.
+    #[allow(clippy::type_complexity)]
+    fn vif_of(
+        (uuid, network_uuid, device, mac, vm_uuid, mode, v4, v6, qt, kbps, ts, extra): (
+            String,
+            String,
+            String,
+            String,
+            Option<String>,
+            String,
+            String,
+            String,
+            String,
+            Option<i64>,
+            Option<i64>,
+            String,
+        ),
+    ) -> Result<VifSettings, String> {
+        let bad = |field: &str, e: &dyn ToString| format!("{field}: {}", e.to_string());
+        let unsigned = |field: &str, v: Option<i64>| {
+            v.map(|n| u64::try_from(n).map_err(|e| bad(field, &e)))
+                .transpose()
+        };
+        if uuid.is_empty() {
+            return Err("uuid: empty".into());
+        }
+        crate::xe::params::device(&device).map_err(|e| bad("device", &e))?;
+        let qos = Qos {
+            algorithm: match qt.as_str() {
+                "" => QosAlgorithm::None,
+                "ratelimit" => QosAlgorithm::Ratelimit,
+                other => return Err(bad("qos_algorithm_type", &other)),
+            },
+            kbps: unsigned("qos_kbps", kbps)?,
+            timeslice_us: unsigned("qos_timeslice_us", ts)?,
+        };
+        Ok(VifSettings {
+            mac: parse_mac(&mac).map_err(|e| bad("mac", &e))?,
+            locking_mode: mode
+                .parse::<LockingMode>()
+                .map_err(|e| bad("locking_mode", &e))?,
+            ipv4_allowed: parse_ipv4_list(&v4).map_err(|e| bad("ipv4_allowed", &e))?,
+            ipv6_allowed: parse_ipv6_list(&v6).map_err(|e| bad("ipv6_allowed", &e))?,
+            qos,
+            network_uuid,
+            device,
+            extra_devices: extra
+                .split(',')
+                .filter(|d| !d.is_empty())
+                .map(str::to_string)
+                .collect(),
+            vm_uuid,
+            uuid,
+        })
     }
 }
 

@@ -72,6 +72,8 @@ pub trait Runtime {
     fn attach_mode(&self, ifindex: u32) -> Option<AttachMode>;
     /// The VIF's counters, if the dataplane knows the netdev.
     fn counters(&self, ifindex: u32) -> Option<VifCounters>;
+    /// Why and how lockd holds a netdev it cannot give its policy, if it does.
+    fn held(&self, device: &str) -> Option<String>;
 }
 
 /// What the views read: the state and the runtime.
@@ -313,7 +315,7 @@ pub fn execute(state: &State, rt: &dyn Runtime, argv: &[String]) -> Result<Outco
         }
         "vif-list" => {
             a.only(&[])?;
-            Outcome::print(show::list(params::VIF, state.vifs(), &view, a.json))
+            Outcome::print(show::vif_list(&view, a.json))
         }
         "vif-stats" => {
             a.only(&["uuid"])?;

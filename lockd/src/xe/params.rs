@@ -122,7 +122,7 @@ pub fn uuid(v: &str) -> Result<String, String> {
         .map_err(|_| format!("'{v}' is not a UUID"))
 }
 
-fn device(v: &str) -> Result<String, String> {
+pub(crate) fn device(v: &str) -> Result<String, String> {
     let d = v.trim();
     if d.is_empty() || d.len() > 15 || d.contains(['/', ' ']) {
         return Err(format!("'{d}' is not a netdev name"));
@@ -336,9 +336,48 @@ pub static VIF: &[Param<VifSettings>] = &[
             |v, _| json!({ "kbps": v.qos.kbps, "timeslice_us": v.qos.timeslice_us }),
         )
     },
-    V::new("attach", Access::Ro, "native | generic | absent", |v, w| {
-        json!(attach_word(w.rt, w.rt.ifindex(&v.device)))
-    }),
+    V::new(
+        "attach",
+        Access::Ro,
+        "native | generic | tc | absent",
+        |v, w| json!(attach_word(w.rt, w.rt.ifindex(&v.device))),
+    ),
+    V::new(
+        "held",
+        Access::Ro,
+        "why and how lockd holds a netdev of the VIF it cannot give its policy, if it does",
+        |v, w| {
+            let held: Vec<String> = v
+                .devices()
+                .filter_map(|d| w.rt.held(d).map(|h| format!("{d}: {h}")))
+                .collect();
+            if held.is_empty() {
+                Value::Null
+            } else {
+                json!(held.join("; "))
+            }
+        },
+    ),
+    V::new(
+        "netdevs",
+        Access::Ro,
+        "every netdev of the VIF (an HVM guest's vif and tap): ifindex, attach, held",
+        |v, w| {
+            json!(
+                v.devices()
+                    .map(|d| {
+                        let ifindex = w.rt.ifindex(d);
+                        json!({
+                            "device": d,
+                            "ifindex": ifindex,
+                            "attach": attach_word(w.rt, ifindex),
+                            "held": w.rt.held(d),
+                        })
+                    })
+                    .collect::<Vec<_>>()
+            )
+        },
+    ),
 ];
 
 /// The network's parameters.
