@@ -10,6 +10,7 @@ use lockd_common::{
     Direction, Reason,
     model::{verdict_from_vm, verdict_to_vm},
     policy::{EffectiveMode, LockingMode, VifPolicy, parse_ipv4_list, parse_ipv6_list},
+    proto::ETH_HLEN,
 };
 use pcap_file::{
     DataLink,
@@ -18,7 +19,10 @@ use pcap_file::{
 };
 use serde::Serialize;
 
-use crate::{dataplane::Dataplane, frameinfo};
+use crate::{
+    dataplane::{Dataplane, XDP_DROP, XDP_PASS},
+    frameinfo,
+};
 
 /// One frame of a capture: its bytes and its length on the wire.
 pub struct Captured {
@@ -35,11 +39,19 @@ pub struct Explained {
     pub model_verdict: &'static str,
     pub model_reason: &'static str,
     pub summary: String,
+    /// Whether the kernel ran the frame, and what the program returned.
+    #[serde(skip)]
+    pub run: Run,
+    /// What is wrong with the kernel's own answer (its return value and its counters do not
+    /// fit together), if anything.
+    #[serde(skip)]
+    pub problem: Option<String>,
 }
 
 impl Explained {
+    /// The kernel and the model disagree.
     pub fn disagrees(&self) -> bool {
-        self.reason != self.model_reason
+        self.reason != self.model_reason || self.verdict != self.model_verdict
     }
 
     pub fn text(&self) -> String {
@@ -200,8 +212,126 @@ fn verdict(r: Reason) -> &'static str {
     }
 }
 
+/// The `reason` of a frame the kernel program counted under no reason (a bug: every frame of
+/// a managed VIF is counted exactly once).
+pub const UNCOUNTED: &str = "uncounted";
+
+/// The verdict an XDP program's return value means (`enum xdp_action`). lockd's from-VM
+/// program returns only `XDP_PASS` or `XDP_DROP`; anything else is named, and flagged.
+pub fn xdp_verdict(action: u32) -> &'static str {
+    match action {
+        XDP_PASS => "pass",
+        XDP_DROP => "drop",
+        0 => "aborted",
+        3 => "tx",
+        4 => "redirect",
+        _ => "unknown",
+    }
+}
+
+/// The verdict a TC program's return value means. lockd's to-VM program returns
+/// `TC_ACT_UNSPEC` (-1, `TCX_NEXT`: the next program or the stack decides, so the frame goes
+/// on) to pass and `TC_ACT_SHOT` (2) to drop; `TC_ACT_OK` (0) passes too.
+pub fn tc_verdict(action: u32) -> &'static str {
+    match action as i32 {
+        -1 | 0 => "pass",
+        2 => "drop",
+        7 => "redirect",
+        _ => "unknown",
+    }
+}
+
+/// What the kernel program made of one frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Run {
+    /// `BPF_PROG_TEST_RUN` ran it; the program returned `retval`.
+    Kernel { retval: u32 },
+    /// The kernel cannot run the program on it (why); `verdict` and `reason` are the model's.
+    ModelOnly { why: &'static str },
+}
+
+/// Why a to-VM frame shorter than an Ethernet header is not run in the kernel (the kernel
+/// said EINVAL). The skb test run wants 14 bytes of packet, and unlike XDP's `xdp_md`
+/// (`data_end`) a TC program's `__sk_buff` context has no field that ends the packet before
+/// the buffer does (`eth_type_trans` pulls 14 bytes and the program sees all of `skb->len`);
+/// and no netdev transmits such a frame (`dev_validate_header` wants the link-layer header).
+pub const TC_SHORT_FRAME: &str = "not run in the kernel: BPF_PROG_TEST_RUN builds no skb \
+    from under 14 bytes (an Ethernet header) and a TC context cannot shorten one; \
+    kernel columns repeat the model";
+
+/// Why a to-VM frame of 14 bytes or more is not run in the kernel (the kernel said EINVAL):
+/// `bpf_prog_test_run_skb` refuses an IPv4 or IPv6 frame whose network header is cut short (a
+/// check net/bpf/test_run.c gained in 2026 for syzbot 619b9ef527f5, and stable kernels with
+/// it, 6.18.44 here, as the differential tests see).
+pub const TC_REFUSED: &str = "not run in the kernel: BPF_PROG_TEST_RUN builds no skb whose \
+    IPv4 or IPv6 header is cut short (EINVAL); kernel columns repeat the model";
+
+/// Why the kernel refused (EINVAL) to run the TC program on `frame`.
+fn tc_refusal(frame: &[u8]) -> &'static str {
+    let ip_header = match frame.get(12..14) {
+        Some([0x08, 0x00]) => 20,
+        Some([0x86, 0xdd]) => 40,
+        _ => 0,
+    };
+    if frame.len() < ETH_HLEN {
+        TC_SHORT_FRAME
+    } else if frame.len() < ETH_HLEN + ip_header {
+        TC_REFUSED
+    } else {
+        TC_REFUSED_OTHER
+    }
+}
+
+/// Why the kernel would not run a to-VM frame, when neither reason above explains it.
+pub const TC_REFUSED_OTHER: &str =
+    "not run in the kernel: BPF_PROG_TEST_RUN refused it (EINVAL); kernel columns repeat the model";
+
+/// The kernel's verdict (from the program's return value) and reason (from the one counter
+/// that moved), and what is wrong if the two do not fit together.
+pub fn reconcile(verdict: &'static str, moved: &[Reason]) -> (&'static str, Option<String>) {
+    match moved {
+        [r] => {
+            let fits = match verdict {
+                "pass" => matches!(r, Reason::Pass),
+                "drop" => !matches!(r, Reason::Pass),
+                _ => false,
+            };
+            let problem = (!fits).then(|| {
+                format!(
+                    "the program returned {verdict} but counted the frame under {}",
+                    r.name()
+                )
+            });
+            (r.name(), problem)
+        }
+        [] => (
+            UNCOUNTED,
+            Some(format!(
+                "the program returned {verdict} and counted the frame under no reason"
+            )),
+        ),
+        [first, ..] => (
+            first.name(),
+            Some(format!(
+                "the program returned {verdict} and counted the frame under {} reasons: {}",
+                moved.len(),
+                moved
+                    .iter()
+                    .map(|r| r.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        ),
+    }
+}
+
 /// Runs every frame through the kernel program for `dir` under `policy`. Must run as root
 /// (it loads the programs); the programs are private to this call and unloaded after it.
+///
+/// The verdict is what the program returned (`XDP_PASS`/`XDP_DROP`, `TC_ACT_UNSPEC`/
+/// `TC_ACT_SHOT`); the reason is the counter that moved. From the VM, a frame shorter than an
+/// Ethernet header runs too ([`crate::testrun::SHORT_FRAME_PAD`]); to the VM the kernel
+/// cannot run one, and the line says so.
 pub fn explain(policy: &VifPolicy, frames: &[Captured], dir: Direction) -> Result<Vec<Explained>> {
     let mut dp = Dataplane::load().context("loading lockd's programs (explain needs root)")?;
     // The loopback device stands in for the VIF: test_run needs a real device, and the
@@ -212,12 +342,13 @@ pub fn explain(policy: &VifPolicy, frames: &[Captured], dir: Direction) -> Resul
         Direction::ToVm => Some(dp.tc_runner()?),
         Direction::FromVm => None,
     };
-    // Frames counted per reason in this direction (the other is never touched here).
-    let counts = |dp: &Dataplane| -> Result<Vec<u64>> {
+    // Frames and bytes counted per reason in this direction (the other is never touched).
+    let counts = |dp: &Dataplane| -> Result<Vec<(u64, u64)>> {
         Reason::ALL
             .iter()
-            .map(|&r| Ok(dp.counter(ifx, dir, r)?.packets))
-            .collect()
+            .map(|&r| dp.counter(ifx, dir, r).map(|c| (c.packets, c.bytes)))
+            .collect::<Result<_, _>>()
+            .context("reading the private counters")
     };
     let mut before = counts(&dp)?;
     let mut out = Vec::with_capacity(frames.len());
@@ -230,37 +361,125 @@ pub fn explain(policy: &VifPolicy, frames: &[Captured], dir: Direction) -> Resul
             Direction::FromVm => verdict_from_vm(policy, &f.data),
             Direction::ToVm => verdict_to_vm(policy, &f.data),
         };
-        // test_run refuses a frame shorter than an Ethernet header; no netdev delivers one.
-        let kernel = if f.data.len() < lockd_common::proto::ETH_HLEN {
-            summary += " (too short to run)";
-            model
-        } else {
-            match &egress {
-                Some(r) => {
-                    r.run_skb(ifx, &f.data, 1)
-                        .with_context(|| format!("frame {}", i + 1))?;
+        let frame = || format!("frame {}", i + 1);
+        let retval = match &egress {
+            // Asked, not assumed: a kernel that one day takes these frames runs them.
+            Some(r) => match r.run_skb(ifx, &f.data, 1) {
+                Ok(r) => Ok(r.action),
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Err(tc_refusal(&f.data)),
+                Err(e) => return Err(e).context(frame()),
+            },
+            None => Ok(dp.judge(ifx, &f.data).with_context(frame)?),
+        };
+        let (run, verdict_name, reason, problem) = match retval {
+            Ok(retval) => {
+                let after = counts(&dp)?;
+                let moved: Vec<Reason> = Reason::ALL
+                    .into_iter()
+                    .zip(after.iter().zip(&before))
+                    .filter(|(_, (a, b))| a.0 != b.0)
+                    .map(|(r, _)| r)
+                    .collect();
+                let bytes: u64 = after.iter().zip(&before).map(|(a, b)| a.1 - b.1).sum();
+                before = after;
+                let v = match dir {
+                    Direction::FromVm => xdp_verdict(retval),
+                    Direction::ToVm => tc_verdict(retval),
+                };
+                let (reason, mut problem) = reconcile(v, &moved);
+                // The program counts the bytes it saw: a frame run padded (testrun's
+                // SHORT_FRAME_PAD) must have been seen at its own length.
+                if problem.is_none() && bytes != f.data.len() as u64 {
+                    problem = Some(format!(
+                        "the program counted {bytes} bytes for a frame of {}",
+                        f.data.len()
+                    ));
                 }
-                None => {
-                    dp.judge(ifx, &f.data)
-                        .with_context(|| format!("frame {}", i + 1))?;
-                }
+                (Run::Kernel { retval }, v, reason, problem)
             }
-            let after = counts(&dp)?;
-            let changed = Reason::ALL
-                .into_iter()
-                .zip(after.iter().zip(&before))
-                .find_map(|(r, (a, b))| (a != b).then_some(r));
-            before = after;
-            changed.ok_or_else(|| anyhow!("frame {}: the kernel counted nothing", i + 1))?
+            Err(why) => {
+                summary += &format!(" ({why})");
+                (Run::ModelOnly { why }, verdict(model), model.name(), None)
+            }
         };
         out.push(Explained {
             index: i + 1,
-            verdict: verdict(kernel),
-            reason: kernel.name(),
+            verdict: verdict_name,
+            reason,
             model_verdict: verdict(model),
             model_reason: model.name(),
             summary,
+            run,
+            problem,
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn return_values_name_the_verdict() {
+        assert_eq!(xdp_verdict(XDP_PASS), "pass");
+        assert_eq!(xdp_verdict(XDP_DROP), "drop");
+        assert_eq!(xdp_verdict(0), "aborted");
+        assert_eq!(xdp_verdict(4), "redirect");
+        assert_eq!(xdp_verdict(99), "unknown");
+        // TC_ACT_UNSPEC is -1 in the kernel's u32 retval.
+        assert_eq!(tc_verdict(u32::MAX), "pass");
+        assert_eq!(tc_verdict(0), "pass");
+        assert_eq!(tc_verdict(2), "drop");
+        assert_eq!(tc_verdict(7), "redirect");
+        assert_eq!(tc_verdict(5), "unknown");
+    }
+
+    #[test]
+    fn a_return_value_and_its_one_counter_that_fit_are_no_problem() {
+        assert_eq!(reconcile("pass", &[Reason::Pass]), ("pass", None));
+        assert_eq!(reconcile("drop", &[Reason::Malformed]), ("malformed", None));
+    }
+
+    #[test]
+    fn a_return_value_the_counters_contradict_is_reported() {
+        // The verdict stays the program's; the reason stays the counter's; both are named.
+        let (reason, p) = reconcile("drop", &[Reason::Pass]);
+        assert_eq!(reason, "pass");
+        assert_eq!(
+            p.as_deref(),
+            Some("the program returned drop but counted the frame under pass")
+        );
+        let (reason, p) = reconcile("pass", &[Reason::ArpSpoof]);
+        assert_eq!(reason, "arp_spoof");
+        assert!(p.is_some_and(|p| p.contains("returned pass") && p.contains("arp_spoof")));
+        // An action lockd never returns fits no counter.
+        assert!(reconcile("redirect", &[Reason::Pass]).1.is_some());
+        assert!(reconcile("aborted", &[Reason::Malformed]).1.is_some());
+    }
+
+    #[test]
+    fn a_tc_refusal_names_its_cause() {
+        assert_eq!(tc_refusal(&[]), TC_SHORT_FRAME);
+        assert_eq!(tc_refusal(&[0; 13]), TC_SHORT_FRAME);
+        let mut v4 = vec![0u8; 33];
+        v4[12..14].copy_from_slice(&[0x08, 0x00]);
+        assert_eq!(tc_refusal(&v4), TC_REFUSED);
+        let mut v6 = vec![0u8; 53];
+        v6[12..14].copy_from_slice(&[0x86, 0xdd]);
+        assert_eq!(tc_refusal(&v6), TC_REFUSED);
+        assert_eq!(tc_refusal(&[0; 60]), TC_REFUSED_OTHER);
+    }
+
+    #[test]
+    fn no_counter_or_several_counters_are_reported() {
+        let (reason, p) = reconcile("pass", &[]);
+        assert_eq!(reason, UNCOUNTED);
+        assert_eq!(
+            p.as_deref(),
+            Some("the program returned pass and counted the frame under no reason")
+        );
+        let (_, p) = reconcile("drop", &[Reason::Malformed, Reason::MacSpoof]);
+        assert!(p.is_some_and(|p| p.contains("2 reasons: malformed, mac_spoof")));
+    }
 }

@@ -404,12 +404,22 @@ fn run(cli: Cli) -> Result<u8> {
                 } else {
                     println!("{}", l.text());
                 }
+                if let Some(p) = &l.problem {
+                    disagree += 1;
+                    eprintln!(
+                        "lockd: !!! frame {}: the kernel disagrees with itself: {p}: please report this",
+                        l.index
+                    );
+                }
                 if l.disagrees() {
                     disagree += 1;
                     eprintln!(
                         "lockd: !!! frame {}: the kernel says {} ({}), the model says {} ({}): please report this",
                         l.index, l.verdict, l.reason, l.model_verdict, l.model_reason
                     );
+                }
+                if let explain::Run::ModelOnly { why } = l.run {
+                    eprintln!("lockd: frame {}: {why}", l.index);
                 }
             }
             if !json {
