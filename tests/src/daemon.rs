@@ -206,13 +206,33 @@ impl Instance {
         }
     }
 
-    /// Everything the daemon's store holds, read from the database file (empty if absent).
+    /// The bytes of the daemon's database file, as one file: a `VACUUM INTO` copy, so that
+    /// commits still in the write-ahead log are in it (the main file alone lacks them until a
+    /// checkpoint, and a comparison of it could not see a command that wrongly committed) and
+    /// a checkpoint, which moves pages but changes nothing stored, changes no byte. Panics,
+    /// naming the store, if the store cannot be opened and read as lockd's.
     pub fn state_bytes(&self) -> Vec<u8> {
         use lockd::store::{SqliteStore, Store as _};
-        match SqliteStore::open_read_only(&self.state_dir) {
-            Ok(mut s) => format!("{:?}", s.load().expect("read the store")).into_bytes(),
-            Err(_) => Vec::new(),
-        }
+        let fail = |e: &dyn std::fmt::Display| -> ! {
+            panic!(
+                "cannot open the daemon's store in {}: {e}",
+                self.state_dir.display()
+            )
+        };
+        let mut store = SqliteStore::open_read_only(&self.state_dir).unwrap_or_else(|e| fail(&e));
+        store.load().unwrap_or_else(|e| fail(&e));
+        let conn = rusqlite::Connection::open_with_flags(
+            store.path(),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap_or_else(|e| fail(&e));
+        let copy = self.state_dir.with_file_name("state-copy.db");
+        let _ = std::fs::remove_file(&copy);
+        conn.execute("VACUUM INTO ?1", [copy.to_str().expect("utf-8 path")])
+            .unwrap_or_else(|e| fail(&e));
+        let bytes = std::fs::read(&copy).unwrap_or_else(|e| fail(&e));
+        let _ = std::fs::remove_file(&copy);
+        bytes
     }
 
     /// The VIF's counter for a direction and reason, from `vif-stats --json`.

@@ -381,3 +381,16 @@ pub fn tcp_frame_rate(report: &serde_json::Value) -> Option<f64> {
     let mss = 1448.0;
     Some(recv["bytes"].as_f64()? / recv["seconds"].as_f64()? * (mss + 66.0) / mss)
 }
+
+/// Bytes `dev` in `ns` has received (its rx counter: whole frames, Ethernet header included).
+/// Panics if the device or its counter is missing.
+pub fn rx_bytes(ns: &NetNs, dev: &str) -> u64 {
+    let out = ns
+        .exec(&["ip", "-j", "-s", "link", "show", "dev", dev])
+        .unwrap_or_else(|e| panic!("ip -s link show {dev}: {e}"));
+    let v: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("ip -j output for {dev}: {e}"));
+    v[0]["stats64"]["rx"]["bytes"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no rx byte counter for {dev} in {v}"))
+}

@@ -8,6 +8,14 @@ fn f(v: &Value) -> f64 {
     v.as_f64().unwrap_or(f64::NAN)
 }
 
+/// Figures by key, joined with " / " (`unavailable` for a missing one).
+fn join(r: &Value, keys: &[&str], fmt: impl Fn(f64) -> String) -> String {
+    keys.iter()
+        .map(|k| opt(&r[*k], &fmt))
+        .collect::<Vec<_>>()
+        .join(" / ")
+}
+
 /// A figure, or `unavailable` where the run could not measure it.
 fn opt(v: &Value, fmt: impl Fn(f64) -> String) -> String {
     v.as_f64().map_or_else(|| "unavailable".into(), fmt)
@@ -56,37 +64,51 @@ pub fn markdown(r: &Value) -> String {
             "≥ 8×",
         ),
         (
-            "ns added over the floor: lockd / nftables netdev / ebtables / xdp-filter",
-            [
-                "added_ns_lockd",
-                "added_ns_nft_netdev",
-                "added_ns_ebtables",
-                "added_ns_xdp_filter",
-            ]
-            .iter()
-            .map(|k| {
-                if r[*k].is_number() {
-                    format!("{:.0}", f(&r[*k]))
-                } else {
-                    "unavailable".into()
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(" / "),
+            "ns the policy adds over the tool's own floor at its hook (lockd: empty XDP drop; each peer: itself with a one-rule drop): lockd / nftables netdev / nftables bridge / ebtables / ebtables nf-call 1 / xdp-filter",
+            join(
+                r,
+                &[
+                    "added_ns_lockd",
+                    "added_ns_nft_netdev",
+                    "added_ns_nft_bridge",
+                    "added_ns_ebtables",
+                    "added_ns_ebtables_nf_call",
+                    "added_ns_xdp_filter",
+                ],
+                |x| format!("{x:.0}"),
+            ),
             "lockd ≤ 15",
         ),
         (
-            "added ns ratio (theirs ÷ lockd's): nftables netdev / ebtables / xdp-filter",
-            [
-                "added_ratio_nft_netdev",
-                "added_ratio_ebtables",
-                "added_ratio_xdp_filter",
-            ]
-            .iter()
-            .map(|k| opt(&r[*k], |x| format!("{x:.1}×")))
-            .collect::<Vec<_>>()
-            .join(" / "),
-            "≥ 20 / ≥ 40 / ≥ 1",
+            "added ns ratio (theirs ÷ lockd's): nftables netdev / nftables bridge / ebtables / ebtables nf-call 1 / xdp-filter",
+            join(
+                r,
+                &[
+                    "added_ratio_nft_netdev",
+                    "added_ratio_nft_bridge",
+                    "added_ratio_ebtables",
+                    "added_ratio_ebtables_nf_call",
+                    "added_ratio_xdp_filter",
+                ],
+                |x| format!("{x:.1}×"),
+            ),
+            "≥ 20 / – / ≥ 40 / – / ≥ 1",
+        ),
+        (
+            "whole path, ns per packet (what a user pays, 1 vCPU): lockd / nftables netdev / nftables bridge / ebtables / ebtables nf-call 1 / xdp-filter",
+            join(
+                r,
+                &[
+                    "lockd_native_ns_per_pkt",
+                    "nft_netdev_ns_per_pkt",
+                    "nft_bridge_ns_per_pkt",
+                    "ebtables_ns_per_pkt",
+                    "ebtables_nf_call_ns_per_pkt",
+                    "xdp_filter_ns_per_pkt",
+                ],
+                |x| format!("{x:.0}"),
+            ),
+            "reported",
         ),
         (
             "ns lockd adds on the skb path (TC ingress, over an empty TC program; 64 B)",
@@ -127,12 +149,15 @@ pub fn markdown(r: &Value) -> String {
             "< 1 ms",
         ),
         (
-            "leaked frames during updates",
-            format!("{}", r["update_leaked_frames"]),
-            "0",
+            "frames judged against the policy not in force during updates: leaked / wrongly dropped",
+            format!(
+                "{} / {}",
+                r["update_leaked_frames"], r["update_wrongly_dropped_frames"]
+            ),
+            "0 / 0",
         ),
         (
-            "rate limit (shaper) achieved/configured",
+            "rate limit: received at the far port / configured",
             format!("{:.4}", f(&r["ratelimit_accuracy"])),
             "1 ± 0.02",
         ),
@@ -263,7 +288,7 @@ pub fn markdown(r: &Value) -> String {
     }
     let _ = writeln!(
         s,
-        "\n### Rate limit (shaper; live frames at full speed, 1000 B)\n\n| senders | shaped to B/s | configured B/s | ratio | backlog B | dropped (backlog full) |\n|---|---|---|---|---|---|"
+        "\n### Rate limit (shaper; live frames at full speed, 1000 B, counted where they arrive)\n\n| senders | received B/s | configured B/s | ratio | backlog B | dropped (backlog full) |\n|---|---|---|---|---|---|"
     );
     for p in r["ratelimit"].as_array().into_iter().flatten() {
         let _ = writeln!(
@@ -397,7 +422,9 @@ pub fn svgs(r: &Value, dir: &Path) {
         ("lockd, native XDP", "added_ns_lockd"),
         ("xdp-filter, native XDP", "added_ns_xdp_filter"),
         ("nftables netdev", "added_ns_nft_netdev"),
+        ("nftables bridge", "added_ns_nft_bridge"),
         ("ebtables", "added_ns_ebtables"),
+        ("ebtables, nf-call 1", "added_ns_ebtables_nf_call"),
         ("lockd, skb path (TC)", "added_ns_lockd_skb"),
     ]
     .iter()
@@ -406,7 +433,7 @@ pub fn svgs(r: &Value, dir: &Path) {
     let _ = std::fs::write(
         dir.join("added_ns.svg"),
         bars(
-            "ns each path adds over the floor at its hook (lower is better)",
+            "ns each policy adds over its tool's own floor at its hook (lower is better)",
             &added,
             "ns",
         ),

@@ -12,10 +12,13 @@ use lockd_common::{
 use lockd_kit::{frames, netlab::NetNs};
 use serde_json::{Value, json};
 
-use crate::traffic::{Helpers, send};
+use crate::{
+    peers::{self, Rules},
+    traffic::{Helpers, send},
+};
 
 pub const GUEST: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
-const GUEST_STR: &str = "02:00:00:00:00:0b";
+pub const GUEST_STR: &str = "02:00:00:00:00:0b";
 
 /// A 64-byte frame from the guest MAC with a foreign source IP: every path drops it.
 pub fn spoofed_frame() -> Vec<u8> {
@@ -145,6 +148,14 @@ pub enum Path {
     },
     /// xdp-filter (xdp-tools), native XDP, default deny with the guest's IPv4 source allowed.
     XdpFilter,
+    /// Each peer's own floor: the same tool at the same hook with one rule dropping every
+    /// frame.
+    NftNetdevFloor,
+    NftBridgeFloor,
+    EbtablesFloor {
+        nf_call: bool,
+    },
+    XdpFilterFloor,
     /// The skb path's floors: a drop program at generic XDP, and at TC ingress.
     FloorGeneric,
     FloorTc,
@@ -164,6 +175,11 @@ impl Path {
             Path::Ebtables { nf_call: false } => "ebtables, bridge-nf-call 0",
             Path::Ebtables { nf_call: true } => "ebtables, bridge-nf-call 1",
             Path::XdpFilter => "xdp-filter (xdp-tools), native XDP",
+            Path::NftNetdevFloor => "nftables netdev ingress, one-rule drop",
+            Path::NftBridgeFloor => "nftables bridge family, one-rule drop",
+            Path::EbtablesFloor { nf_call: false } => "ebtables, bridge-nf-call 0, one-rule drop",
+            Path::EbtablesFloor { nf_call: true } => "ebtables, bridge-nf-call 1, one-rule drop",
+            Path::XdpFilterFloor => "xdp-filter (xdp-tools), native XDP, one-rule drop",
             Path::FloorGeneric => "empty generic XDP drop",
             Path::FloorTc => "empty TC ingress drop",
             Path::LockdTc => "lockd, TC ingress",
@@ -180,67 +196,55 @@ impl Path {
             Path::Ebtables { nf_call: false } => "ebtables",
             Path::Ebtables { nf_call: true } => "ebtables_nf_call",
             Path::XdpFilter => "xdp_filter",
+            Path::NftNetdevFloor => "nft_netdev_floor",
+            Path::NftBridgeFloor => "nft_bridge_floor",
+            Path::EbtablesFloor { nf_call: false } => "ebtables_floor",
+            Path::EbtablesFloor { nf_call: true } => "ebtables_nf_call_floor",
+            Path::XdpFilterFloor => "xdp_filter_floor",
             Path::FloorGeneric => "floor_generic",
             Path::FloorTc => "floor_tc",
             Path::LockdTc => "lockd_tc",
         }
     }
 
-    pub const ALL: [Path; 8] = [
+    /// The throughput section's paths, each peer after its own floor.
+    pub const ALL: [Path; 13] = [
         Path::Floor,
         Path::LockdNative,
         Path::LockdGeneric,
+        Path::NftNetdevFloor,
         Path::NftNetdev,
+        Path::NftBridgeFloor,
         Path::NftBridge,
+        Path::EbtablesFloor { nf_call: false },
         Path::Ebtables { nf_call: false },
+        Path::EbtablesFloor { nf_call: true },
         Path::Ebtables { nf_call: true },
+        Path::XdpFilterFloor,
         Path::XdpFilter,
     ];
-}
 
-const NFT_POLICY: &str = r#"
-    set a4 { type ipv4_addr; elements = { 10.0.0.2 } }
-    set a6 { type ipv6_addr; elements = { 2001:db8::2, fe80::ff:fe00:b } }
-    counter spoof {
+    /// The peer's own floor (None for lockd's paths and the floors themselves).
+    pub fn own_floor(self) -> Option<Path> {
+        match self {
+            Path::NftNetdev => Some(Path::NftNetdevFloor),
+            Path::NftBridge => Some(Path::NftBridgeFloor),
+            Path::Ebtables { nf_call } => Some(Path::EbtablesFloor { nf_call }),
+            Path::XdpFilter => Some(Path::XdpFilterFloor),
+            _ => None,
+        }
     }
-"#;
 
-/// The lockd policy as nftables rules (MAC, EtherType, ARP and IP sources).
-fn nft_rules(dev_match: &str) -> String {
-    format!(
-        "{dev_match} ether saddr != {GUEST_STR} drop\n\
-         {dev_match} ether type != {{ ip, arp, ip6 }} drop\n\
-         {dev_match} ether type arp arp saddr ip != @a4 drop\n\
-         {dev_match} ether type ip ip saddr != @a4 counter name spoof drop\n\
-         {dev_match} ether type ip6 ip6 saddr != @a6 drop\n"
-    )
-}
-
-fn nft(ns: &NetNs, script: &str) {
-    let path = std::env::temp_dir().join(format!("lockd-bench-{}.nft", std::process::id()));
-    std::fs::write(&path, script).expect("write nft script");
-    ns.exec(&["nft", "-f", path.to_str().expect("utf-8")])
-        .expect("nft -f");
-    let _ = std::fs::remove_file(path);
-}
-
-fn nft_counter(ns: &NetNs, family: &str) -> u64 {
-    let out = ns
-        .exec(&[
-            "nft",
-            "-j",
-            "list",
-            "counter",
-            family,
-            "lockd_bench",
-            "spoof",
-        ])
-        .expect("nft counter");
-    let v: Value = serde_json::from_str(&out).expect("nft json");
-    v["nftables"]
-        .as_array()
-        .and_then(|a| a.iter().find_map(|o| o["counter"]["packets"].as_u64()))
-        .unwrap_or(0)
+    /// Whether the path runs on a Linux bridge.
+    fn bridged(self) -> bool {
+        matches!(
+            self,
+            Path::NftBridge
+                | Path::NftBridgeFloor
+                | Path::Ebtables { .. }
+                | Path::EbtablesFloor { .. }
+        )
+    }
 }
 
 /// What a path set up, kept alive for the measurement and asked for its drop count.
@@ -329,49 +333,13 @@ fn setup(path: Path, t: &Topo, helpers: &mut Helpers) -> Setup {
             }
             Setup::Lockd(Box::new(dp))
         }
-        Path::NftNetdev => {
+        Path::NftNetdev | Path::NftNetdevFloor | Path::NftBridge | Path::NftBridgeFloor => {
             gro();
-            nft(
-                &t.host,
-                &format!(
-                    "table netdev lockd_bench {{\n{NFT_POLICY}\nchain ingress {{\ntype filter hook ingress device \"vif0\" priority 0; policy accept;\n{}}}\n}}\n",
-                    nft_rules("")
-                ),
-            );
-            Setup::Nft("netdev")
+            let family = if path.bridged() { "bridge" } else { "netdev" };
+            peers::nft_load(&t.host, family, rules(path));
+            Setup::Nft(family)
         }
-        Path::NftBridge => {
-            gro();
-            nft(
-                &t.host,
-                &format!(
-                    "table bridge lockd_bench {{\n{NFT_POLICY}\nchain pre {{\ntype filter hook prerouting priority 0; policy accept;\n{}}}\n}}\n",
-                    nft_rules("iifname \"vif0\"")
-                ),
-            );
-            Setup::Nft("bridge")
-        }
-        Path::XdpFilter => {
-            // `ip netns exec` remounts /sys, hiding bpffs from xdp-filter: enter the network
-            // namespace only.
-            let ns = t.host.name().to_string();
-            let run = |args: &[&str]| -> Result<(), String> {
-                let out = std::process::Command::new("nsenter")
-                    .arg(format!("--net=/run/netns/{ns}"))
-                    .arg("xdp-filter")
-                    .args(args)
-                    .output()
-                    .map_err(|e| format!("xdp-filter: {e}"))?;
-                if out.status.success() {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "xdp-filter {}: {}",
-                        args.join(" "),
-                        String::from_utf8_lossy(&out.stderr).trim()
-                    ))
-                }
-            };
+        Path::XdpFilter | Path::XdpFilterFloor => {
             // libxdp keeps its state under /sys/fs/bpf/xdp: bpffs must be there (mounted only
             // on an empty /sys/fs/bpf, as the daemon does, and unmounted after the run if it
             // was not there before).
@@ -381,78 +349,28 @@ fn setup(path: Path, t: &Topo, helpers: &mut Helpers) -> Setup {
             if let Err(e) = lockd::dataplane::ensure_bpffs(std::path::Path::new(XDP_DIR)) {
                 return Setup::Unavailable(format!("bpffs for xdp-filter: {e}"));
             }
-            // Its rules are alternatives (any match passes), so it cannot require the MAC and
-            // the address together: the closest policy that drops this frame allows the
-            // guest's IPv4 source only.
-            match run(&["load", "-m", "native", "-p", "deny", "-f", "ipv4", "vif0"])
-                .and_then(|()| run(&["ip", "-m", "src", "10.0.0.2"]))
-            {
+            let ns = t.host.name().to_string();
+            match peers::xdp_filter_load(&ns, rules(path)) {
                 Ok(()) => Setup::XdpFilter(ns),
                 Err(why) => Setup::Unavailable(why),
             }
         }
-        Path::Ebtables { nf_call } => {
+        Path::Ebtables { nf_call } | Path::EbtablesFloor { nf_call } => {
             gro();
-            let v = if nf_call { "1" } else { "0" };
-            for k in ["iptables", "ip6tables", "arptables"] {
-                let _maybe_absent = t.host.exec(&[
-                    "sysctl",
-                    "-qw",
-                    &format!("net.bridge.bridge-nf-call-{k}={v}"),
-                ]);
+            match peers::ebtables_load(&t.host, nf_call, rules(path)) {
+                Ok(eb) => Setup::Ebtables(eb),
+                Err(why) => Setup::Unavailable(why),
             }
-            // xapi's rules for a locked VIF on the bridge backend.
-            let eb = match ebtables_cmd(&t.host) {
-                Ok(eb) => eb,
-                Err(why) => return Setup::Unavailable(why),
-            };
-            for rule in [
-                vec![
-                    "-A", "FORWARD", "-i", "vif0", "-s", "!", GUEST_STR, "-j", "DROP",
-                ],
-                vec![
-                    "-A",
-                    "FORWARD",
-                    "-i",
-                    "vif0",
-                    "-p",
-                    "ARP",
-                    "--arp-ip-src",
-                    "!",
-                    "10.0.0.2",
-                    "-j",
-                    "DROP",
-                ],
-                vec![
-                    "-A", "FORWARD", "-i", "vif0", "-p", "IPv4", "--ip-src", "!", "10.0.0.2", "-j",
-                    "DROP",
-                ],
-            ] {
-                let mut args = vec![eb.as_str()];
-                args.extend(rule);
-                if let Err(e) = t.host.exec(&args) {
-                    return Setup::Unavailable(format!("{eb} refused xapi's rule: {e}"));
-                }
-            }
-            Setup::Ebtables(eb)
         }
     }
 }
 
-/// ebtables-legacy (the kernel's ebtables, as XenServer uses) where this kernel has its
-/// `filter` table, else the nftables-backed ebtables (`ebtables-nft`, from Debian's iptables
-/// package), else why neither can run.
-fn ebtables_cmd(ns: &NetNs) -> Result<String, String> {
-    let legacy = ns.exec(&["ebtables-legacy", "-t", "filter", "-L"]);
-    if legacy.is_ok() {
-        return Ok("ebtables-legacy".into());
-    }
-    match ns.exec(&["ebtables-nft", "-t", "filter", "-L"]) {
-        Ok(_) => Ok("ebtables-nft".into()),
-        Err(nft) => Err(format!(
-            "neither ebtables-legacy ({}) nor ebtables-nft ({nft}) works here",
-            legacy.err().map(|e| e.to_string()).unwrap_or_default()
-        )),
+/// Whether a peer's path gets the locking policy or its one-rule floor.
+fn rules(path: Path) -> Rules {
+    if path.own_floor().is_some() {
+        Rules::Policy
+    } else {
+        Rules::Floor
     }
 }
 
@@ -465,28 +383,71 @@ fn dropped(s: &Setup, t: &Topo, helpers: &Helpers) -> Option<u64> {
                 .packets,
         ),
         Setup::Helper | Setup::Unavailable(_) => None,
-        Setup::XdpFilter(ns) => {
-            let out = std::process::Command::new("nsenter")
-                .arg(format!("--net=/run/netns/{ns}"))
-                .args(["xdp-filter", "status"])
-                .output()
-                .ok()?;
-            // "  XDP_DROP   N pkts   M KiB"
-            String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .find(|l| l.trim_start().starts_with("XDP_DROP"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|n| n.parse().ok())
+        Setup::XdpFilter(ns) => peers::xdp_filter_counter(ns),
+        Setup::Nft(family) => peers::nft_counter(&t.host, family),
+        Setup::Ebtables(eb) => peers::ebtables_counter(&t.host, eb),
+    }
+}
+
+/// Unloads xdp-filter from vif0 in `ns` (its maps are pinned under /sys/fs/bpf/xdp-filter, so
+/// nothing stays behind) and leaves bpffs as found: libxdp's directory goes once empty, and a
+/// bpffs the bench mounted goes too.
+fn cleanup_xdp_filter(ns: &str) {
+    let _ = peers::xdp_filter(ns, &["unload", "vif0"]);
+    let _ = std::fs::remove_dir(XDP_DIR);
+    if MOUNTED_BPFFS.swap(false, std::sync::atomic::Ordering::Relaxed) {
+        // SAFETY: a NUL-terminated path.
+        unsafe { libc::umount2(c"/sys/fs/bpf".as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// How long a new topology may take to come up.
+const READY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Waits until vif0's carrier is up (the kernel's link watcher reports a veth's carrier up to a
+/// second after `ip link set up`) and, on a bridge, until the bridge forwards on vif0 and on its
+/// sink port: a port stays `disabled` until the carrier event arrives, and the bridge drops
+/// what arrives on a disabled port before its prerouting or FORWARD hooks see it. Errs with
+/// the state last seen.
+pub fn wait_ready(t: &Topo, bridge: bool) -> Result<(), String> {
+    let start = std::time::Instant::now();
+    let state = || -> Result<(), String> {
+        let link: Value = t
+            .host
+            .exec(&["ip", "-j", "link", "show", "dev", "vif0"])
+            .ok()
+            .and_then(|o| serde_json::from_str(&o).ok())
+            .ok_or("ip -j link show vif0 failed")?;
+        let oper = link[0]["operstate"].as_str().unwrap_or("?");
+        if oper != "UP" {
+            return Err(format!("vif0's operstate is {oper}"));
         }
-        Setup::Nft(family) => Some(nft_counter(&t.host, family)),
-        Setup::Ebtables(eb) => {
-            let out = t.host.exec(&[eb.as_str(), "-L", "FORWARD", "--Lc"]).ok()?;
-            // The IPv4 rule's line ends with ", pcnt = N -- bcnt = M".
-            out.lines()
-                .find(|l| l.contains("--ip-src"))
-                .and_then(|l| l.split("pcnt = ").nth(1))
-                .and_then(|r| r.split_whitespace().next())
-                .and_then(|n| n.parse().ok())
+        if bridge {
+            for dev in ["vif0", "sink0"] {
+                let port: Value = t
+                    .host
+                    .exec(&["bridge", "-j", "link", "show", "dev", dev])
+                    .ok()
+                    .and_then(|o| serde_json::from_str(&o).ok())
+                    .ok_or("bridge -j link show failed")?;
+                let st = port[0]["state"].as_str().unwrap_or("?");
+                if st != "forwarding" {
+                    return Err(format!("bridge port {dev} is {st}"));
+                }
+            }
+        }
+        Ok(())
+    };
+    loop {
+        match state() {
+            Ok(()) => return Ok(()),
+            Err(why) if start.elapsed() > READY_TIMEOUT => {
+                return Err(format!(
+                    "{why} {} s after the topology was made",
+                    READY_TIMEOUT.as_secs()
+                ));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
         }
     }
 }
@@ -539,8 +500,7 @@ pub fn measure_with(
     helpers: &mut Helpers,
     len: usize,
 ) -> Sample {
-    let bridge = matches!(path, Path::NftBridge | Path::Ebtables { .. });
-    let t = topo(bridge);
+    let t = topo(path.bridged());
     if let Sender::Split { .. } = sender {
         // Frames past a page, on links that let them through.
         for (ns, dev) in [(&t.host, "vif0"), (&t.vm, "eth0")] {
@@ -548,12 +508,22 @@ pub fn measure_with(
                 .expect("mtu");
         }
     }
-    let setup = setup(path, &t, helpers);
+    let mut setup = setup(path, &t, helpers);
+    // Frames sent before the VIF's carrier is up and, on a bridge, before its port forwards
+    // are dropped ahead of every hook a peer can use (seen: whole quick runs counting nothing).
+    if !matches!(setup, Setup::Unavailable(_))
+        && let Err(why) = wait_ready(&t, path.bridged())
+    {
+        setup = Setup::Unavailable(why);
+    }
     if let Sender::Split { .. } = sender {
         // Frames from the VM's own stack take the plain veth path, not GRO's.
         let _ = t.host.exec(&["ethtool", "-K", "vif0", "gro", "off"]);
     }
     if let Setup::Unavailable(why) = setup {
+        if matches!(path, Path::XdpFilter | Path::XdpFilterFloor) {
+            cleanup_xdp_filter(t.host.name());
+        }
         return Sample {
             path,
             vcpus,
@@ -620,18 +590,7 @@ pub fn measure_with(
     };
     // Detach helpers from this (now discarded) topology's device by dropping the namespaces.
     if let Setup::XdpFilter(ns) = &setup {
-        // Its maps are pinned under /sys/fs/bpf/xdp-filter: unload, so nothing stays behind.
-        let _ = std::process::Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{ns}"))
-            .args(["xdp-filter", "unload", "vif0"])
-            .output();
-        // Leave bpffs as found: libxdp's directory goes once empty, and a bpffs the bench
-        // mounted goes too.
-        let _ = std::fs::remove_dir(XDP_DIR);
-        if MOUNTED_BPFFS.swap(false, std::sync::atomic::Ordering::Relaxed) {
-            // SAFETY: a NUL-terminated path.
-            unsafe { libc::umount2(c"/sys/fs/bpf".as_ptr(), libc::MNT_DETACH) };
-        }
+        cleanup_xdp_filter(ns);
     }
     drop(setup);
     Sample {
@@ -721,7 +680,7 @@ pub fn skb_hooks(per_thread: u32, helpers: &mut Helpers) -> (Value, Vec<Sample>)
 const SKB_REPEATS: usize = 5;
 
 /// The run with the median ns/packet; an unavailable or invalid run if any was.
-fn median_sample(mut v: Vec<Sample>) -> Sample {
+pub fn median_sample(mut v: Vec<Sample>) -> Sample {
     if let Some(i) = v
         .iter()
         .position(|s| s.unavailable.is_some() || s.invalid.is_some())
