@@ -358,6 +358,17 @@ fn parts(b: &Bins) -> Vec<Part> {
             cmd: one("daemon_e2e", &["restarts_leave_no_gap"]),
         },
         Part {
+            name: "fail closed: a netdev that cannot be attached is held, a bad stored row holds its VIF, lost link events",
+            cmd: one(
+                "hold",
+                &[
+                    "a_netdev_that_cannot_be_attached_is_held_and_its_batch_enforced",
+                    "a_bad_stored_row_holds_only_its_vif",
+                    "after_lost_events_vanished_links_leave_the_dataplane",
+                ],
+            ),
+        },
+        Part {
             name: "pktgen into a VIF: frames sent = frames lockd counted",
             cmd: format!("{} --pktgen-check", b.bench.display()),
         },
