@@ -295,7 +295,7 @@ fn parts(b: &Bins) -> Vec<Part> {
             .unwrap_or_else(|| format!("missing-test-binary-{name}"))
     };
     let one = |bin: &str, filters: &[&str]| {
-        format!("{} --exact --test-threads=1 {}", t(bin), filters.join(" "))
+        format!("{} --exact --test-threads=1 --nocapture {}", t(bin), filters.join(" "))
     };
     vec![
         Part {
@@ -394,7 +394,7 @@ fn guest_script(k: &Kernel, parts: &[Part]) -> String {
     s += &format!("cd {}\n", workspace().display());
     for p in parts {
         s += &format!(
-            "echo 'LOCKD-START {name}'\nstart=$(date +%s)\nif {cmd} > /tmp/part.log 2>&1; then r=PASS; else r=FAIL; fi\nif grep -q '^running 0 tests' /tmp/part.log; then r=FAIL; echo 'no test ran'; fi\ntail -n 40 /tmp/part.log\necho \"LOCKD-PART $r $(( $(date +%s) - start ))s {name}\"\n",
+            "echo 'LOCKD-START {name}'\nstart=$(date +%s)\nif {cmd} > /tmp/part.log 2>&1; then r=PASS; else r=FAIL; fi\nif grep -q '^running 0 tests' /tmp/part.log; then r=FAIL; echo 'no test ran'; fi\ngrep -h 'READY=1' /tmp/part.log | head -n 8\ntail -n 40 /tmp/part.log\necho \"LOCKD-PART $r $(( $(date +%s) - start ))s {name}\"\n",
             name = p.name,
             cmd = p.cmd
         );
