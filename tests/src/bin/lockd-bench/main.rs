@@ -163,7 +163,9 @@ fn main() {
         let samples = throughput(per_thread, &mut helpers);
         let result = json!({"machine": machine(), "quick": opts.quick});
         let mut result = result.as_object().cloned().unwrap_or_default();
-        result.extend(peer_figures(&samples));
+        let (figures, why) = peer_figures(&samples);
+        result.extend(figures);
+        result.insert("unavailable".into(), Value::Object(why));
         result.insert(
             "throughput".into(),
             samples.iter().map(sample_json).collect::<Vec<_>>().into(),
@@ -300,8 +302,12 @@ fn main() {
         "allowed_scaling": allowed_scaling,
         "throughput": samples.iter().map(sample_json).collect::<Vec<_>>(),
     });
+    let (figures, why) = peer_figures(&samples);
     if let Some(r) = result.as_object_mut() {
-        r.extend(peer_figures(&samples));
+        r.extend(figures);
+        if let Some(u) = r.get_mut("unavailable").and_then(Value::as_object_mut) {
+            u.extend(why);
+        }
     }
     std::fs::write(
         &opts.json,
@@ -323,7 +329,7 @@ fn main() {
 
 /// Runs of each path at 1 vCPU (alternating, the median kept): a peer and its own floor are
 /// compared by a difference smaller than one run's noise.
-const THROUGHPUT_REPEATS: usize = 3;
+const THROUGHPUT_REPEATS: usize = 5;
 
 /// Section 2: every path through one VIF at 1 and 2 vCPUs; at 1 vCPU each path several times,
 /// alternating, and the median run kept.
@@ -339,7 +345,17 @@ fn throughput(per_thread: u32, helpers: &mut Helpers) -> Vec<Sample> {
             }
         }
         for run in runs {
-            let s = median_sample(run);
+            let ns: Vec<f64> = run.iter().map(|s| s.ns_per_pkt).collect();
+            let mut s = median_sample(run);
+            // The runs' median absolute deviation: one slow run (the sender descheduled) does
+            // not make the path's noise.
+            let mut dev: Vec<f64> = ns.iter().map(|x| (x - s.ns_per_pkt).abs()).collect();
+            dev.sort_by(f64::total_cmp);
+            let mad = dev.get(dev.len() / 2).copied().unwrap_or(f64::NAN);
+            if repeats > 1 && mad.is_finite() {
+                s.spread_ns = Some(mad);
+            }
+            let runs: Vec<String> = ns.iter().map(|x| format!("{x:.0}")).collect();
             let name = s.path.name();
             if let Some(why) = s.unavailable.as_ref().or(s.invalid.as_ref()) {
                 eprintln!("  {name:48} {vcpus} vCPU: unavailable: {why}");
@@ -351,7 +367,7 @@ fn throughput(per_thread: u32, helpers: &mut Helpers) -> Vec<Sample> {
                     s.sent,
                     s.counted.map_or("n/a".into(), |c| c.to_string()),
                     if repeats > 1 {
-                        format!(" (median of {repeats})")
+                        format!(" (median of {})", runs.join(" "))
                     } else {
                         String::new()
                     }
@@ -365,37 +381,61 @@ fn throughput(per_thread: u32, helpers: &mut Helpers) -> Vec<Sample> {
 
 /// The 1-vCPU figures by path: each path's whole ns per packet (what a user pays) and, for
 /// lockd, the ns it adds over the empty XDP drop; for each peer, the ns its policy adds over
-/// the same tool at the same hook dropping with one rule (its own floor), and that over
-/// lockd's added ns. A figure that could not be measured is null (the reason is under
-/// `unavailable`).
-fn peer_figures(samples: &[Sample]) -> Map<String, Value> {
-    let one = |p: Path| {
-        samples
-            .iter()
-            .find(|s| s.path == p && s.vcpus == 1)
-            .map(|s| s.ns_per_pkt)
-            .unwrap_or(f64::NAN)
-    };
+/// the same tool at the same hook dropping with one rule (its own floor), that over lockd's
+/// added ns, and the noise of the difference (the sum of the two paths' median absolute
+/// deviations over their runs). A figure that
+/// could not be measured is null, with the reason in the second map (for `unavailable`): a
+/// ratio whose divisor or dividend is within its noise says so rather than dividing noise.
+fn peer_figures(samples: &[Sample]) -> (Map<String, Value>, Map<String, Value>) {
+    let find = |p: Path| samples.iter().find(|s| s.path == p && s.vcpus == 1);
+    let one = |p: Path| find(p).map_or(f64::NAN, |s| s.ns_per_pkt);
+    let spread = |p: Path| find(p).and_then(|s| s.spread_ns).unwrap_or(0.0);
     let floor = one(Path::Floor);
     let lockd = one(Path::LockdNative);
     let lockd_added = lockd - floor;
+    let lockd_noise = spread(Path::Floor) + spread(Path::LockdNative);
     let mut out = Map::new();
+    let mut why = Map::new();
     out.insert("floor_ns_per_pkt".into(), num(floor));
     out.insert("lockd_native_ns_per_pkt".into(), num(lockd));
     out.insert("added_ns_lockd".into(), num(lockd_added));
+    out.insert("noise_ns_lockd".into(), num(lockd_noise));
     for path in Path::ALL {
         let Some(own) = path.own_floor() else {
             continue;
         };
         let key = path.key();
         let (whole, base) = (one(path), one(own));
+        let added = whole - base;
+        let noise = spread(path) + spread(own);
         out.insert(format!("{key}_ns_per_pkt"), num(whole));
         out.insert(format!("{key}_floor_ns_per_pkt"), num(base));
-        out.insert(format!("added_ns_{key}"), num(whole - base));
-        out.insert(
-            format!("added_ratio_{key}"),
-            num((whole - base) / lockd_added),
-        );
+        out.insert(format!("added_ns_{key}"), num(added));
+        out.insert(format!("noise_ns_{key}"), num(noise));
+        let ratio_key = format!("added_ratio_{key}");
+        let reason = if !added.is_finite() || !lockd_added.is_finite() {
+            Some("a path it divides could not be measured (see its row)".to_string())
+        } else if lockd_added <= lockd_noise {
+            Some(format!(
+                "lockd's added ns ({lockd_added:.1}) is within this run's noise ({lockd_noise:.1} ns: the floor's and lockd's median absolute deviations)"
+            ))
+        } else if added <= noise {
+            Some(format!(
+                "{}'s policy adds nothing measurable over its one-rule floor ({added:.1} ns; noise {noise:.1} ns)",
+                path.name()
+            ))
+        } else {
+            None
+        };
+        match reason {
+            Some(r) => {
+                out.insert(ratio_key.clone(), Value::Null);
+                why.insert(ratio_key, json!(r));
+            }
+            None => {
+                out.insert(ratio_key, num(added / lockd_added));
+            }
+        }
     }
-    out
+    (out, why)
 }

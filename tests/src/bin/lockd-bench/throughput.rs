@@ -466,6 +466,9 @@ pub struct Sample {
     /// Why the run's figures cannot be trusted (its drop count does not fit what was sent).
     pub invalid: Option<String>,
     pub frame_len: usize,
+    /// Where several runs were made: the median absolute deviation of their ns/packet from
+    /// the median run's, the path's noise.
+    pub spread_ns: Option<f64>,
 }
 
 pub fn measure(path: Path, vcpus: usize, per_thread: u32, helpers: &mut Helpers) -> Sample {
@@ -535,6 +538,7 @@ pub fn measure_with(
             unavailable: Some(why),
             invalid: None,
             frame_len: len,
+            spread_ns: None,
         };
     }
     helpers.set_target(t.vm_ifx);
@@ -608,6 +612,7 @@ pub fn measure_with(
         unavailable: None,
         invalid,
         frame_len: len,
+        spread_ns: None,
     }
 }
 
@@ -616,6 +621,7 @@ pub fn sample_json(s: &Sample) -> Value {
         "path": s.path.key(), "name": s.path.name(), "vcpus": s.vcpus, "pps": s.pps,
         "ns_per_pkt": s.ns_per_pkt, "sent": s.sent, "dropped_counted": s.counted, "tool": s.tool,
         "unavailable": s.unavailable, "invalid": s.invalid, "frame_len": s.frame_len,
+        "spread_ns": s.spread_ns,
     })
 }
 
