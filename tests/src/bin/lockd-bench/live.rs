@@ -12,7 +12,8 @@ use serde_json::{Value, json};
 
 use crate::{
     Opts, step,
-    throughput::{bench_policy, spoofed_frame, topo, wait_ready},
+    throughput::{bench_policy, spoofed_frame},
+    topo::{topo, wait_ready},
     traffic::{Helpers, send},
 };
 

@@ -11,6 +11,7 @@ mod peers;
 mod pktgen;
 mod report;
 mod throughput;
+mod topo;
 mod traffic;
 
 use std::{path::PathBuf, time::Instant};

@@ -13,7 +13,8 @@ use crate::throughput::GUEST_STR;
 pub enum Rules {
     /// The closest the tool comes to lockd's policy for the VIF.
     Policy,
-    /// One rule that drops every frame: the tool's floor at its hook.
+    /// One rule that drops every frame (for xdp-filter, its default-deny policy): the tool's
+    /// floor at its hook.
     Floor,
 }
 
@@ -172,22 +173,18 @@ pub fn xdp_filter(ns: &str, args: &[&str]) -> Result<String, String> {
 
 /// Loads xdp-filter on vif0 in native mode. Its rules are alternatives (any match passes), so
 /// it cannot require the MAC and the address together: the closest policy that drops this
-/// frame is default deny with the guest's IPv4 source allowed. Its floor is the least it can
-/// load: the Ethernet-only program, default allow, one rule denying the guest's MAC.
+/// frame is default deny with the guest's IPv4 source allowed. Its floor is the least the same
+/// program can do: default deny and no rule, so every frame is dropped after the one lookup
+/// that finds nothing. (Its Ethernet-only program denying the guest's MAC, tried first, cost
+/// 7 ns more per frame than the IPv4 policy itself: not the least it can do.)
 pub fn xdp_filter_load(ns: &str, rules: Rules) -> Result<(), String> {
+    let load = xdp_filter(
+        ns,
+        &["load", "-m", "native", "-p", "deny", "-f", "ipv4", "vif0"],
+    );
     match rules {
-        Rules::Policy => xdp_filter(
-            ns,
-            &["load", "-m", "native", "-p", "deny", "-f", "ipv4", "vif0"],
-        )
-        .and_then(|_| xdp_filter(ns, &["ip", "-m", "src", "10.0.0.2"])),
-        Rules::Floor => xdp_filter(
-            ns,
-            &[
-                "load", "-m", "native", "-p", "allow", "-f", "ethernet", "vif0",
-            ],
-        )
-        .and_then(|_| xdp_filter(ns, &["ether", "-m", "src", GUEST_STR])),
+        Rules::Policy => load.and_then(|_| xdp_filter(ns, &["ip", "-m", "src", "10.0.0.2"])),
+        Rules::Floor => load,
     }
     .map(|_| ())
 }

@@ -15,7 +15,7 @@ use lockd::dataplane::{Dataplane, XdpModeRequest};
 use lockd_common::{Direction, Reason};
 use serde_json::{Value, json};
 
-use crate::throughput::{bench_policy, topo};
+use crate::{throughput::bench_policy, topo::topo};
 
 /// pktgen's files for the calling thread's network namespace (`/proc/net` would be the
 /// process's: its main thread's namespace).
