@@ -446,3 +446,44 @@ fn openvswitch_hosts_chain_to_the_original_script() {
     );
     assert_eq!(h.vifs(), serde_json::json!([]));
 }
+
+/// A netdev name reused by a new VM (its domid recycled) whose record lockd cannot read: the
+/// fence follows the VM that plugs it, so the earlier VM's VIF never lends the new guest its
+/// policy; the new VM's valid record lifts the fence.
+#[test]
+fn a_reused_netdev_name_never_keeps_an_earlier_vms_policy() {
+    let h = Host::new();
+    h.record(VM, "vif-unlocked.json", |t| t);
+    h.hook("vif7.0", VM, "filter").ok();
+    assert_eq!(h.burst("eth0", 0), (5, 5), "the earlier VM is unlocked");
+    // The earlier VM is gone without a clear; a new one gets the same netdev name and a
+    // record lockd cannot read.
+    h.record(VM_TARGET, "vif-locked.json", |t| {
+        t.replace(VM, VM_TARGET)[..t.len() / 2].to_string()
+    });
+    let r = h.hook("vif7.0", VM_TARGET, "filter");
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr.contains("enforced as disabled") && !r.stderr.contains("keeps the policy"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        h.burst("eth0", 10),
+        (0, 0),
+        "the new VM got the earlier VM's unlocked policy"
+    );
+    let listed = h.vifs();
+    let held = listed
+        .as_array()
+        .and_then(|a| a.iter().find_map(|v| v["held"].as_str().map(str::to_string)))
+        .unwrap_or_else(|| panic!("nothing held in {listed}"));
+    assert!(held.contains("record"), "{held}");
+    // The new VM's record, readable now: its own VIF, enforced; the fence is lifted.
+    h.record(VM_TARGET, "vif-locked.json", |t| {
+        t.replace(VM, VM_TARGET).replace("7a07", "7a08")
+    });
+    let r = h.hook("vif7.0", VM_TARGET, "filter");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(h.burst("eth0", 20), (0, 5));
+}
