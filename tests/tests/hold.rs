@@ -417,3 +417,77 @@ fn after_lost_events_vanished_links_leave_the_dataplane() {
     });
     assert_eq!(burst(&t, &t.b, MAC_B, IP_B, 10), (0, 5));
 }
+
+/// What a Xen dom0 without `sch_ingress` and `cls_bpf` saw (the qdisc refused, the VIF not
+/// stored, its vif forwarding): `lockd features` names both modules and exits 1, and a VIF
+/// created on a netdev that cannot be attached is stored and held, never left forwarding.
+/// The modules are built into this machine's kernel; the 6.1 guest tier removes them (and
+/// turns off module autoloading) and sets `LOCKD_TC_MODULES_REMOVED=1` for this test. Here,
+/// with them present, the same probe must find both.
+#[test]
+fn a_kernel_without_the_tc_modules_holds_its_vifs() {
+    let features = std::process::Command::new(lockd_tests::daemon::lockd_bin())
+        .args(["features", "--json"])
+        .output()
+        .expect("lockd features");
+    let json: serde_json::Value =
+        serde_json::from_slice(&features.stdout).expect("features --json");
+    let row = |key: &str| {
+        json["features"]
+            .as_array()
+            .and_then(|a| a.iter().find(|f| f["feature"] == key).cloned())
+            .unwrap_or_else(|| panic!("no {key} in {json}"))
+    };
+    let stderr = String::from_utf8_lossy(&features.stderr);
+    if std::env::var_os("LOCKD_TC_MODULES_REMOVED").is_none() {
+        assert_eq!(row("clsact")["present"], true, "{json}");
+        assert_eq!(row("cls_bpf")["present"], true, "{json}");
+        assert!(features.status.success(), "{stderr}");
+        eprintln!("clsact and cls_bpf are here; the 6.1 guest tier runs this test without them");
+        return;
+    }
+    assert_eq!(features.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("clsact") && stderr.contains("cls_bpf"),
+        "{stderr}"
+    );
+    assert_eq!(row("clsact")["present"], false, "{json}");
+    assert!(
+        row("clsact")["why"]
+            .as_str()
+            .is_some_and(|w| w.contains("sch_ingress")),
+        "{json}"
+    );
+
+    let t = topo();
+    plug_b(&t);
+    assert_eq!(burst(&t, &t.b, MAC_B, IP_B, 0).0, 5, "before lockd");
+    let mut d = Instance::new(&t.host);
+    d.start();
+    d.cli(&["network-create", "name-label=br0", &format!("uuid={NET}")])
+        .ok();
+    let created = d.cli(&[
+        "vif-create",
+        &format!("network-uuid={NET}"),
+        "device=vifb",
+        &format!("mac={}", format_mac(MAC_B)),
+        &format!("uuid={VIF}"),
+    ]);
+    assert_eq!(created.code, 0, "the VIF is stored: {created:?}");
+    assert!(
+        created.stderr.contains("warning") && created.stderr.contains("held"),
+        "{}",
+        created.stderr
+    );
+    let v = vif(&d, VIF);
+    assert!(
+        v["held"].as_str().is_some_and(|h| h.contains("clsact")),
+        "{v}"
+    );
+    assert_eq!(plumbing(&t.host, "vifb"), (String::new(), false), "{v}");
+    assert_eq!(
+        burst(&t, &t.b, MAC_B, IP_B, 10),
+        (0, 0),
+        "a VIF lockd cannot attach forwards nothing"
+    );
+}

@@ -476,7 +476,10 @@ fn a_reused_netdev_name_never_keeps_an_earlier_vms_policy() {
     let listed = h.vifs();
     let held = listed
         .as_array()
-        .and_then(|a| a.iter().find_map(|v| v["held"].as_str().map(str::to_string)))
+        .and_then(|a| {
+            a.iter()
+                .find_map(|v| v["held"].as_str().map(str::to_string))
+        })
         .unwrap_or_else(|| panic!("nothing held in {listed}"));
     assert!(held.contains("record"), "{held}");
     // The new VM's record, readable now: its own VIF, enforced; the fence is lifted.

@@ -295,7 +295,11 @@ fn parts(b: &Bins) -> Vec<Part> {
             .unwrap_or_else(|| format!("missing-test-binary-{name}"))
     };
     let one = |bin: &str, filters: &[&str]| {
-        format!("{} --exact --test-threads=1 --nocapture {}", t(bin), filters.join(" "))
+        format!(
+            "{} --exact --test-threads=1 --nocapture {}",
+            t(bin),
+            filters.join(" ")
+        )
     };
     vec![
         Part {
@@ -371,6 +375,15 @@ fn parts(b: &Bins) -> Vec<Part> {
         Part {
             name: "pktgen into a VIF: frames sent = frames lockd counted",
             cmd: format!("{} --pktgen-check", b.bench.display()),
+        },
+        // Last: it takes the TC modules away (the Xen dom0 that had neither) and stops the
+        // kernel from loading them again.
+        Part {
+            name: "without sch_ingress and cls_bpf: lockd features names them, a VIF is stored and held",
+            cmd: format!(
+                "echo /bin/false > /proc/sys/kernel/modprobe && rmmod cls_bpf sch_ingress && LOCKD_TC_MODULES_REMOVED=1 {}",
+                one("hold", &["a_kernel_without_the_tc_modules_holds_its_vifs"])
+            ),
         },
     ]
 }
