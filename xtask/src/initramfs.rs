@@ -27,7 +27,8 @@ fn init_script(modules: &[String]) -> String {
     // The checkout may lie under a directory that gets a tmpfs below (a clone in /tmp): keep
     // a bind of it first and put it back on top afterwards, so the guest works from any path.
     s += "ws=$(/bin/busybox sed -n 's/.*lockd.workspace=\\([^ ]*\\).*/\\1/p' /proc/cmdline)\n";
-    s += "/bin/busybox mkdir -p /ws && /bin/busybox mount -o bind \"/host$ws\" /ws || { echo \"cannot bind the checkout $ws\"; echo 'LOCKD-GUEST-EXIT 98'; /bin/busybox poweroff -f; }\n";
+    // (No `lockd.workspace=`, as when another script boots this initramfs: nothing to keep.)
+    s += "if [ -n \"$ws\" ]; then /bin/busybox mkdir -p /ws && /bin/busybox mount -o bind \"/host$ws\" /ws || { echo \"cannot bind the checkout $ws\"; echo 'LOCKD-GUEST-EXIT 98'; /bin/busybox poweroff -f; }; fi\n";
     s += "/bin/busybox mount -t proc proc /host/proc\n";
     s += "/bin/busybox mount -t sysfs sys /host/sys\n";
     s += "/bin/busybox mount -t devtmpfs dev /host/dev\n";
@@ -36,7 +37,7 @@ fn init_script(modules: &[String]) -> String {
     s += "/bin/busybox mount -t devpts devpts /host/dev/pts\n";
     s += "/bin/busybox mount -t tmpfs tmpfs /host/dev/shm\n";
     s += "/bin/busybox mount -t bpf bpffs /host/sys/fs/bpf\n";
-    s += "/bin/busybox mkdir -p \"/host$ws\"; /bin/busybox mount -o bind /ws \"/host$ws\" || { echo \"cannot put the checkout back at $ws\"; echo 'LOCKD-GUEST-EXIT 98'; /bin/busybox poweroff -f; }\n";
+    s += "if [ -n \"$ws\" ]; then /bin/busybox mkdir -p \"/host$ws\"; /bin/busybox mount -o bind /ws \"/host$ws\" || { echo \"cannot put the checkout back at $ws\"; echo 'LOCKD-GUEST-EXIT 98'; /bin/busybox poweroff -f; }; fi\n";
     s +=
         "script=$(/bin/busybox sed -n 's/.*lockd.script=\\([^ ]*\\).*/\\1/p' /host/proc/cmdline)\n";
     s += "/bin/busybox chroot /host /bin/sh \"$script\"\n";
