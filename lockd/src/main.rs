@@ -263,7 +263,8 @@ fn run(cli: Cli) -> Result<u8> {
                     .and_then(|v| v.as_array().cloned())
                     .unwrap_or_default()
                     .into_iter()
-                    .filter(|v| v["held"].is_string())
+                    // Bad rows are reported above, from the store.
+                    .filter(|v| v["held"].is_string() && v["bad_row"].is_null())
                     .map(|v| serde_json::json!({"vif": v["uuid"], "held": v["held"]}))
                     .collect();
             if json {

@@ -197,9 +197,22 @@ fn hvm_vif_and_tap_share_one_vif() {
             .all(|n| n["attach"] != "absent"),
         "{listed}"
     );
-    let metrics =
-        h.ns.exec(&["curl", "-sf", "http://127.0.0.1:9464/metrics"])
-            .expect("curl /metrics");
+    // The scrape is taken between two vif-stats reads that agree (the bridge's own IGMP
+    // reports flooded to the VM may land at any moment).
+    let (netdevs, metrics) = (0..50)
+        .find_map(|_| {
+            let first = h.d.cli(&["vif-stats", "--json"]).json();
+            let body =
+                h.ns.exec(&["curl", "-sf", "http://127.0.0.1:9464/metrics"])
+                    .expect("curl /metrics");
+            (h.d.cli(&["vif-stats", "--json"]).json() == first).then(|| {
+                (
+                    first[0]["netdevs"].as_array().cloned().unwrap_or_default(),
+                    body,
+                )
+            })
+        })
+        .expect("vif-stats never stood still for a scrape");
     for n in &netdevs {
         for (dir, reasons) in n["counters"].as_object().expect("dirs") {
             for (reason, c) in reasons.as_object().expect("reasons") {
@@ -452,7 +465,7 @@ fn openvswitch_hosts_chain_to_the_original_script() {
 /// policy; the new VM's valid record lifts the fence.
 #[test]
 fn a_reused_netdev_name_never_keeps_an_earlier_vms_policy() {
-    let h = Host::new();
+    let mut h = Host::new();
     h.record(VM, "vif-unlocked.json", |t| t);
     h.hook("vif7.0", VM, "filter").ok();
     assert_eq!(h.burst("eth0", 0), (5, 5), "the earlier VM is unlocked");
@@ -482,11 +495,29 @@ fn a_reused_netdev_name_never_keeps_an_earlier_vms_policy() {
         })
         .unwrap_or_else(|| panic!("nothing held in {listed}"));
     assert!(held.contains("record"), "{held}");
+    // The fence is stored: a restarted daemon (which also reads the records on disk) keeps
+    // the netdev held and does not hand it back to the earlier VM's VIF.
+    h.d.stop(libc::SIGTERM);
+    h.d.start();
+    assert_eq!(
+        h.burst("eth0", 15),
+        (0, 0),
+        "after a restart the new VM got the earlier VM's policy: {} {}",
+        h.vifs(),
+        h.d.log()
+    );
     // The new VM's record, readable now: its own VIF, enforced; the fence is lifted.
     h.record(VM_TARGET, "vif-locked.json", |t| {
         t.replace(VM, VM_TARGET).replace("7a07", "7a08")
     });
     let r = h.hook("vif7.0", VM_TARGET, "filter");
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert_eq!(h.burst("eth0", 20), (0, 5));
+    assert_eq!(
+        h.burst("eth0", 20),
+        (0, 5),
+        "{r:?} {} {:?} {}",
+        h.vifs(),
+        h.plumbing("vif7.0"),
+        h.d.log()
+    );
 }

@@ -312,7 +312,9 @@ impl Core {
         let Some(h) = self.held.remove(dev) else {
             return;
         };
+        // Only the netdev that was held goes back (not another that took its name).
         if let Some((master, up)) = h.isolated
+            && self.links.get(dev) == Some(&h.ifindex)
             && let Err(e) = netlink::restore(h.ifindex, master, up)
         {
             tracing::warn!(device = %dev, error = %e, "putting a held netdev back");
@@ -518,6 +520,7 @@ impl Core {
             let mut devices = Vec::new();
             let mut undo = Vec::with_capacity(out.changes.len());
             let mut unfenced = Vec::new();
+            let bad_before = self.state.bad_vifs_snapshot();
             for c in &out.changes {
                 self.state.devices_touched(c, &mut devices);
                 undo.push(self.state.apply(c.clone()));
@@ -539,6 +542,7 @@ impl Core {
                 for u in undo.into_iter().rev() {
                     self.state.apply(u);
                 }
+                self.state.restore_bad_vifs(bad_before);
                 self.fenced.extend(unfenced);
                 return fail(format!("{e}; nothing was changed"));
             }
@@ -592,12 +596,19 @@ impl Core {
                 .with_context(|| format!("bridge {b} does not exist"))?,
             _ => 0,
         };
-        // A netdev held off its bridge stays off; it goes onto this bridge when released.
-        if let Some(h) = self.held.get_mut(device)
-            && let Some(isolated) = &mut h.isolated
-        {
-            *isolated = (master, true);
-            return Ok(());
+        // A netdev held off its bridge stays off; it goes onto this bridge when released. One
+        // lockd could neither enforce nor set down is never plumbed.
+        if let Some(h) = self.held.get_mut(device) {
+            if let Some(isolated) = &mut h.isolated {
+                *isolated = (master, true);
+                return Ok(());
+            }
+            if self.dp.attach_mode(ifx).is_none() {
+                anyhow::bail!(
+                    "not put on its bridge: it is held ({}) without its programs",
+                    h.describe()
+                );
+            }
         }
         netlink::plumb(ifx, master).with_context(|| format!("plumbing {device}"))
     }
@@ -657,6 +668,21 @@ impl Core {
         let what = match &kept {
             Some(uuid) => format!("VIF {uuid} ({device}) keeps the policy it had"),
             None => {
+                // Durable: a stored disabled VIF of its own holds the netdev across a restart.
+                let out = xe::vif_fence(&self.state, &device, vm);
+                let mut undo = Vec::new();
+                for c in &out.changes {
+                    undo.push(self.state.apply(c.clone()));
+                }
+                let stored = match self.store.commit(&out.changes) {
+                    Ok(()) => String::new(),
+                    Err(e) => {
+                        for u in undo.into_iter().rev() {
+                            self.state.apply(u);
+                        }
+                        format!(" (not stored: {e}; held until the daemon restarts)")
+                    }
+                };
                 self.fenced.insert(
                     device.clone(),
                     Fence {
@@ -665,15 +691,15 @@ impl Core {
                 );
                 let held = self.reconcile(std::slice::from_ref(&device));
                 match self.held.get(&device) {
-                    Some(h) if h.isolated.is_none() => {
-                        format!("{device} is enforced as disabled until a valid policy arrives")
-                    }
+                    Some(h) if h.isolated.is_none() => format!(
+                        "{device} is enforced as disabled until a valid policy arrives{stored}"
+                    ),
                     Some(_) => format!(
-                        "{device} is held off its bridge and down until a valid policy arrives ({})",
+                        "{device} is held off its bridge and down until a valid policy arrives ({}){stored}",
                         held.join("; ")
                     ),
                     None if !self.links.contains_key(&device) => {
-                        format!("{device} will be enforced as disabled when it appears")
+                        format!("{device} will be enforced as disabled when it appears{stored}")
                     }
                     None => format!("{device}: holding it failed: {}", held.join("; ")),
                 }
@@ -731,13 +757,21 @@ impl Core {
                 LinkEvent::New { ifindex, name } => {
                     // A rename shows up as NEWLINK with a known ifindex and a new name: the
                     // old name's VIF lost its netdev.
+                    let mut renamed = Vec::new();
                     self.links.retain(|n, i| {
                         let stale = *i == ifindex && *n != name;
                         if stale {
-                            devices.push(n.clone());
+                            renamed.push(n.clone());
                         }
                         !stale
                     });
+                    // The old name's fence and hold belong to this netdev, not to the next
+                    // one to take the name.
+                    for n in &renamed {
+                        self.fenced.remove(n);
+                        self.held.remove(n);
+                    }
+                    devices.extend(renamed);
                     devices.push(name.clone());
                     self.links.insert(name, ifindex);
                 }
@@ -746,7 +780,7 @@ impl Core {
                     // A fence and a hold belong to that netdev: a later one of the same name
                     // starts afresh.
                     self.fenced.remove(&name);
-                    self.held.remove(&name);
+                    self.held.retain(|n, h| *n != name && h.ifindex != ifindex);
                     // The kernel already detached the program; drop our side of it before the
                     // ifindex can be reused.
                     if self.dp.has_policy(ifindex) {

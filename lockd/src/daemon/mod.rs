@@ -225,11 +225,16 @@ pub fn run(cfg: Config) -> Result<()> {
                     Err(e) => {
                         // ENOBUFS: events were lost; a dump brings the table back in line.
                         tracing::warn!(error = %e, "rtnetlink receive; resynchronising");
-                        let links = match netlink::dump() {
-                            Ok(l) => l,
-                            Err(e) => {
-                                tracing::error!(error = %e, "listing links after lost events");
-                                continue;
+                        // Until the dump succeeds: the link table must come back in line.
+                        let mut wait = Duration::from_millis(50);
+                        let links = loop {
+                            match netlink::dump() {
+                                Ok(l) => break l,
+                                Err(e) => {
+                                    tracing::error!(error = %e, "listing links after lost events; retrying");
+                                    std::thread::sleep(wait);
+                                    wait = (wait * 2).min(Duration::from_secs(2));
+                                }
                             }
                         };
                         if link_tx.send(Msg::Resync(links)).is_err() {

@@ -61,6 +61,18 @@ impl State {
         self.bad_vifs.values()
     }
 
+    /// The bad rows as they are now, to put back with [`State::restore_bad_vifs`] if the
+    /// changes applied after this are undone (a valid VIF replacing a bad row is not undone
+    /// by its own undo change).
+    pub fn bad_vifs_snapshot(&self) -> BTreeMap<String, BadVif> {
+        self.bad_vifs.clone()
+    }
+
+    /// Puts back bad rows saved by [`State::bad_vifs_snapshot`].
+    pub fn restore_bad_vifs(&mut self, saved: BTreeMap<String, BadVif>) {
+        self.bad_vifs = saved;
+    }
+
     /// Records a stored row that failed validation.
     pub fn add_bad_vif(&mut self, bad: BadVif) {
         self.bad_vifs.insert(bad.uuid.clone(), bad);
@@ -137,6 +149,9 @@ impl State {
                 }
             }
             Change::DeleteVif(uuid) => match self.vifs.remove(&uuid) {
+                // A bad stored row deleted: its undo cannot rebuild it (callers that may undo
+                // keep a `bad_vifs_snapshot`).
+                None if self.bad_vifs.remove(&uuid).is_some() => Change::DeleteVif(uuid),
                 Some(old) => {
                     for d in old.devices() {
                         if self.by_device.get(d) == Some(&uuid) {
@@ -172,7 +187,10 @@ impl State {
                 }
             }
             Change::DeleteVif(u) => {
-                out.extend(self.vif(u).into_iter().flat_map(|o| o.devices().cloned()))
+                out.extend(self.vif(u).into_iter().flat_map(|o| o.devices().cloned()));
+                if let Some(b) = self.bad_vifs.get(u) {
+                    out.extend(b.devices.iter().cloned());
+                }
             }
         }
     }

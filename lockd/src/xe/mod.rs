@@ -287,8 +287,11 @@ pub fn execute(state: &State, rt: &dyn Runtime, argv: &[String]) -> Result<Outco
         "vif-destroy" => {
             a.only(&["uuid"])?;
             let uuid = a.uuid()?;
+            // A bad stored row goes the same way (and its netdevs with it).
+            let bad = state.bad_vifs().any(|b| b.uuid == uuid);
             match state.vif(&uuid) {
                 Some(_) => Ok(changed(Change::DeleteVif(uuid), String::new())),
+                None if bad => Ok(changed(Change::DeleteVif(uuid), String::new())),
                 None if a.if_exists => Outcome::print(String::new()),
                 None => Err(XeError::UnknownVif(uuid)),
             }
@@ -412,6 +415,16 @@ pub fn vif_apply(
         }));
     }
     let device = vif.device.clone();
+    // A bad stored row naming the netdev is a stale record too: the valid one replaces it.
+    for b in state.bad_vifs() {
+        if b.uuid != vif.uuid && b.devices.contains(&device) {
+            notes.push_str(&format!(
+                "replaced bad stored VIF row {} on {device}\n",
+                b.uuid
+            ));
+            changes.push(Change::DeleteVif(b.uuid.clone()));
+        }
+    }
     if let Some(stale) = state.vif_by_device(&device)
         && stale.uuid != vif.uuid
     {
@@ -435,6 +448,33 @@ pub fn vif_apply(
         changes,
         output: out,
     })
+}
+
+/// The hook could not use the toolstack's record for `device`, plugged for VM `vm`: the
+/// netdev gets a VIF of its own, stored and `disabled` (no network lockd knows resolves to
+/// disabled too), so that it stays held across a daemon restart and no VIF of another VM that
+/// still names it lends it its policy (that VIF gives the netdev up, as a stale VIF does for
+/// a valid record). The toolstack's next valid record for the netdev replaces it.
+pub fn vif_fence(state: &State, device: &str, vm: Option<String>) -> Outcome {
+    let mut changes = Vec::new();
+    if let Some(stale) = state.vif_by_device(device) {
+        changes.push(match without_device(stale, device) {
+            Some(rest) => Change::PutVif(rest),
+            None => Change::DeleteVif(stale.uuid.clone()),
+        });
+    }
+    let mut fence = VifSettings::new(
+        uuid::Uuid::new_v4().to_string(),
+        String::new(),
+        device.to_string(),
+        // Any valid guest MAC (the VIF is disabled: nothing is matched against it).
+        [0x02, 0, 0, 0, 0, 0],
+    );
+    fence.vm_uuid = vm;
+    fence.locking_mode = lockd_common::policy::LockingMode::Disabled;
+    let output = format!("{}\n", fence.uuid);
+    changes.push(Change::PutVif(fence));
+    Outcome { changes, output }
 }
 
 /// `vif` without netdev `device`; None if it was its only one.
