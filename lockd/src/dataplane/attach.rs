@@ -197,8 +197,9 @@ impl Dataplane {
             };
             self.vifs.get_mut(&ifindex).expect("checked").xdp = Some((mode, handle));
         }
+        let mut clsact_ready = false;
         for side in need_tc {
-            if let Err(e) = self.tc_attach(ifindex, side) {
+            if let Err(e) = self.tc_attach(ifindex, side, &mut clsact_ready) {
                 // What this call attached goes again; what was there before stays.
                 let _rollback = self.detach_new(ifindex, need_xdp);
                 return Err(e);
@@ -217,7 +218,7 @@ impl Dataplane {
         }
     }
 
-    fn tc_attach(&mut self, ifindex: u32, side: Tc) -> Result<()> {
+    fn tc_attach(&mut self, ifindex: u32, side: Tc, clsact_ready: &mut bool) -> Result<()> {
         let name = ifname(ifindex)?;
         let paths = self
             .pins
@@ -230,37 +231,34 @@ impl Dataplane {
             prog.attach(&name, side.attach_type())
         } else {
             // A clsact qdisc (kept if there) and a cls_bpf direct-action filter. A refused
-            // qdisc (sch_ingress missing, an old-style ingress qdisc in the way) is the
-            // error, named: an `ingress` qdisc would take both filters on its one hook.
-            match crate::netlink::ingress_qdisc(ifindex) {
-                Ok(None) => {}
-                Ok(Some(kind)) if kind == "clsact" => {}
-                Ok(Some(kind)) => {
-                    return Err(DataplaneError::Qdisc {
-                        device: name,
-                        source: aya::programs::tc::TcError::IoError(std::io::Error::other(
-                            format!("an {kind} qdisc holds handle ffff: where clsact goes"),
-                        )),
-                    });
+            // qdisc (sch_ingress missing) is the error, named; so is an old-style `ingress`
+            // qdisc at ffff:, which would take both filters on its one hook. Only a qdisc that
+            // was there before this attach is looked at (one dump); one this attach made (the
+            // first side's) is known good.
+            if !*clsact_ready {
+                if let Err(e) = aya::programs::tc::qdisc_add_clsact(&name) {
+                    let exists = matches!(&e, aya::programs::tc::TcError::AlreadyAttached)
+                        || matches!(&e, aya::programs::tc::TcError::NetlinkError(n) if n.raw_os_error() == Some(libc::EEXIST));
+                    let refused = |why: String| DataplaneError::Qdisc {
+                        device: name.clone(),
+                        source: aya::programs::tc::TcError::IoError(std::io::Error::other(why)),
+                    };
+                    if !exists {
+                        return Err(refused(format!(
+                            "refused ({e}); is module sch_ingress loaded?"
+                        )));
+                    }
+                    match crate::netlink::ingress_qdisc(ifindex) {
+                        Ok(Some(kind)) if kind != "clsact" => {
+                            return Err(refused(format!(
+                                "an {kind} qdisc holds handle ffff: where clsact goes"
+                            )));
+                        }
+                        Ok(_) => {}
+                        Err(e) => return Err(refused(format!("reading its qdiscs: {e}"))),
+                    }
                 }
-                Err(e) => {
-                    return Err(DataplaneError::Qdisc {
-                        device: name,
-                        source: aya::programs::tc::TcError::IoError(e),
-                    });
-                }
-            }
-            if let Err(e) = aya::programs::tc::qdisc_add_clsact(&name) {
-                let exists = matches!(&e, aya::programs::tc::TcError::AlreadyAttached)
-                    || matches!(&e, aya::programs::tc::TcError::NetlinkError(n) if n.raw_os_error() == Some(libc::EEXIST));
-                if !exists {
-                    return Err(DataplaneError::Qdisc {
-                        device: name,
-                        source: aya::programs::tc::TcError::IoError(std::io::Error::other(
-                            format!("refused ({e}); is module sch_ingress loaded?"),
-                        )),
-                    });
-                }
+                *clsact_ready = true;
             }
             prog.attach_with_options(
                     &name,
