@@ -125,9 +125,25 @@ pub(crate) struct Kernel {
 }
 
 impl Kernel {
+    pub(crate) fn vmlinuz(&self) -> &Path {
+        &self.vmlinuz
+    }
+
     fn modules(&self) -> PathBuf {
         self.root.join("lib/modules").join(&self.version)
     }
+}
+
+/// The unpacked Debian kernel of `series` (fetched the first time), with the tools the guest
+/// boot needs installed.
+pub(crate) fn kernel(series: &str) -> Result<Kernel> {
+    let s = SERIES
+        .iter()
+        .find(|s| s.name == series)
+        .with_context(|| format!("unknown kernel series {series}"))?;
+    ensure_packages(APT)?;
+    crate::initramfs::ensure_static_busybox()?;
+    fetch_kernel(s)
 }
 
 fn fetch_kernel(s: &Series) -> Result<Kernel> {
@@ -417,15 +433,13 @@ fn guest_script(k: &Kernel, parts: &[Part]) -> String {
 
 fn boot(k: &Kernel, initrd: &Path, script: &Path, parts: &[Part]) -> Result<()> {
     let log_path = initrd.with_file_name("console.log");
-    let mut log = fs::File::create(&log_path)?;
     eprintln!(
         "xtask: booting {} under qemu (TCG); console in {}",
         k.version,
         log_path.display()
     );
-    let started = Instant::now();
-    let mut child = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", "4G"])
+    let mut qemu = Command::new("qemu-system-x86_64");
+    qemu.args(["-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", "4G"])
         .args(["-nographic", "-no-reboot", "-nic", "none"])
         .arg("-kernel")
         .arg(&k.vmlinuz)
@@ -440,7 +454,23 @@ fn boot(k: &Kernel, initrd: &Path, script: &Path, parts: &[Part]) -> Result<()> 
         .args([
             "-virtfs",
             "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
-        ])
+        ]);
+    let names: Vec<&str> = parts.iter().map(|p| p.name).collect();
+    watch(qemu, &log_path, &names, &k.version)
+}
+
+/// Runs a prepared qemu command, follows its console (`LOCKD-` markers from the guest's
+/// script), keeps it in `log_path` and fails unless every part in `parts` reported PASS and
+/// the script finished.
+pub(crate) fn watch(
+    mut qemu: Command,
+    log_path: &Path,
+    parts: &[&str],
+    what: &str,
+) -> Result<()> {
+    let mut log = fs::File::create(log_path)?;
+    let started = Instant::now();
+    let mut child = qemu
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -466,11 +496,7 @@ fn boot(k: &Kernel, initrd: &Path, script: &Path, parts: &[Part]) -> Result<()> 
             Ok(l) => l,
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                 let _ = child.kill();
-                bail!(
-                    "the {} guest did not finish within {:?}",
-                    k.version,
-                    GUEST_TIMEOUT
-                );
+                bail!("the {what} guest did not finish within {GUEST_TIMEOUT:?}");
             }
             Err(_) => break,
         };
@@ -506,15 +532,15 @@ fn boot(k: &Kernel, initrd: &Path, script: &Path, parts: &[Part]) -> Result<()> 
     eprintln!("\nkernel {kv} under qemu/TCG, {:.0?}:", started.elapsed());
     let mut failed = 0;
     for p in parts {
-        match results.iter().find(|(_, _, n)| n == p.name) {
+        match results.iter().find(|(_, _, n)| n == *p) {
             Some((r, t, _)) => {
-                eprintln!("  {r:4}  {}  ({t})", p.name);
+                eprintln!("  {r:4}  {}  ({t})", p);
                 if r != "PASS" {
                     failed += 1;
                 }
             }
             None => {
-                eprintln!("  MISS  {}  (the guest never reported it)", p.name);
+                eprintln!("  MISS  {}  (the guest never reported it)", p);
                 failed += 1;
             }
         }

@@ -117,6 +117,33 @@ pub(crate) fn build_initramfs(k: &Kernel, out: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A PV domU's initramfs: the static busybox, `modules` (with their dependencies, loaded in
+/// order by `init` as it likes: they are in `/m`) and `init` itself. A PV guest has no 9p:
+/// everything it runs is in here.
+pub(crate) fn build_domu(k: &Kernel, modules: &[&str], init: &str, out: &Path) -> Result<()> {
+    let busybox = busybox().context("busybox is not installed")?;
+    let mut c = Cpio::default();
+    for d in ["bin", "m", "proc", "sys", "dev", "tmp"] {
+        c.dir(d);
+    }
+    c.node("dev/console", 0o020600, (5, 1));
+    c.file("bin/busybox", 0o100755, &fs::read(&busybox)?);
+    let mut order = String::new();
+    for m in modules {
+        for p in module_chain(k, m)? {
+            let name = p.file_name().unwrap_or_default().to_string_lossy().into_owned();
+            if !order.contains(&name) {
+                c.file(&format!("m/{name}"), 0o100644, &fs::read(&p)?);
+                order += &format!("{name}\n");
+            }
+        }
+    }
+    c.file("m/order", 0o100644, order.as_bytes());
+    c.file("init", 0o100755, init.as_bytes());
+    fs::write(out, c.finish())?;
+    Ok(())
+}
+
 /// Whether an ELF64 binary names a program interpreter (`PT_INTERP`): dynamically linked.
 fn has_interpreter(elf: &[u8]) -> bool {
     let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));

@@ -18,6 +18,7 @@ use clap::{Parser, Subcommand};
 
 mod guest;
 mod initramfs;
+mod xen;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "lockd developer tasks")]
@@ -36,7 +37,7 @@ enum Cmd {
         args: Vec<String>,
     },
     /// Bootstrap and run every test tier on this kernel, then the guest tier on Debian 12's
-    /// 6.1 kernel under qemu (needs root: BPF and network namespaces).
+    /// 6.1 kernel under qemu, then the Xen tier (needs root: BPF and network namespaces).
     Test {
         /// Only the guest tier, on this kernel series (6.1 or 6.12).
         #[arg(long)]
@@ -44,6 +45,10 @@ enum Cmd {
         /// Only the tiers on this machine's kernel.
         #[arg(long, conflicts_with = "kernel")]
         host_only: bool,
+        /// Only the Xen tier: Xen 4.17 with a PV dom0 and a PV domU under qemu, lockd on the
+        /// netback vif xl's vif-bridge plugged (the default run ends with it).
+        #[arg(long, conflicts_with_all = ["kernel", "host_only"])]
+        xen: bool,
         /// Extra arguments for `cargo test`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -148,9 +153,13 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Test {
             kernel,
             host_only,
+            xen,
             args,
         } => {
             require_root()?;
+            if xen {
+                return xen::run();
+            }
             if let Some(series) = kernel {
                 return guest::run(&series);
             }
@@ -163,7 +172,8 @@ fn run(cli: Cli) -> Result<()> {
             if host_only {
                 return Ok(());
             }
-            guest::run(DEFAULT_GUEST_KERNEL)
+            guest::run(DEFAULT_GUEST_KERNEL)?;
+            xen::run()
         }
         Cmd::Bench {
             quick,
