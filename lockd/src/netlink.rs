@@ -106,20 +106,23 @@ fn timed_socket() -> io::Result<Socket> {
     Ok(s)
 }
 
-/// Every link in the calling thread's network namespace, as (ifindex, name).
-pub fn dump() -> io::Result<Vec<(u32, String)>> {
+/// Sends a dump request for `msg` on a fresh timed socket; the replies are read from it.
+fn send_dump(msg: RouteNetlinkMessage) -> io::Result<Socket> {
     let s = timed_socket()?;
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST | NLM_F_DUMP;
     header.sequence_number = 1;
-    let mut req = NetlinkMessage::new(
-        header,
-        NetlinkPayload::from(RouteNetlinkMessage::GetLink(LinkMessage::default())),
-    );
+    let mut req = NetlinkMessage::new(header, NetlinkPayload::from(msg));
     req.finalize();
     let mut bytes = vec![0u8; req.buffer_len()];
     req.serialize(&mut bytes);
     s.send(&bytes, 0)?;
+    Ok(s)
+}
+
+/// Every link in the calling thread's network namespace, as (ifindex, name).
+pub fn dump() -> io::Result<Vec<(u32, String)>> {
+    let s = send_dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))?;
     let mut links = Vec::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
@@ -239,20 +242,9 @@ pub fn plumb(ifindex: u32, master: u32) -> io::Result<()> {
 /// qdisc dump (all of it, however many datagrams), which is what the kernel answers reliably.
 pub fn ingress_qdisc(ifindex: u32) -> io::Result<Option<String>> {
     use netlink_packet_route::tc::{TcAttribute, TcMessage};
-    let s = timed_socket()?;
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-    header.sequence_number = 1;
-    let mut req = NetlinkMessage::new(
-        header,
-        NetlinkPayload::from(RouteNetlinkMessage::GetQueueDiscipline(
-            TcMessage::with_index(ifindex as i32),
-        )),
-    );
-    req.finalize();
-    let mut bytes = vec![0u8; req.buffer_len()];
-    req.serialize(&mut bytes);
-    s.send(&bytes, 0)?;
+    let s = send_dump(RouteNetlinkMessage::GetQueueDiscipline(
+        TcMessage::with_index(ifindex as i32),
+    ))?;
     let mut buf = vec![0u8; 1 << 16];
     let mut found = None;
     loop {

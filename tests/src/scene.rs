@@ -48,3 +48,14 @@ pub fn configure(d: &Instance, allowed: &[&str]) {
     args.extend_from_slice(allowed);
     d.cli(&args).ok();
 }
+
+/// (bridge, up) of netdev `dev` in `ns`, from `ip -j link show`.
+pub fn plumbing(ns: &lockd_kit::netlab::NetNs, dev: &str) -> (String, bool) {
+    let j: serde_json::Value =
+        serde_json::from_str(&ns.exec(&["ip", "-j", "link", "show", dev]).expect("ip"))
+            .expect("json");
+    let up = j[0]["flags"]
+        .as_array()
+        .is_some_and(|f| f.iter().any(|x| x == "UP"));
+    (j[0]["master"].as_str().unwrap_or("").to_string(), up)
+}

@@ -13,7 +13,7 @@ use lockd_kit::{
 };
 use lockd_tests::{
     daemon::Instance,
-    scene::{IP_A, IP_B, IP_SPOOF, MAC_A, MAC_B, NET, VIF, configure},
+    scene::{IP_A, IP_B, IP_SPOOF, MAC_A, MAC_B, NET, VIF, configure, plumbing},
     wire::{Capture, delivered},
 };
 
@@ -107,17 +107,6 @@ fn burst(t: &Topo, vm: &NetNs, mac: Mac, own: std::net::Ipv4Addr, base: u32) -> 
     let _ = send_frames(vm, "eth0", &all);
     let got = cap.finish();
     (delivered(&got, &spoof), delivered(&got, &good))
-}
-
-/// (bridge, up) of a host netdev.
-fn plumbing(ns: &NetNs, dev: &str) -> (String, bool) {
-    let j: serde_json::Value =
-        serde_json::from_str(&ns.exec(&["ip", "-j", "link", "show", dev]).expect("ip"))
-            .expect("json");
-    let up = j[0]["flags"]
-        .as_array()
-        .is_some_and(|f| f.iter().any(|x| x == "UP"));
-    (j[0]["master"].as_str().unwrap_or("").to_string(), up)
 }
 
 fn vif(d: &Instance, uuid: &str) -> serde_json::Value {

@@ -84,18 +84,7 @@ impl Host {
 
     /// (bridge, up) of a host netdev.
     fn plumbing(&self, dev: &str) -> (String, bool) {
-        let j: serde_json::Value = serde_json::from_str(
-            &self
-                .ns
-                .exec(&["ip", "-j", "link", "show", dev])
-                .expect("ip"),
-        )
-        .expect("json");
-        let l = &j[0];
-        let up = l["flags"]
-            .as_array()
-            .is_some_and(|f| f.iter().any(|x| x == "UP"));
-        (l["master"].as_str().unwrap_or("").to_string(), up)
+        lockd_tests::scene::plumbing(&self.ns, dev)
     }
 
     /// From VM-b's `peer`: (spoofed frames delivered to VM-a, genuine ones delivered).

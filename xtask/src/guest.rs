@@ -462,12 +462,7 @@ fn boot(k: &Kernel, initrd: &Path, script: &Path, parts: &[Part]) -> Result<()> 
 /// Runs a prepared qemu command, follows its console (`LOCKD-` markers from the guest's
 /// script), keeps it in `log_path` and fails unless every part in `parts` reported PASS and
 /// the script finished.
-pub(crate) fn watch(
-    mut qemu: Command,
-    log_path: &Path,
-    parts: &[&str],
-    what: &str,
-) -> Result<()> {
+pub(crate) fn watch(mut qemu: Command, log_path: &Path, parts: &[&str], what: &str) -> Result<()> {
     let mut log = fs::File::create(log_path)?;
     let started = Instant::now();
     let mut child = qemu

@@ -131,7 +131,11 @@ pub(crate) fn build_domu(k: &Kernel, modules: &[&str], init: &str, out: &Path) -
     let mut order = String::new();
     for m in modules {
         for p in module_chain(k, m)? {
-            let name = p.file_name().unwrap_or_default().to_string_lossy().into_owned();
+            let name = p
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
             if !order.contains(&name) {
                 c.file(&format!("m/{name}"), 0o100644, &fs::read(&p)?);
                 order += &format!("{name}\n");

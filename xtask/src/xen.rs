@@ -80,7 +80,12 @@ pub fn run() -> Result<()> {
         let partial = dir.join("root.partial");
         let _ = fs::remove_dir_all(&partial);
         for deb in fs::read_dir(&debs)? {
-            status(Command::new("dpkg-deb").arg("-x").arg(deb?.path()).arg(&partial))?;
+            status(
+                Command::new("dpkg-deb")
+                    .arg("-x")
+                    .arg(deb?.path())
+                    .arg(&partial),
+            )?;
         }
         let _ = fs::remove_dir_all(&root);
         fs::rename(&partial, &root)?;
@@ -124,24 +129,33 @@ pub fn run() -> Result<()> {
         }
     }
     let mut qemu = Command::new("qemu-system-x86_64");
-    qemu.args(["-machine", "q35", "-cpu", "qemu64,+svm", "-m", "2048", "-smp", "2"])
-        .args(["-nographic", "-no-reboot", "-nic", "none"])
-        .arg("-kernel")
-        .arg(&xen)
-        .arg("-append")
-        .arg("dom0_mem=1024M console=com1 com1=115200 noreboot")
-        .arg("-initrd")
-        .arg(format!(
-            "{} console=hvc0 quiet lockd.script={} lockd.workspace={},{}",
-            kernel.vmlinuz().display(),
-            script.display(),
-            ws.display(),
-            initrd.display()
-        ))
-        .args([
-            "-virtfs",
-            "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
-        ]);
+    qemu.args([
+        "-machine",
+        "q35",
+        "-cpu",
+        "qemu64,+svm",
+        "-m",
+        "2048",
+        "-smp",
+        "2",
+    ])
+    .args(["-nographic", "-no-reboot", "-nic", "none"])
+    .arg("-kernel")
+    .arg(&xen)
+    .arg("-append")
+    .arg("dom0_mem=1024M console=com1 com1=115200 noreboot")
+    .arg("-initrd")
+    .arg(format!(
+        "{} console=hvc0 quiet lockd.script={} lockd.workspace={},{}",
+        kernel.vmlinuz().display(),
+        script.display(),
+        ws.display(),
+        initrd.display()
+    ))
+    .args([
+        "-virtfs",
+        "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+    ]);
     let r = guest::watch(qemu, &dir.join("console.log"), PARTS, "Xen 4.17");
     for d in made {
         let _ = fs::remove_dir(d);
@@ -152,11 +166,7 @@ pub fn run() -> Result<()> {
 /// What dom0 runs (in a chroot of the host's root): the toolstack, one domU, lockd, and the
 /// checks, each part reported as the guest tier's are.
 fn dom0_script(k: &guest::Kernel, xen: &Path, lockd: &Path, domu: &Path) -> String {
-    let (kroot, x, l) = (
-        k.root.display(),
-        xen.display(),
-        lockd.display(),
-    );
+    let (kroot, x, l) = (k.root.display(), xen.display(), lockd.display());
     let vmlinuz = k.vmlinuz().display();
     let [p_boot, p_unlocked, p_locked] = PARTS else {
         unreachable!("three parts")

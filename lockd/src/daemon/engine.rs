@@ -267,7 +267,7 @@ impl Core {
                 }
                 None
             }
-            Err(why) => match netlink::isolate(ifx) {
+            Err(_) => match netlink::isolate(ifx) {
                 Ok((master, up)) => {
                     // Held already: what it was before the first hold, unless the toolstack
                     // has put it on a bridge since.
@@ -275,7 +275,6 @@ impl Core {
                         Some((m0, up0)) if master == 0 => (m0, up0 || up),
                         _ => (master, up),
                     });
-                    let _ = why;
                     None
                 }
                 Err(e) => Some(e),

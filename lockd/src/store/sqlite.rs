@@ -90,6 +90,22 @@ fn row_err(path: &Path, table: &str, uuid: &str, reason: impl ToString) -> Store
     }
 }
 
+/// A `vif` row's columns as SQLite gives them, in the order `read_vifs` selects them.
+type VifRow = (
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    String,
+    String,
+    String,
+    String,
+    Option<i64>,
+    Option<i64>,
+    String,
+);
+
 /// A kbps / timeslice value as SQLite holds it (i64).
 fn int(v: Option<u64>) -> Option<i64> {
     v.map(|n| i64::try_from(n).unwrap_or(i64::MAX))
@@ -265,26 +281,12 @@ impl SqliteStore {
                  ipv6_allowed, qos_algorithm_type, qos_kbps, qos_timeslice_us, extra_devices FROM vif",
             )
             .map_err(corrupt)?;
-        type Row = (
-            String,
-            String,
-            String,
-            String,
-            Option<String>,
-            String,
-            String,
-            String,
-            String,
-            Option<i64>,
-            Option<i64>,
-            String,
-        );
         // A row whose columns cannot be read or whose values are not valid is kept out of the
         // state as a bad row (its VIF is held disabled, the rest goes on); only a table that
         // cannot be read at all is corrupt.
         let rows = stmt
             .query_map([], |r| {
-                let row = (|| -> rusqlite::Result<Row> {
+                let row = (|| -> rusqlite::Result<VifRow> {
                     Ok((
                         r.get(0)?,
                         r.get(1)?,
@@ -334,22 +336,8 @@ impl SqliteStore {
     }
 
     /// A VIF from its row's columns, or what is wrong with them.
-    #[allow(clippy::type_complexity)]
     fn vif_of(
-        (uuid, network_uuid, device, mac, vm_uuid, mode, v4, v6, qt, kbps, ts, extra): (
-            String,
-            String,
-            String,
-            String,
-            Option<String>,
-            String,
-            String,
-            String,
-            String,
-            Option<i64>,
-            Option<i64>,
-            String,
-        ),
+        (uuid, network_uuid, device, mac, vm_uuid, mode, v4, v6, qt, kbps, ts, extra): VifRow,
     ) -> Result<VifSettings, String> {
         let bad = |field: &str, e: &dyn ToString| format!("{field}: {}", e.to_string());
         let unsigned = |field: &str, v: Option<i64>| {
