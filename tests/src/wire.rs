@@ -102,7 +102,7 @@ pub struct DelayLine {
 }
 
 /// An AF_PACKET socket bound to `dev` that does not see its own transmissions.
-fn raw_socket(dev: &str) -> std::io::Result<std::os::fd::OwnedFd> {
+pub fn raw_socket(dev: &str) -> std::io::Result<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd;
     let last = std::io::Error::last_os_error;
     let proto = (libc::ETH_P_ALL as u16).to_be();

@@ -506,13 +506,20 @@ pub(crate) fn watch(mut qemu: Command, log_path: &Path, parts: &[&str], what: &s
             eprintln!("guest: {p} ...");
         } else if let Some(rest) = line.strip_prefix("LOCKD-PART ") {
             let mut it = rest.splitn(3, ' ');
-            let (r, t, name) = (
+            let (r, t, rest) = (
                 it.next().unwrap_or_default().to_string(),
                 it.next().unwrap_or_default().to_string(),
-                it.next().unwrap_or_default().to_string(),
+                it.next().unwrap_or_default(),
             );
-            eprintln!("guest: {r} {name} ({t})");
-            results.push((r, t, name));
+            // A part may say what it saw after its name: "NAME — DETAIL".
+            let (name, detail) = rest.split_once(" — ").unwrap_or((rest, ""));
+            let t = if detail.is_empty() {
+                format!("({t})")
+            } else {
+                format!("({t}) — {detail}")
+            };
+            eprintln!("guest: {r} {name} {t}");
+            results.push((r, t, name.to_string()));
         } else if let Some(m) = line.strip_prefix("LOCKD-MODULE-MISSING ") {
             eprintln!("guest: module {m} did not load");
             missing.push(m.trim().to_string());
@@ -529,7 +536,7 @@ pub(crate) fn watch(mut qemu: Command, log_path: &Path, parts: &[&str], what: &s
     for p in parts {
         match results.iter().find(|(_, _, n)| n == *p) {
             Some((r, t, _)) => {
-                eprintln!("  {r:4}  {}  ({t})", p);
+                eprintln!("  {r:4}  {}  {t}", p);
                 if r != "PASS" {
                     failed += 1;
                 }

@@ -120,7 +120,13 @@ pub(crate) fn build_initramfs(k: &Kernel, out: &Path) -> Result<()> {
 /// A PV domU's initramfs: the static busybox, `modules` (with their dependencies, loaded in
 /// order by `init` as it likes: they are in `/m`) and `init` itself. A PV guest has no 9p:
 /// everything it runs is in here.
-pub(crate) fn build_domu(k: &Kernel, modules: &[&str], init: &str, out: &Path) -> Result<()> {
+pub(crate) fn build_domu(
+    k: &Kernel,
+    modules: &[&str],
+    init: &str,
+    programs: &[(&str, &Path)],
+    out: &Path,
+) -> Result<()> {
     let busybox = busybox().context("busybox is not installed")?;
     let mut c = Cpio::default();
     for d in ["bin", "m", "proc", "sys", "dev", "tmp"] {
@@ -143,6 +149,13 @@ pub(crate) fn build_domu(k: &Kernel, modules: &[&str], init: &str, out: &Path) -
         }
     }
     c.file("m/order", 0o100644, order.as_bytes());
+    for (name, path) in programs {
+        let elf = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        if has_interpreter(&elf) {
+            bail!("{} is dynamically linked; a domU's initramfs has no libraries", path.display());
+        }
+        c.file(&format!("bin/{name}"), 0o100755, &elf);
+    }
     c.file("init", 0o100755, init.as_bytes());
     fs::write(out, c.finish())?;
     Ok(())

@@ -301,7 +301,20 @@ fn on_path(bin: &str) -> bool {
 fn bootstrap() -> Result<()> {
     ensure_packages(APT)?;
     nightly()?;
+    musl_target()?;
     bpf_linker()
+}
+
+/// The Xen tier's domU agent is linked statically against musl (Rust's own, no C toolchain).
+fn musl_target() -> Result<()> {
+    if !rustup(&["target", "list", "--installed"])?
+        .lines()
+        .any(|l| l.trim() == xen::MUSL)
+    {
+        eprintln!("xtask: adding the {} target", xen::MUSL);
+        rustup(&["target", "add", xen::MUSL])?;
+    }
+    Ok(())
 }
 
 /// Installs the packages of `list` whose proving binary is missing.

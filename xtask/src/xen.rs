@@ -22,6 +22,13 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{guest, status, workspace};
 
+/// Where libxl runs its helpers from (`libxl-save-helper` for `xl migrate`): compiled in,
+/// so dom0 binds the unpacked packages' copy there.
+const XEN_LIBEXEC: &str = "/usr/lib/xen-4.17";
+
+/// The domU agent's target: static, so it runs from an initramfs with no libraries.
+pub(crate) const MUSL: &str = "x86_64-unknown-linux-musl";
+
 /// Debian's packages for Xen 4.17 and xl's libraries.
 const XEN_DEBS: &[&str] = &[
     "xen-hypervisor-4.17-amd64",
@@ -41,28 +48,39 @@ const XEN_DEBS: &[&str] = &[
     "libyajl2",
 ];
 
-/// The parts dom0's script reports, in order.
+/// The parts dom0's script reports, in order (each case's PASS line carries its domU, vif
+/// and frame counts).
 const PARTS: &[&str] = &[
-    "Xen 4.17: PV dom0 up, a PV domU created by xl, its vif on xenbr0 by vif-bridge",
-    "unlocked, the domU's spoofed pings reach the bridge",
-    "lockd locks the netback vif at TC: only the domU's own pings (64 and 1408 bytes) reach the bridge, the spoofed ones are counted as ipv4_spoof",
+    "Xen 4.17: PV dom0 up, two PV domUs created by xl, their vifs plugged by vif-lockd (xl.conf's vif.default.script) and locked at TC",
+    "genuine traffic between two domUs passes",
+    "every from-VM frame of the corpus (MAC, IPv4, ARP, IPv6, NDP, RA, DHCP server, 802.1Q, malformed) gets the model's verdict at dom0, counted with its reason",
+    "frames past netback's 128-byte head (page fragments) get the model's verdict",
+    "to-VM locking between two domUs",
+    "xl network-attach / network-detach on a running domU",
+    "kill -9 of the daemon under traffic",
+    "xl migrate to localhost under traffic (two domains of one VM)",
 ];
 
-/// The domU's `/init`: netfront up with its own address and a spoofed one, then pings from
-/// each, small and larger than netback's head, forever.
+/// The domU's `/init`: no IPv6 of its own (its kernel would send NDP the counts would
+/// see), netfront loaded, then the agent.
 const DOMU_INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
+echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6
+echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6
 for m in $(cat /m/order); do insmod /m/$m; done
-ip link set eth0 up; ip addr add 10.0.0.2/24 dev eth0; ip addr add 10.0.0.9/24 dev eth0
-while true; do for src in 10.0.0.2 10.0.0.9; do for s in 56 1400; do
-  ping -c 1 -W 1 -s $s -I $src 10.0.0.1 >/dev/null 2>&1; done; done; done
+exec /bin/lockd-domu
 "#;
 
 pub fn run() -> Result<()> {
     let kernel = guest::kernel("6.1")?;
     crate::cargo(&["build", "-p", "lockd", "--bin", "lockd"], &[])?;
-    let lockd = workspace().join("target/debug/lockd");
+    crate::cargo(&["build", "-p", "lockd-tests", "--bin", "lockd-xen"], &[])?;
+    crate::cargo(
+        &["build", "-p", "lockd-domu", "--release", "--target", MUSL],
+        &[],
+    )?;
+    let agent = workspace().join(format!("target/{MUSL}/release/lockd-domu"));
     let dir = workspace().join("target/xen");
     let root = dir.join("root");
     let xl = root.join("usr/lib/xen-4.17/bin/xl");
@@ -107,10 +125,16 @@ pub fn run() -> Result<()> {
     let initrd = dir.join("dom0.cpio");
     crate::initramfs::build_initramfs(&kernel, &initrd)?;
     let domu = dir.join("domu.cpio");
-    crate::initramfs::build_domu(&kernel, &["xen-netfront"], DOMU_INIT, &domu)?;
-    let script = dir.join("dom0.sh");
-    fs::write(&script, dom0_script(&kernel, &root, &lockd, &domu))?;
+    crate::initramfs::build_domu(
+        &kernel,
+        &["xen-netfront"],
+        DOMU_INIT,
+        &[("lockd-domu", &agent)],
+        &domu,
+    )?;
     let ws = fs::canonicalize(workspace())?;
+    let script = dir.join("dom0.sh");
+    fs::write(&script, dom0_script(&kernel, &root, &ws, &domu))?;
     for p in [&initrd, &script, kernel.vmlinuz(), &ws] {
         if p.to_string_lossy().contains([',', ' ']) {
             bail!(
@@ -122,7 +146,7 @@ pub fn run() -> Result<()> {
     // Mount points for dom0's tmpfs (the host root is read-only there), removed after if
     // this run made them.
     let mut made = Vec::new();
-    for d in ["/etc/xen", "/var/lib/xen", "/var/log/xen"] {
+    for d in ["/etc/xen", "/var/lib/xen", "/var/log/xen", XEN_LIBEXEC] {
         if !Path::new(d).exists() {
             fs::create_dir_all(d)?;
             made.push(d);
@@ -163,80 +187,96 @@ pub fn run() -> Result<()> {
     r
 }
 
-/// What dom0 runs (in a chroot of the host's root): the toolstack, one domU, lockd, and the
-/// checks, each part reported as the guest tier's are.
-fn dom0_script(k: &guest::Kernel, xen: &Path, lockd: &Path, domu: &Path) -> String {
-    let (kroot, x, l) = (k.root.display(), xen.display(), lockd.display());
+/// What dom0 runs (in a chroot of the host's root): the toolstack, lockd, vif-lockd
+/// installed as the README says, two domUs, and the cases (`lockd-xen`), each reported as
+/// the guest tier's parts are, its last line of output as the PASS line's detail.
+fn dom0_script(k: &guest::Kernel, xen: &Path, ws: &Path, domu: &Path) -> String {
+    let (kroot, x, w) = (k.root.display(), xen.display(), ws.display());
     let vmlinuz = k.vmlinuz().display();
-    let [p_boot, p_unlocked, p_locked] = PARTS else {
-        unreachable!("three parts")
+    let [p_boot, p_genuine, p_corpus, p_big, p_tovm, p_attach, p_kill, p_migrate] = PARTS else {
+        unreachable!("eight parts")
     };
     format!(
         r#"#!/bin/sh
 # Written by `cargo xtask test --xen`; runs in Xen's dom0.
-export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export PATH={w}/target/debug:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 part() {{ echo "LOCKD-PART $1 $(( $(date +%s) - start ))s $2"; }}
+# One case: its output indented, its last line the PASS line's detail.
+case_() {{
+  name=$1; shift; echo "LOCKD-START $name"; start=$(date +%s)
+  if "$@" > /tmp/case.out 2>&1; then r=PASS; else r=FAIL; fi
+  sed 's/^/    /' /tmp/case.out
+  [ $r = FAIL ] && {{ echo "--- lockd log:"; tail -n 15 /tmp/lockd.log; echo "--- hotplug log:"; tail -n 15 /var/log/xen/xen-hotplug.log; }}
+  part $r "$name — $(tail -n 1 /tmp/case.out)"
+}}
 printf '#!/bin/sh\nexec /sbin/modprobe -d {kroot} "$@"\n' > /tmp/modprobe; chmod +x /tmp/modprobe
 echo /tmp/modprobe > /proc/sys/kernel/modprobe
 for m in xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xenfs xen-netback bridge sch_ingress cls_bpf; do
   /tmp/modprobe $m || echo "LOCKD-MODULE-MISSING $m"; done
 echo "LOCKD-KERNEL $(uname -r) (Xen dom0)"
 mount -t xenfs xenfs /proc/xen
+# udev's links, which Xen's locking.sh stats its lock through (devtmpfs has none).
+for f in 0:stdin 1:stdout 2:stderr; do [ -e /dev/${{f#*:}} ] || ln -s /proc/self/fd/${{f%:*}} /dev/${{f#*:}}; done
+[ -e /dev/fd ] || ln -s /proc/self/fd /dev/fd
 for d in /etc/xen /var/lib/xen /var/log/xen; do mount -t tmpfs tmpfs $d; done
+mount --bind {x}{XEN_LIBEXEC} {XEN_LIBEXEC}
 cp -a {x}/etc/xen/. /etc/xen/; mkdir -p /run/xen /run/xenstored
-export LD_LIBRARY_PATH={x}/usr/lib/x86_64-linux-gnu:{x}/usr/lib/xen-4.17/lib
-export PATH={x}/usr/lib/xen-4.17/bin:{x}/usr/bin:$PATH
+export LD_LIBRARY_PATH={x}/usr/lib/x86_64-linux-gnu:{XEN_LIBEXEC}/lib
+export PATH={XEN_LIBEXEC}/bin:{x}/usr/bin:$PATH
+# dom0's own IPv6 would put NDP and MLD on the bridges, which the counts would see.
+echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6; echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6
+X={w}/target/debug/lockd-xen
 
 echo "LOCKD-START {p_boot}"; start=$(date +%s)
 xenstored --pid-file /run/xenstored.pid
 for i in $(seq 120); do xenstore-ls / >/dev/null 2>&1 && break; sleep 1; done
 xen-init-dom0; xenconsoled --pid-file=/run/xenconsoled.pid
-ip link add xenbr0 type bridge; ip addr add 10.0.0.1/24 dev xenbr0; ip link set xenbr0 up
-cat > /tmp/domu.cfg <<CFG
-name = "domu1"
-type = "pv"
-kernel = "{vmlinuz}"
-ramdisk = "{domu}"
-extra = "console=hvc0 quiet"
-memory = 256
-vif = [ "mac=00:16:3e:00:00:02,bridge=xenbr0,ip=10.0.0.2" ]
-CFG
-xl create /tmp/domu.cfg
-# Plugged by vif-bridge: the vif on xenbr0 (bounded wait, not a timing).
-for i in $(seq 300); do bridge link show dev vif1.0 2>/dev/null | grep -q 'master xenbr0' && break; sleep 1; done
-xl list; bridge link
-if xl list domu1 >/dev/null 2>&1 && bridge link show dev vif1.0 | grep -q 'master xenbr0'; then
-  part PASS "{p_boot}"; else part FAIL "{p_boot}"; fi
-
-# Echo requests at the bridge for 10 s, as "<source> <length>" lines.
-pings() {{ timeout 10 tcpdump -n -l -i xenbr0 'icmp and icmp[0] == 8' 2>/dev/null | sed -n 's/.*IP \([0-9.]*\) > .*length \([0-9]*\).*/\1 \2/p'; }}
-
-echo "LOCKD-START {p_unlocked}"; start=$(date +%s)
-pings > /tmp/before
-echo "seen before lockd:"; sort /tmp/before | uniq -c
-if grep -q '^10.0.0.9 ' /tmp/before; then part PASS "{p_unlocked}"; else part FAIL "{p_unlocked}"; fi
-
-echo "LOCKD-START {p_locked}"; start=$(date +%s)
+# The locked vifs' bridge (promiscuous, so every frame lockd passes shows on it) and the
+# agents' control bridge.
+ip link add xenbr0 type bridge; ip link set xenbr0 promisc on up
+ip link add ctlbr type bridge; ip link set ctlbr up
+# vif-lockd, installed as the README says.
+install -m 755 {w}/dist/vif-lockd /etc/xen/scripts/vif-lockd
+echo 'vif.default.script="vif-lockd"' >> /etc/xen/xl.conf
 export LOCKD_SOCKET=/tmp/lockd.sock
-{l} daemon --state-dir /tmp/lockd-state --socket /tmp/lockd.sock --bpffs /sys/fs/bpf/lockd > /tmp/lockd.log 2>&1 &
+cat > /tmp/start-lockd <<'EOS'
+#!/bin/sh
+lockd daemon --state-dir /tmp/lockd-state --socket $LOCKD_SOCKET --bpffs /sys/fs/bpf/lockd >> /tmp/lockd.log 2>&1 &
+echo $! > /tmp/lockd.pid
 t0=$(date +%s)
-for i in $(seq 600); do {l} network-list >/dev/null 2>&1 && break; sleep 1; done
+for i in $(seq 600); do lockd network-list >/dev/null 2>&1 && break; sleep 1; done
 echo "lockd answered after $(( $(date +%s) - t0 ))s"
-net=$({l} network-create name-label=xenbr0)
-vif=$({l} vif-create network-uuid=$net device=vif1.0 mac=00:16:3e:00:00:02)
-{l} vif-param-set uuid=$vif locking-mode=locked ipv4-allowed=10.0.0.2
-{l} vif-list
-pings > /tmp/after
-echo "seen once locked:"; sort /tmp/after | uniq -c
-{l} vif-stats uuid=$vif | tee /tmp/stats
-ok=1
-grep -q '^10.0.0.9 ' /tmp/after && {{ echo "spoofed pings reached the bridge"; ok=0; }}
-grep -q '^10.0.0.2 64$' /tmp/after || {{ echo "no 64-byte ping of the domU's own"; ok=0; }}
-grep -q '^10.0.0.2 1408$' /tmp/after || {{ echo "no 1408-byte ping of the domU's own"; ok=0; }}
-grep -q 'from_vm *ipv4_spoof' /tmp/stats || {{ echo "nothing counted as ipv4_spoof"; ok=0; }}
-{l} vif-list --json | grep -q '"attach":"tc"' || {{ echo "not attached at TC"; ok=0; }}
-[ $ok = 1 ] && part PASS "{p_locked}" || {{ part FAIL "{p_locked}"; tail -n 20 /tmp/lockd.log; }}
-xl destroy domu1
+EOS
+cat > /tmp/kill-lockd <<'EOS'
+#!/bin/sh
+kill -9 $(cat /tmp/lockd.pid); echo "lockd killed (-9)"
+# Two seconds of traffic with no daemon: the pinned programs hold the vif alone.
+sleep 2
+exec /tmp/start-lockd
+EOS
+chmod +x /tmp/start-lockd /tmp/kill-lockd
+/tmp/start-lockd
+lockd features | sed 's/^/  features: /'
+for d in a b; do $X config $d {vmlinuz} {domu} > /tmp/$d.cfg; done
+if ! {{ xl create /tmp/a.cfg && xl create /tmp/b.cfg; }}; then
+  part FAIL "{p_boot} — xl create failed"; cat /var/log/xen/xen-hotplug.log; tail -n 20 /tmp/lockd.log; exit 1
+fi
+$X ready a; $X ready b
+xl list; bridge link; lockd vif-list
+n=$(lockd vif-list --json | grep -o '"attach":"tc"' | wc -l)
+if [ "$(xl list | grep -c domu-)" = 2 ] && [ "$n" -ge 2 ] && lockd vif-list --json | grep -q '"effective_locking_mode":"locked"'; then
+  part PASS "{p_boot} — domu-a vif$(xl domid domu-a).0, domu-b vif$(xl domid domu-b).0 locked by vif-lockd, $n netdevs at TC"
+else part FAIL "{p_boot}"; tail -n 30 /var/log/xen/xen-hotplug.log; tail -n 20 /tmp/lockd.log; fi
+
+case_ "{p_genuine}" $X genuine
+case_ "{p_corpus}" $X corpus
+case_ "{p_big}" $X corpus --big
+case_ "{p_tovm}" $X to-vm
+case_ "{p_attach}" $X attached eth2
+case_ "{p_kill}" $X under-traffic "kill -9 of the daemon" /tmp/kill-lockd
+case_ "{p_migrate}" $X under-traffic "xl migrate domu-a to localhost" xl migrate -s "" domu-a "xl migrate-receive"
+xl list
+xl destroy domu-a; xl destroy domu-b
 "#,
         domu = domu.display(),
     )

@@ -116,6 +116,8 @@ struct Args {
     json: bool,
     /// `--if-exists` (vif-destroy): a missing VIF is not an error.
     if_exists: bool,
+    /// `--minimal` (vif-list): only the uuids, comma-separated, as `xe` prints them.
+    minimal: bool,
 }
 
 /// Canonical key: lowercase, `_` as `-` (xe accepts both spellings of `ipv4_allowed`).
@@ -135,11 +137,13 @@ fn parse_args(argv: &[String]) -> Result<Args, XeError> {
         kv: BTreeMap::new(),
         json: false,
         if_exists: false,
+        minimal: false,
     };
     for arg in rest {
         match arg.as_str() {
             "--json" => a.json = true,
             "--if-exists" if verb == "vif-destroy" => a.if_exists = true,
+            "--minimal" if verb == "vif-list" => a.minimal = true,
             _ => {
                 let (k, v) = arg
                     .split_once('=')
@@ -317,8 +321,22 @@ pub fn execute(state: &State, rt: &dyn Runtime, argv: &[String]) -> Result<Outco
             Outcome::print(format!("{}\n", p.text(v, &view)))
         }
         "vif-list" => {
-            a.only(&[])?;
-            Outcome::print(show::vif_list(&view, a.json))
+            a.only(&["device"])?;
+            // `xe vif-list device=… [--minimal]`: only the VIFs that have this netdev.
+            let dev = a.kv.get("device");
+            let vifs = || {
+                state
+                    .vifs()
+                    .filter(move |v| dev.is_none_or(|d| v.devices().any(|x| x == d)))
+            };
+            if a.minimal {
+                let uuids: Vec<&str> = vifs().map(|v| v.uuid.as_str()).collect();
+                Outcome::print(format!("{}\n", uuids.join(",")))
+            } else if dev.is_some() {
+                Outcome::print(show::list(params::VIF, vifs(), &view, a.json))
+            } else {
+                Outcome::print(show::vif_list(&view, a.json))
+            }
         }
         "vif-stats" => {
             a.only(&["uuid"])?;

@@ -431,7 +431,7 @@ pub fn help() -> String {
          vif-param-add uuid=UUID SETPARAM=ITEMS\n  \
          vif-param-remove uuid=UUID SETPARAM=ITEMS\n  \
          vif-param-get uuid=UUID param-name=PARAM\n  \
-         vif-list [--json]\n  \
+         vif-list [device=IFNAME] [--minimal] [--json]\n  \
          vif-stats [uuid=UUID] [--json]\n",
     );
     for (what, rows) in [
