@@ -10,7 +10,7 @@
 //!   left; `total` counts every frame `ifname` received since the agent started);
 //! - `S ifname gap_us frames…`: send the frames round robin, one every `gap_us`, until `X`;
 //! - `X`: stop the stream (reply: how many frames it sent);
-//! - `F ifname secs frame`: send `frame` as fast as possible for `secs`, reply how many.
+//! - `I ifname`: the interface's state and counters, from sysfs, as text;
 //!
 //! Interfaces are brought up on first use, so a vif `xl network-attach` adds works too.
 
@@ -24,7 +24,7 @@ use std::{
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 /// The control EtherType (IEEE 802 local experimental).
@@ -188,6 +188,12 @@ fn run() -> io::Result<()> {
     let data = Arc::new(packet_socket(libc::ETH_P_ALL as u16)?);
     ensure_up(CONTROL_IF)?;
     let control_if = ifindex(CONTROL_IF)?;
+    // Requests for the other domUs' agents reach this one too while the bridge floods.
+    let own: Vec<u8> = std::fs::read_to_string(format!("/sys/class/net/{CONTROL_IF}/address"))?
+        .trim()
+        .split(':')
+        .filter_map(|b| u8::from_str_radix(b, 16).ok())
+        .collect();
     let seen: Seen = Arc::default();
     {
         let (data, seen) = (Arc::clone(&data), Arc::clone(&seen));
@@ -211,7 +217,7 @@ fn run() -> io::Result<()> {
     let mut buf = vec![0u8; 65536];
     loop {
         let (n, ifi) = recv_from(&control, &mut buf)?;
-        if ifi != control_if || n < 19 {
+        if ifi != control_if || n < 19 || buf[..6] != own[..] {
             continue;
         }
         let req = &buf[..n];
@@ -298,32 +304,21 @@ fn answer(
                 *stream = Some(Stream { stop, sent, thread });
                 Ok(Vec::new())
             }
+            b'I' => {
+                let (name, _) = take_name(body).ok_or_else(|| io::Error::other("bad I"))?;
+                let mut out = String::new();
+                for f in ["operstate", "flags", "carrier", "statistics/rx_packets", "statistics/rx_dropped", "statistics/rx_errors", "statistics/tx_packets"] {
+                    let v = std::fs::read_to_string(format!("/sys/class/net/{name}/{f}")).unwrap_or_default();
+                    out.push_str(&format!("{f}={} ", v.trim()));
+                }
+                Ok(out.into_bytes())
+            }
             b'X' => {
                 let n = stream.take().map_or(0, |s| {
                     s.stop.store(true, Ordering::Relaxed);
                     let _ = s.thread.join();
                     s.sent.load(Ordering::Relaxed)
                 });
-                Ok(n.to_be_bytes().to_vec())
-            }
-            b'F' => {
-                let (name, rest) = take_name(body).ok_or_else(|| io::Error::other("bad F"))?;
-                ensure_up(&name)?;
-                let ifi = ifindex(&name)?;
-                let secs = u32::from_be_bytes(
-                    rest.get(..4)
-                        .ok_or_else(|| io::Error::other("bad F"))?
-                        .try_into()
-                        .expect("4 bytes"),
-                );
-                let frame = &rest[4..];
-                let end = Instant::now() + Duration::from_secs(u64::from(secs));
-                let mut n = 0u64;
-                while Instant::now() < end {
-                    if send_on(data, ifi, frame).is_ok() {
-                        n += 1;
-                    }
-                }
                 Ok(n.to_be_bytes().to_vec())
             }
             _ => Err(io::Error::other("unknown op")),

@@ -146,6 +146,12 @@ impl Agent {
         }
     }
 
+    /// The domU's view of `dev`: state and counters.
+    pub fn info(&mut self, dev: &str) -> String {
+        self.call(b'I', &with_name(dev, &[]), REQUEST_BOUND)
+            .map_or_else(|e| e.to_string(), |b| String::from_utf8_lossy(&b).into_owned())
+    }
+
     /// Starts sending `frames` round robin on `dev`, one every `gap`.
     pub fn stream(&mut self, dev: &str, gap: Duration, frames: &[Vec<u8>]) -> io::Result<()> {
         let mut body = (gap.as_micros() as u32).to_be_bytes().to_vec();
@@ -161,24 +167,11 @@ impl Agent {
         let r = self.call(b'X', &[], REQUEST_BOUND)?;
         Ok(u64::from_be_bytes(r.get(..8).ok_or_else(|| io::Error::other("short X"))?.try_into().expect("8 bytes")))
     }
-
-    /// Sends `frame` on `dev` as fast as the domU can for `secs`; how many it sent.
-    pub fn flood(&mut self, dev: &str, secs: u32, frame: &[u8]) -> io::Result<u64> {
-        let mut body = secs.to_be_bytes().to_vec();
-        body.extend_from_slice(frame);
-        let r = self.call(
-            b'F',
-            &with_name(dev, &body),
-            REQUEST_BOUND + Duration::from_secs(u64::from(secs)),
-        )?;
-        Ok(u64::from_be_bytes(r.get(..8).ok_or_else(|| io::Error::other("short F"))?.try_into().expect("8 bytes")))
-    }
 }
 
 /// What arrives on a dom0 netdev (the bridge: frames lockd passed), as hashes with counts.
 pub struct Capture {
     seen: Arc<Mutex<HashMap<u64, u64>>>,
-    bytes: Arc<Mutex<u64>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -187,9 +180,8 @@ impl Capture {
     pub fn start(dev: &str) -> io::Result<Capture> {
         let sock = raw_socket(dev)?;
         let seen: Arc<Mutex<HashMap<u64, u64>>> = Arc::default();
-        let bytes: Arc<Mutex<u64>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
-        let (s, b, st) = (Arc::clone(&seen), Arc::clone(&bytes), Arc::clone(&stop));
+        let (s, st) = (Arc::clone(&seen), Arc::clone(&stop));
         let thread = std::thread::spawn(move || {
             let mut buf = vec![0u8; 65536];
             while !st.load(Ordering::Relaxed) {
@@ -197,13 +189,11 @@ impl Capture {
                 let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
                 if let Ok(n) = usize::try_from(n) {
                     *s.lock().expect("seen").entry(fnv(&buf[..n])).or_default() += 1;
-                    *b.lock().expect("bytes") += n as u64;
                 }
             }
         });
         Ok(Capture {
             seen,
-            bytes,
             stop,
             thread: Some(thread),
         })
@@ -217,11 +207,6 @@ impl Capture {
     /// How many times a frame with this hash arrived.
     pub fn count(&self, hash: u64) -> u64 {
         self.seen.lock().expect("seen").get(&hash).copied().unwrap_or(0)
-    }
-
-    /// Bytes received so far.
-    pub fn bytes(&self) -> u64 {
-        *self.bytes.lock().expect("bytes")
     }
 
     /// Waits (bounded) until every hash of `want` arrived; the ones still missing.

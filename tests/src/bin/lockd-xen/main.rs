@@ -172,9 +172,11 @@ fn main() {
         ["to-vm"] => cases::to_vm(),
         ["under-traffic", label, cmd @ ..] if !cmd.is_empty() => cases::under_traffic(label, cmd),
         ["attached", dev] => cases::attached(dev),
+        ["xapi-hook"] => cases::xapi_hook(),
+        ["baseline"] => cases::baseline(),
         _ => {
             eprintln!(
-                "usage: lockd-xen config a|b KERNEL RAMDISK | ready a|b | genuine | corpus [--big] | to-vm | under-traffic LABEL CMD... | attached DEV"
+                "usage: lockd-xen config a|b KERNEL RAMDISK | ready a|b | genuine | corpus [--big] | to-vm | under-traffic LABEL CMD... | attached DEV | xapi-hook | baseline"
             );
             std::process::exit(2);
         }
