@@ -45,6 +45,14 @@ const XEN_DEBS: &[&str] = &[
     "libxentoolcore1",
     "libxenhypfs1",
     "libyajl2",
+    // Open vSwitch (XCP-ng's default bridge) and the libraries its daemons link.
+    "openvswitch-switch",
+    "openvswitch-common",
+    "libunbound8",
+    "libxdp1",
+    "libbpf1",
+    "libnuma1",
+    "libcap-ng0",
 ];
 
 /// The first part dom0's script reports: the toolstack, lockd and two domUs up.
@@ -66,7 +74,11 @@ const CASES: &[(&str, &str)] = &[
     ("to-VM locking between two domUs", "$X to-vm"),
     (
         "xl network-attach / network-detach on a running domU",
-        "$X attached eth2",
+        "$X attached xenbr0",
+    ),
+    (
+        "Open vSwitch: a vif on an OVS bridge, plugged by vif-lockd through vif-openvswitch, is locked",
+        "$X attached ovsbr0",
     ),
     (
         "xapi's hook (setup-vif-rules filter, clear) on a real netback vif, with a record in xenopsd's shape",
@@ -82,13 +94,33 @@ const CASES: &[(&str, &str)] = &[
     ),
 ];
 
-/// The cases this run takes (all, or those `LOCKD_XEN_ONLY` names).
+/// Cases that fail here for a reason not yet fixed, run only when `LOCKD_XEN_ONLY` names
+/// them (README, "Xen"): `xl migrate` (Xen refuses log-dirty mode for the PV domU:
+/// "Failed to enable logdirty: 95") and the two shapers (lockd's ratelimit on a netback vif
+/// let nothing through).
+const OPEN: &[(&str, &str)] = &[
+    (
+        "xl migrate to localhost under traffic (two domains of one VM)",
+        "$X under-traffic 'xl migrate domu-a to localhost' xl migrate -s '' domu-a 'xl migrate-receive'",
+    ),
+    (
+        "a rate set both by xl (rate=, netback's credit shaper) and by lockd (ratelimit): what the guest gets",
+        "$X rate",
+    ),
+];
+
+/// The cases this run takes (all of [`CASES`], or those `LOCKD_XEN_ONLY` names, from
+/// [`OPEN`] too).
 fn cases() -> Vec<(&'static str, &'static str)> {
     let only = std::env::var("LOCKD_XEN_ONLY").unwrap_or_default();
     let words: Vec<&str> = only.split_whitespace().collect();
+    if words.is_empty() {
+        return CASES.to_vec();
+    }
     CASES
         .iter()
-        .filter(|(name, _)| words.is_empty() || words.iter().any(|w| name.contains(w)))
+        .chain(OPEN)
+        .filter(|(name, _)| words.iter().any(|w| name.contains(w)))
         .copied()
         .collect()
 }
@@ -116,7 +148,7 @@ pub fn run() -> Result<()> {
     let dir = workspace().join("target/xen");
     let root = dir.join("root");
     let xl = root.join("usr/lib/xen-4.17/bin/xl");
-    if !xl.exists() {
+    if !xl.exists() || !root.join("usr/lib/openvswitch-switch/ovs-vswitchd").exists() {
         let debs = dir.join("debs");
         let _ = fs::remove_dir_all(&debs);
         fs::create_dir_all(&debs)?;
@@ -248,7 +280,7 @@ case_() {{
 }}
 printf '#!/bin/sh\nexec /sbin/modprobe -d {kroot} "$@"\n' > /tmp/modprobe; chmod +x /tmp/modprobe
 echo /tmp/modprobe > /proc/sys/kernel/modprobe
-for m in xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xenfs xen-netback bridge sch_ingress cls_bpf; do
+for m in xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xenfs xen-netback bridge sch_ingress cls_bpf openvswitch ifb sch_tbf; do
   /tmp/modprobe $m || echo "LOCKD-MODULE-MISSING $m"; done
 echo "LOCKD-KERNEL $(uname -r) (Xen dom0)"
 mount -t xenfs xenfs /proc/xen
@@ -259,7 +291,7 @@ for d in /etc/xen /var/lib/xen /var/log/xen; do mount -t tmpfs tmpfs $d; done
 mount --bind {x}{XEN_LIBEXEC} {XEN_LIBEXEC}
 cp -a {x}/etc/xen/. /etc/xen/; mkdir -p /run/xen /run/xenstored
 export LD_LIBRARY_PATH={x}/usr/lib/x86_64-linux-gnu:{XEN_LIBEXEC}/lib
-export PATH={XEN_LIBEXEC}/bin:{x}/usr/bin:$PATH
+export PATH={XEN_LIBEXEC}/bin:{x}/usr/bin:{x}/usr/sbin:$PATH
 # dom0's own IPv6 would put NDP and MLD on the bridges, which the counts would see.
 echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6; echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6
 X={w}/target/debug/lockd-xen
@@ -272,6 +304,13 @@ xen-init-dom0; mkdir -p /var/log/xen/console; xenconsoled --pid-file=/run/xencon
 # agents' control bridge.
 ip link add xenbr0 type bridge; ip link set xenbr0 promisc on up
 ip link add ctlbr type bridge; ip link set ctlbr up
+# Open vSwitch from its packages, its database and run directory in dom0's tmpfs.
+mkdir -p /var/run/openvswitch /tmp/ovs
+ovsdb-tool create /tmp/ovs/conf.db {x}/usr/share/openvswitch/vswitch.ovsschema
+ovsdb-server /tmp/ovs/conf.db --remote=punix:/var/run/openvswitch/db.sock --pidfile=/tmp/ovs/ovsdb.pid --detach --log-file=/tmp/ovs/ovsdb.log
+ovs-vsctl --no-wait init
+{x}/usr/lib/openvswitch-switch/ovs-vswitchd --pidfile=/tmp/ovs/vswitchd.pid --detach --log-file=/tmp/ovs/vswitchd.log
+ovs-vsctl --timeout=60 add-br ovsbr0 && ip link set ovsbr0 up || echo "Open vSwitch did not start: $(tail -n 5 /tmp/ovs/*.log)"
 # vif-lockd, installed as the README says.
 install -m 755 {w}/dist/vif-lockd /etc/xen/scripts/vif-lockd
 echo 'vif.default.script="vif-lockd"' >> /etc/xen/xl.conf

@@ -471,14 +471,15 @@ pub fn under_traffic(label: &str, cmd: &[&str]) -> Result<String, String> {
     if out.is_err() || !started || !back || bad != 0 { Err(summary) } else { Ok(summary) }
 }
 
-/// `xl network-attach` on the running domU a: the new vif is locked to its own `ip=` from the
-/// moment it is plugged; `xl network-detach` removes exactly that vif's policy.
-pub fn attached(dev_in_domu: &str) -> Result<String, String> {
+/// `xl network-attach` on the running domU a, onto `bridge` (a Linux bridge, or Open vSwitch's,
+/// where vif-lockd hands the port to `vif-openvswitch`): the new vif is locked to its own `ip=`
+/// from the moment it is plugged; `xl network-detach` removes exactly that vif's policy.
+pub fn attached(bridge: &str) -> Result<String, String> {
     let a = domu("a").expect("a");
     let mac: Mac = [0x02, 0, 0, 0, 0x01, 0x0b];
     let own = Ipv4Addr::new(10, 0, 0, 5);
     let before = lockd(&["vif-list", "--minimal"])?;
-    sh("xl", &["network-attach", a.name, &format!("mac={}", lockd_common::policy::format_mac(mac)), "bridge=xenbr0", &format!("ip={own}")])?;
+    sh("xl", &["network-attach", a.name, &format!("mac={}", lockd_common::policy::format_mac(mac)), &format!("bridge={bridge}"), &format!("ip={own}")])?;
     let id = sh("xl", &["domid", a.name])?;
     let list = sh("xl", &["network-list", a.name])?;
     print!("{list}");
@@ -489,17 +490,23 @@ pub fn attached(dev_in_domu: &str) -> Result<String, String> {
         .max()
         .ok_or("xl network-list shows no vif")?;
     let vif = format!("vif{}.{devid}", id.trim());
+    let dev_in_domu = format!("eth{devid}");
+    // Which bridge the stock script put it on: a Linux bridge's master, or OVS's port.
+    let on = match plumbing(&vif)?.0.as_str() {
+        "ovs-system" => sh("ovs-vsctl", &["port-to-br", &vif])?.trim().to_string(),
+        m => m.to_string(),
+    };
     let uuid = vif_uuid(&vif)?;
     let attach = lockd(&["vif-param-get", &format!("uuid={uuid}"), "param-name=ipv4-allowed"])?;
     let mut agent = a.agent()?;
-    let cap = Capture::start(BRIDGE).map_err(|e| format!("capture on {BRIDGE}: {e}"))?;
+    let cap = Capture::start(bridge).map_err(|e| format!("capture on {bridge}: {e}"))?;
     let genuine = frames::udp4(mac, BROADCAST, own, lockd_tests::PEER4, 7001, 9, b"attached genuine");
     let spoof = frames::udp4(mac, BROADCAST, a.ip4, lockd_tests::PEER4, 7001, 9, b"attached spoof");
     let c0 = counters(&uuid, "from_vm")?;
     let mut n = 0;
     for _ in 0..5 {
         for f in [&spoof, &genuine] {
-            agent.send(dev_in_domu, f).map_err(|e| format!("sending on the domU's {dev_in_domu}: {e}"))?;
+            agent.send(&dev_in_domu, f).map_err(|e| format!("sending on the domU's {dev_in_domu}: {e}"))?;
             n += 1;
         }
     }
@@ -519,13 +526,13 @@ pub fn attached(dev_in_domu: &str) -> Result<String, String> {
     }
     let after = lockd(&["vif-list", "--minimal"])?;
     let summary = format!(
-        "domu-a: network-attach gave {vif} (VIF {uuid}, ipv4-allowed {}): {n} frames from the domU's {dev_in_domu}, counted {}, {g} genuine and {s} spoofed on {BRIDGE}; network-detach removed {}, the other VIFs kept: {}",
+        "domu-a: network-attach gave {vif} on {on} (VIF {uuid}, ipv4-allowed {}): {n} frames from the domU's {dev_in_domu}, counted {}, {g} genuine and {s} spoofed on {bridge}; network-detach removed {}, the other VIFs kept: {}",
         attach.trim(),
         show(&got),
         if gone { "its VIF" } else { "NOT its VIF" },
         before.trim() == after.trim()
     );
-    let ok = missing.is_empty() && s == 0 && got.get("ipv4_spoof") == Some(&5) && gone && before.trim() == after.trim();
+    let ok = on == bridge && missing.is_empty() && s == 0 && got.get("ipv4_spoof") == Some(&5) && gone && before.trim() == after.trim();
     if ok { Ok(summary) } else { Err(summary) }
 }
 
@@ -719,4 +726,69 @@ fn delivered_to_b(
         std::thread::sleep(Duration::from_millis(100));
     }
     Ok(got)
+}
+
+/// A rate set both ways: xl's `rate=` (netback's own credit shaper, on the guest's transmit)
+/// and lockd's `ratelimit` (its shaper on the VIF's from-VM traffic). domU a sends one
+/// genuine 1000-byte frame as fast as it can on a vif `xl network-attach` gives it with
+/// `rate=`; the bridge says what got through, with no lockd limit, with a lockd limit below
+/// xl's, and with one above it. The guest gets the lower of the two: they do not stack.
+pub fn rate() -> Result<String, String> {
+    const XL_KBS: u64 = 512;
+    const LOW_KBS: u64 = 128;
+    const HIGH_KBS: u64 = 4096;
+    let a = domu("a").expect("a");
+    let mac: Mac = [0x02, 0, 0, 0, 0x04, 0x0b];
+    let own = Ipv4Addr::new(10, 0, 0, 8);
+    let mut agent = a.agent()?;
+    let frame = |mac: Mac, ip: Ipv4Addr| frames::udp4(mac, BROADCAST, ip, lockd_tests::PEER4, 7003, 9, &[0x5a; 958]);
+    // What the domU can send at all, unshaped (its lockd-locked eth0, no limit).
+    let unshaped = measure(&mut agent, "eth0", &frame(a.mac, a.ip4))?;
+    println!("unshaped (eth0, no limit): {unshaped:.0} KB/s");
+    sh("xl", &["network-attach", a.name, &format!("mac={}", lockd_common::policy::format_mac(mac)), "bridge=xenbr0",
+        &format!("ip={own}"), &format!("rate={XL_KBS}KB/s")])?;
+    let id = sh("xl", &["domid", a.name])?.trim().to_string();
+    let devid = sh("xl", &["network-list", a.name])?
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next()?.parse::<u32>().ok())
+        .max()
+        .ok_or("xl network-list shows no vif")?;
+    let vif = format!("vif{id}.{devid}");
+    let dev = format!("eth{devid}");
+    let r = (|| {
+        let uuid = vif_uuid(&vif)?;
+        let f = frame(mac, own);
+        let xl_only = measure(&mut agent, &dev, &f)?;
+        let set = |kbs: u64| {
+            lockd(&["vif-param-set", &format!("uuid={uuid}"), "qos_algorithm_type=ratelimit", &format!("qos_algorithm_params:kbps={kbs}")])
+        };
+        set(LOW_KBS)?;
+        let lockd_low = measure(&mut agent, &dev, &f)?;
+        set(HIGH_KBS)?;
+        let lockd_high = measure(&mut agent, &dev, &f)?;
+        let near = |got: f64, want: u64| (got - want as f64).abs() <= want as f64 * 0.25;
+        let summary = format!(
+            "{vif}: the domU sends {unshaped:.0} KB/s unshaped; xl rate={XL_KBS} KB/s alone: {xl_only:.0} KB/s; with lockd's ratelimit {LOW_KBS} KB/s too: {lockd_low:.0} KB/s; with lockd's {HIGH_KBS} KB/s: {lockd_high:.0} KB/s — the lower shaper wins, they do not stack"
+        );
+        if unshaped < 2.0 * XL_KBS as f64 {
+            return Err(format!("unavailable: the domU sends only {unshaped:.0} KB/s, under twice xl's rate; {summary}"));
+        }
+        if near(xl_only, XL_KBS) && near(lockd_low, LOW_KBS) && near(lockd_high, XL_KBS) { Ok(summary) } else { Err(summary) }
+    })();
+    sh("xl", &["network-detach", a.name, &devid.to_string()])?;
+    r
+}
+
+/// KB/s (1024 B) of `frame` from the domU's `dev` reaching the bridge, over a 4 s flood after
+/// 1 s to fill the shapers.
+fn measure(agent: &mut Agent, dev: &str, frame: &[u8]) -> Result<f64, String> {
+    let cap = Capture::start(BRIDGE).map_err(|e| format!("capture on {BRIDGE}: {e}"))?;
+    agent.stream(dev, Duration::ZERO, &[frame.to_vec()]).map_err(|e| e.to_string())?;
+    std::thread::sleep(Duration::from_secs(1));
+    let (c0, t0) = (cap.count(fnv(frame)), Instant::now());
+    std::thread::sleep(Duration::from_secs(4));
+    let (c1, t1) = (cap.count(fnv(frame)), Instant::now());
+    agent.stop().map_err(|e| e.to_string())?;
+    Ok((c1 - c0) as f64 * frame.len() as f64 / 1024.0 / (t1 - t0).as_secs_f64())
 }

@@ -171,12 +171,13 @@ fn main() {
         ["corpus", "--big"] => cases::corpus(true),
         ["to-vm"] => cases::to_vm(),
         ["under-traffic", label, cmd @ ..] if !cmd.is_empty() => cases::under_traffic(label, cmd),
-        ["attached", dev] => cases::attached(dev),
+        ["attached", bridge] => cases::attached(bridge),
         ["xapi-hook"] => cases::xapi_hook(),
         ["baseline"] => cases::baseline(),
+        ["rate"] => cases::rate(),
         _ => {
             eprintln!(
-                "usage: lockd-xen config a|b KERNEL RAMDISK | ready a|b | genuine | corpus [--big] | to-vm | under-traffic LABEL CMD... | attached DEV | xapi-hook | baseline"
+                "usage: lockd-xen config a|b KERNEL RAMDISK | ready a|b | genuine | corpus [--big] | to-vm | under-traffic LABEL CMD... | attached BRIDGE | xapi-hook | baseline | rate"
             );
             std::process::exit(2);
         }
