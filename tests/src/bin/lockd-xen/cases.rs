@@ -479,17 +479,10 @@ pub fn attached(bridge: &str) -> Result<String, String> {
     let mac: Mac = [0x02, 0, 0, 0, 0x01, 0x0b];
     let own = Ipv4Addr::new(10, 0, 0, 5);
     let before = lockd(&["vif-list", "--minimal"])?;
-    sh("xl", &["network-attach", a.name, &format!("mac={}", lockd_common::policy::format_mac(mac)), &format!("bridge={bridge}"), &format!("ip={own}")])?;
-    let id = sh("xl", &["domid", a.name])?;
-    let list = sh("xl", &["network-list", a.name])?;
-    print!("{list}");
-    let devid = list
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split_whitespace().next()?.parse::<u32>().ok())
-        .max()
-        .ok_or("xl network-list shows no vif")?;
-    let vif = format!("vif{}.{devid}", id.trim());
+    let (devid, vif) = network_attach(
+        a.name,
+        &[&format!("mac={}", lockd_common::policy::format_mac(mac)), &format!("bridge={bridge}"), &format!("ip={own}")],
+    )?;
     let dev_in_domu = format!("eth{devid}");
     // Which bridge the stock script put it on: a Linux bridge's master, or OVS's port.
     let on = match plumbing(&vif)?.0.as_str() {
@@ -545,15 +538,8 @@ pub fn xapi_hook() -> Result<String, String> {
     let mac: Mac = [0x02, 0, 0, 0, 0x02, 0x0b];
     let own = Ipv4Addr::new(10, 0, 0, 6);
     let macs = lockd_common::policy::format_mac(mac);
-    sh("xl", &["network-attach", a.name, &format!("mac={macs}"), "bridge=xenbr0", "script=vif-bridge"])?;
-    let id = sh("xl", &["domid", a.name])?.trim().to_string();
-    let devid = sh("xl", &["network-list", a.name])?
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split_whitespace().next()?.parse::<u32>().ok())
-        .max()
-        .ok_or("xl network-list shows no vif")?;
-    let vif = format!("vif{id}.{devid}");
+    let (devid, vif) = network_attach(a.name, &[&format!("mac={macs}"), "bridge=xenbr0", "script=vif-bridge"])?;
+    let id = vif.trim_start_matches("vif").split('.').next().unwrap_or_default().to_string();
     let uuid = sh("xenstore-read", &[&format!("/local/domain/{id}/vm")])
         .and_then(|p| sh("xenstore-read", &[&format!("{}/uuid", p.trim())]))?
         .trim()
@@ -611,6 +597,23 @@ pub fn xapi_hook() -> Result<String, String> {
     }
 }
 
+/// `xl network-attach DOMU ARGS…`: the new vif's devid and dom0 netdev (`vif<domid>.<devid>`).
+fn network_attach(domu: &str, args: &[&str]) -> Result<(u32, String), String> {
+    let mut cmd = vec!["network-attach", domu];
+    cmd.extend_from_slice(args);
+    sh("xl", &cmd)?;
+    let list = sh("xl", &["network-list", domu])?;
+    print!("{list}");
+    let devid = list
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next()?.parse::<u32>().ok())
+        .max()
+        .ok_or("xl network-list shows no vif")?;
+    let id = sh("xl", &["domid", domu])?;
+    Ok((devid, format!("vif{}.{devid}", id.trim())))
+}
+
 /// (bridge, up) of a dom0 netdev, from `ip -j link show`.
 fn plumbing(dev: &str) -> Result<(String, bool), String> {
     let j: serde_json::Value = serde_json::from_str(&sh("ip", &["-j", "link", "show", dev])?).map_err(|e| e.to_string())?;
@@ -635,16 +638,11 @@ pub fn baseline() -> Result<String, String> {
         let policy = lockd_tests::locked_policy();
         let cases: Vec<Case> = corpus::cases().into_iter().filter(|c| c.policy == policy).collect();
         let ip: Vec<String> = policy.ipv4.iter().map(|n| n.to_string()).collect();
-        sh("xl", &["network-attach", a.name, &format!("mac={}", lockd_common::policy::format_mac(a.mac)), "bridge=xenbr0",
-            &format!("ip={}", ip.join(" ")), "script=/etc/xen/scripts-xl/vif-bridge"])?;
-        let devid = sh("xl", &["network-list", a.name])?
-            .lines()
-            .skip(1)
-            .filter_map(|l| l.split_whitespace().next()?.parse::<u32>().ok())
-            .max()
-            .ok_or("xl network-list shows no vif")?;
-        let id = sh("xl", &["domid", a.name])?.trim().to_string();
-        let xl_vif = format!("vif{id}.{devid}");
+        let (devid, xl_vif) = network_attach(
+            a.name,
+            &[&format!("mac={}", lockd_common::policy::format_mac(a.mac)), "bridge=xenbr0",
+              &format!("ip={}", ip.join(" ")), "script=/etc/xen/scripts-xl/vif-bridge"],
+        )?;
         let rules = sh("iptables", &["-S", "FORWARD"])?;
         print!("{rules}");
         if !rules.contains(&xl_vif) {
@@ -745,16 +743,10 @@ pub fn rate() -> Result<String, String> {
     // What the domU can send at all, unshaped (its lockd-locked eth0, no limit).
     let unshaped = measure(&mut agent, "eth0", &frame(a.mac, a.ip4))?;
     println!("unshaped (eth0, no limit): {unshaped:.0} KB/s");
-    sh("xl", &["network-attach", a.name, &format!("mac={}", lockd_common::policy::format_mac(mac)), "bridge=xenbr0",
-        &format!("ip={own}"), &format!("rate={XL_KBS}KB/s")])?;
-    let id = sh("xl", &["domid", a.name])?.trim().to_string();
-    let devid = sh("xl", &["network-list", a.name])?
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split_whitespace().next()?.parse::<u32>().ok())
-        .max()
-        .ok_or("xl network-list shows no vif")?;
-    let vif = format!("vif{id}.{devid}");
+    let (devid, vif) = network_attach(
+        a.name,
+        &[&format!("mac={}", lockd_common::policy::format_mac(mac)), "bridge=xenbr0", &format!("ip={own}"), &format!("rate={XL_KBS}KB/s")],
+    )?;
     let dev = format!("eth{devid}");
     let r = (|| {
         let uuid = vif_uuid(&vif)?;
