@@ -9,7 +9,7 @@ use lockd::testrun::Runner;
 use lockd_common::{
     Direction, POSITIONS, Reason,
     model::{verdict_from_vm, verdict_to_vm},
-    policy::VifPolicy,
+    policy::{EffectiveMode, VifPolicy},
 };
 use lockd_kit::netlab::{NetNs, veth};
 use lockd_tests::{
@@ -119,9 +119,21 @@ impl Bench {
         total: usize,
         frame: impl Fn(&mut SmallRng) -> Vec<u8>,
     ) -> ([usize; Reason::COUNT], usize) {
+        // Every mode is in the run by construction, not by the seed's luck: devices 1 to 3 start
+        // unlocked, disabled and locked, and keep that policy for their first 500 frames or more
+        // (device d's is first replaced at frame 500·d; device 0's at frame 0).
+        let forced = [
+            None,
+            Some(EffectiveMode::Unlocked),
+            Some(EffectiveMode::Disabled),
+            Some(EffectiveMode::Locked),
+        ];
         let mut policies: Vec<VifPolicy> = Vec::new();
-        for &ifx in &self.ifindexes {
-            let p = random::policy(rng);
+        for (d, &ifx) in self.ifindexes.iter().enumerate() {
+            let mut p = random::policy(rng);
+            if let Some(Some(mode)) = forced.get(d) {
+                p.mode = *mode;
+            }
             self.dp.set_policy(ifx, &p).expect("set policy");
             policies.push(p);
         }
@@ -336,7 +348,7 @@ fn to_vm_corpus_and_random_frames_match_model() {
             Reason::Disabled,
             Reason::RxForeignMac,
             Reason::RxForeignIp,
-                    ] {
+        ] {
             assert!(
                 seen[r as usize] > 0,
                 "random to-VM frames never produced {}",
