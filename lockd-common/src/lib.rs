@@ -109,6 +109,11 @@ pub const FLAG_INLINE_P6: u32 = 128;
 /// hook is the cheaper skb hook); the TC ingress program makes every from-VM check. Set by
 /// the dataplane for the attachment, not by the policy.
 pub const FLAG_TC_CHECKS: u32 = 256;
+/// [`VifConfig::flags`]: a passing frame of this shaped VIF goes on to the hand-off filter
+/// after the TC ingress program (a u32 filter matching every frame, with a mirred redirect to
+/// the shaper), not to
+/// `bpf_redirect`, which an ifb takes only from Linux 6.4. Set by the dataplane.
+pub const FLAG_SHAPE_BY_FILTER: u32 = 512;
 
 /// Declares [`Reason`] once: each variant's discriminant (which indexes the kernel counters),
 /// its stable name (CLI, JSON, metrics) and its description (rustdoc, `lockd --help`, the

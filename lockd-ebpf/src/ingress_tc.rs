@@ -12,7 +12,9 @@
 //! - A passing frame of a rate-limited VIF is redirected to the VIF's shaper, an ifb device
 //!   whose tbf qdisc holds the frame until the rate allows it and drops only when its bounded
 //!   backlog is full. The ifb then hands the frame back to the VIF's receive path, past TC (and
-//!   past generic XDP, which skips redirected frames), to the bridge.
+//!   past generic XDP, which skips redirected frames), to the bridge. Before Linux 6.4 an ifb
+//!   drops what `bpf_redirect` gives it, so there (`FLAG_SHAPE_BY_FILTER`) the frame goes on
+//!   to a u32 filter with a mirred redirect after this one, which hands it over.
 
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
@@ -20,7 +22,9 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use lockd_common::{Direction, FLAG_TC_CHECKS, MODE_UNLOCKED, Reason, SLOT_SHAPED, VifConfig};
+use lockd_common::{
+    Direction, FLAG_SHAPE_BY_FILTER, FLAG_TC_CHECKS, MODE_UNLOCKED, Reason, SLOT_SHAPED, VifConfig,
+};
 
 use crate::{
     frame::{Frame, pull},
@@ -67,13 +71,17 @@ pub fn vif_ingress_tc(ctx: TcContext) -> i32 {
     shape(cfg, len)
 }
 
-/// Hands a passing frame to the VIF's shaper, if it has one.
+/// Hands a passing frame to the VIF's shaper, if it has one: itself, or (before Linux 6.4,
+/// whose ifb drops what `bpf_redirect` gives it) by letting it go on to the hand-off filter.
 #[inline(always)]
 fn shape(cfg: &VifConfig, len: u64) -> i32 {
     if cfg.shaper == 0 {
         return TC_ACT_UNSPEC;
     }
     count_slot(cfg.counter, Direction::FromVm, SLOT_SHAPED, len);
+    if cfg.flags & FLAG_SHAPE_BY_FILTER != 0 {
+        return TC_ACT_UNSPEC;
+    }
     // SAFETY: helper without memory arguments.
     unsafe { bpf_redirect(cfg.shaper, 0) as i32 }
 }

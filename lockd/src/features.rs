@@ -22,10 +22,11 @@ pub enum Feature {
     Tcx,
     Clsact,
     ClsBpf,
+    IfbRedirect,
 }
 
 impl Feature {
-    pub const ALL: [Feature; 7] = [
+    pub const ALL: [Feature; 8] = [
         Feature::XdpProgram,
         Feature::LpmTrie,
         Feature::MmapableArray,
@@ -33,6 +34,7 @@ impl Feature {
         Feature::Tcx,
         Feature::Clsact,
         Feature::ClsBpf,
+        Feature::IfbRedirect,
     ];
 
     /// The stable key (`lockd features --json`, `LOCKD_FEATURES_MISSING`).
@@ -45,6 +47,7 @@ impl Feature {
             Feature::Tcx => "tcx",
             Feature::Clsact => "clsact",
             Feature::ClsBpf => "cls_bpf",
+            Feature::IfbRedirect => "ifb_redirect",
         }
     }
 
@@ -57,6 +60,7 @@ impl Feature {
             Feature::Tcx => "TCX links for the TC programs (`--tc-mode tcx`)",
             Feature::Clsact => "clsact qdiscs (module sch_ingress), the TC programs' parent",
             Feature::ClsBpf => "cls_bpf direct-action filters (module cls_bpf)",
+            Feature::IfbRedirect => "bpf_redirect into an ifb (the rate limit's shaper hand-off)",
         }
     }
 
@@ -70,6 +74,7 @@ impl Feature {
             Feature::Tcx => (6, 6),
             Feature::Clsact => (4, 5),
             Feature::ClsBpf => (4, 4),
+            Feature::IfbRedirect => (6, 4),
         }
     }
 
@@ -86,8 +91,17 @@ impl Feature {
             Feature::ClsBpf => Some(
                 "no VIF can be attached at TC with `--tc-mode clsact` (the default): each is held (off its bridge and down); load cls_bpf, or use `--tc-mode tcx` (6.6+)",
             ),
+            Feature::IfbRedirect => Some(
+                "a rate-limited VIF's passing frames reach its shaper through a u32 filter with a mirred action (modules cls_u32, act_mirred)",
+            ),
             _ => None,
         }
+    }
+
+    /// Whether this kernel is at least the version that brought it (for the features judged
+    /// by version).
+    pub fn by_version(self) -> bool {
+        at_least(KernelVersion::current().ok(), self.since())
     }
 }
 
@@ -227,7 +241,7 @@ pub fn probe() -> Vec<Probed> {
                     map_create(BPF_MAP_TYPE_ARRAY, 4, 8, 1, BPF_F_MMAPABLE).is_ok(),
                     "probe",
                 ),
-                Feature::XdpLink | Feature::Tcx => {
+                Feature::XdpLink | Feature::Tcx | Feature::IfbRedirect => {
                     (at_least(version, feature.since()), "kernel version")
                 }
             };

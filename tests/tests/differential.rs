@@ -386,9 +386,28 @@ fn rate_limited_frames_go_to_the_shaper_only_when_the_policy_passes_them() {
         // XDP: the policy alone; every genuine frame passes however fast they come.
         assert!((0..100).all(|_| b.dp.judge(ifindex, &spoof).expect("run") == XDP_DROP));
         assert!((0..100).all(|_| b.dp.judge(ifindex, &good).expect("run") == XDP_PASS));
-        // TC ingress: a passing frame is redirected (TC_ACT_REDIRECT) to the shaper.
+        // TC ingress: a passing frame is redirected (TC_ACT_REDIRECT) to the shaper; before
+        // Linux 6.4 it goes on (TC_ACT_UNSPEC) to the VIF's hand-off filter, with a
+        // mirred redirect to the shaper (u32, matching every frame), as an ifb there drops what
+        // bpf_redirect gives it.
+        let by_program = lockd::dataplane::shaper::program_hands_over();
+        let handoff = || {
+            // b.ifindexes[0] is device v0 (see `ifindexes`).
+            let out = std::process::Command::new("tc")
+                .args(["filter", "show", "dev", "v0", "ingress"])
+                .output()
+                .expect("tc filter show");
+            let out = String::from_utf8_lossy(&out.stdout).into_owned();
+            out.contains("u32") && out.contains(&format!("Redirect to device {shaper}"))
+        };
         let r = b.tc_ingress.run_skb(ifindex, &good, 1).expect("run");
-        assert_eq!(r.action, 7, "TC_ACT_REDIRECT expected");
+        if by_program {
+            assert_eq!(r.action, 7, "TC_ACT_REDIRECT expected");
+            assert!(!handoff(), "a hand-off filter where the program hands over itself");
+        } else {
+            assert_eq!(r.action, u32::MAX, "TC_ACT_UNSPEC expected before Linux 6.4");
+            assert!(handoff(), "no hand-off filter to {shaper} before Linux 6.4");
+        }
         let (handed, st) =
             b.dp.shaper_stats(ifindex)
                 .expect("stats")
@@ -408,6 +427,7 @@ fn rate_limited_frames_go_to_the_shaper_only_when_the_policy_passes_them() {
             "TC_ACT_UNSPEC expected once the limit is cleared"
         );
         assert_eq!(lockd::dataplane::shaper::ifindex_of(&shaper), None);
+        assert!(!handoff(), "the hand-off filter outlived its shaper");
     })
     .expect("enter namespace");
 }

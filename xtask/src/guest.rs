@@ -65,6 +65,9 @@ const GUEST_MODULES: &[&str] = &[
     "ifb",
     "sch_netem",
     "sch_tbf",
+    // The shaper hand-off before Linux 6.4 (lockd/src/dataplane/shaper.rs).
+    "cls_u32",
+    "act_mirred",
     "sch_htb",
 ];
 

@@ -405,6 +405,9 @@ impl Dataplane {
             _ => {}
         };
         cfg.shaper = shaper.map_or(0, |(ifx, _)| ifx);
+        if cfg.shaper != 0 && !shaper::program_hands_over() {
+            cfg.flags |= lockd_common::FLAG_SHAPE_BY_FILTER;
+        }
         if tc_checks {
             cfg.flags |= FLAG_TC_CHECKS;
         }

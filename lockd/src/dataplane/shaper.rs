@@ -13,7 +13,11 @@ use netlink_packet_core::{
 use netlink_packet_route::{
     RouteNetlinkMessage,
     link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
-    tc::{TcAttribute, TcHandle, TcMessage, TcOption},
+    tc::{
+        TcAction, TcActionAttribute, TcActionMirrorOption, TcActionOption, TcActionType,
+        TcAttribute, TcFilterU32Option, TcHandle, TcMessage, TcMirror, TcMirrorActionType,
+        TcOption, TcU32Key, TcU32Selector, TcU32SelectorFlags,
+    },
 };
 
 use crate::netlink::request;
@@ -98,8 +102,108 @@ pub fn ifindex_of(name: &str) -> Option<u32> {
     (i != 0).then_some(i)
 }
 
+/// Whether the TC program itself can hand a frame to the shaper: `bpf_redirect` from TC
+/// ingress marks the frame redirected, which an ifb requires of every frame it takes, only
+/// since Linux 6.4 ("bpf: Set skb redirect and from_ingress info in __bpf_tx_skb"). On an
+/// older kernel (Debian 12's 6.1 dom0) the ifb drops every frame the program hands it, so
+/// there the hand-off is a u32 filter matching every frame, with a mirred redirect, after lockd's own filter
+/// on the VIF's clsact ingress: the program lets a passing frame of a shaped VIF go on
+/// (`FLAG_SHAPE_BY_FILTER`) and the filter hands it over. Found on a real netback vif (the
+/// Xen tier's rate case), where lockd's limit let nothing through.
+pub fn program_hands_over() -> bool {
+    crate::features::Feature::IfbRedirect.by_version()
+}
+
+/// The hand-off filter's priority: after lockd's cls_bpf filter, whose priority the kernel
+/// chooses counting down from 49152.
+pub const HANDOFF_PRIORITY: u16 = u16::MAX;
+const ETH_P_ALL: u16 = 0x0003;
+
+fn clsact_ingress_filter(vif: u32) -> TcMessage {
+    let mut msg = TcMessage::with_index(vif as i32);
+    msg.header.parent = TcHandle {
+        major: u16::MAX,
+        minor: TcHandle::MIN_INGRESS,
+    };
+    msg.header.info = (u32::from(HANDOFF_PRIORITY) << 16) | u32::from(ETH_P_ALL.to_be());
+    msg
+}
+
+/// Puts VIF `vif`'s hand-off filter to shaper `shaper` (in place of one left from before): a
+/// clsact qdisc if the VIF has none yet (its programs may come after its policy), then
+/// `u32 match u32 0 0 action mirred egress redirect` (u32 rather than matchall, which some
+/// kernels lack).
+fn handoff_add(vif: u32, shaper: u32) -> io::Result<()> {
+    let mut qdisc = TcMessage::with_index(vif as i32);
+    qdisc.header.handle = TcHandle {
+        major: u16::MAX,
+        minor: 0,
+    };
+    qdisc.header.parent = TcHandle::CLSACT;
+    qdisc.attributes.push(TcAttribute::Kind("clsact".into()));
+    // Without NLM_F_EXCL an existing clsact is kept; any other qdisc there is refused.
+    request(
+        RouteNetlinkMessage::NewQueueDiscipline(qdisc),
+        NLM_F_ACK | NLM_F_CREATE,
+    )
+    .map_err(|e| io::Error::new(e.kind(), format!("a clsact qdisc on ifindex {vif}: {e}")))?;
+    let mut mirror = TcMirror::default();
+    mirror.generic.action = TcActionType::Stolen;
+    mirror.eaction = TcMirrorActionType::EgressRedir;
+    mirror.ifindex = shaper;
+    let mut action = TcAction::default();
+    action
+        .attributes
+        .push(TcActionAttribute::Kind("mirred".into()));
+    action
+        .attributes
+        .push(TcActionAttribute::Options(vec![TcActionOption::Mirror(
+            TcActionMirrorOption::Parms(mirror),
+        )]));
+    // One key that every frame matches (mask 0), terminal.
+    let mut selector = TcU32Selector::default();
+    selector.flags = TcU32SelectorFlags::Terminal;
+    selector.nkeys = 1;
+    selector.keys = vec![TcU32Key::default()];
+    let mut msg = clsact_ingress_filter(vif);
+    msg.attributes.push(TcAttribute::Kind("u32".into()));
+    msg.attributes.push(TcAttribute::Options(vec![
+        TcOption::U32(TcFilterU32Option::Selector(selector)),
+        TcOption::U32(TcFilterU32Option::Action(vec![action])),
+    ]));
+    handoff_remove(vif)?;
+    request(
+        RouteNetlinkMessage::NewTrafficFilter(msg),
+        NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+    )
+    .map(|_| ())
+    .map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("the hand-off filter (modules cls_u32, act_mirred) on ifindex {vif}: {e}"),
+        )
+    })
+}
+
+/// Removes VIF `vif`'s hand-off filter. Fine if there is none, or no VIF.
+fn handoff_remove(vif: u32) -> io::Result<()> {
+    let msg = clsact_ingress_filter(vif);
+    match request(RouteNetlinkMessage::DelTrafficFilter(msg), NLM_F_ACK) {
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ENOENT | libc::ENODEV | libc::EINVAL)
+            ) =>
+        {
+            Ok(())
+        }
+        r => r.map(|_| ()),
+    }
+}
+
 /// Makes (or takes over) the shaper of VIF `vif` with `rate`, up; returns its ifindex. An ifb
-/// of that name left from before is reused.
+/// of that name left from before is reused. Where the program cannot hand frames over
+/// itself, the VIF gets its hand-off filter too.
 pub fn ensure(vif: u32, rate: &RateLimit) -> io::Result<u32> {
     let n = name(vif);
     let ifx = match ifindex_of(&n) {
@@ -118,7 +222,13 @@ pub fn ensure(vif: u32, rate: &RateLimit) -> io::Result<u32> {
                 .ok_or_else(|| io::Error::other(format!("shaper {n} vanished after creation")))?
         }
     };
-    let done = set_rate(ifx, rate).and_then(|()| up(ifx));
+    let done = set_rate(ifx, rate).and_then(|()| up(ifx)).and_then(|()| {
+        if program_hands_over() {
+            Ok(())
+        } else {
+            handoff_add(vif, ifx)
+        }
+    });
     if let Err(e) = done {
         let _ = remove(vif);
         return Err(io::Error::new(
@@ -214,11 +324,13 @@ pub fn stats(ifindex: u32) -> io::Result<ShaperStats> {
     )))
 }
 
-/// Removes the shaper of VIF `vif` (and its queue). Fine if there is none.
+/// Removes the shaper of VIF `vif` (and its queue), its hand-off filter first. Fine if there
+/// is none.
 pub fn remove(vif: u32) -> io::Result<()> {
     let Some(ifx) = ifindex_of(&name(vif)) else {
         return Ok(());
     };
+    handoff_remove(vif)?;
     remove_ifindex(ifx)
 }
 
@@ -244,6 +356,7 @@ pub fn remove_all_but(keep: impl Fn(u32) -> bool) -> io::Result<usize> {
     let mut n = 0;
     for (vif, ifx) in all()? {
         if !keep(vif) {
+            handoff_remove(vif)?;
             remove_ifindex(ifx)?;
             n += 1;
         }

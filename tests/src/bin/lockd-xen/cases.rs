@@ -757,6 +757,7 @@ pub fn rate() -> Result<String, String> {
         };
         set(LOW_KBS)?;
         let lockd_low = measure(&mut agent, &dev, &f)?;
+        println!("{}", shaper_state(&vif, &uuid));
         set(HIGH_KBS)?;
         let lockd_high = measure(&mut agent, &dev, &f)?;
         let near = |got: f64, want: u64| (got - want as f64).abs() <= want as f64 * 0.25;
@@ -770,6 +771,19 @@ pub fn rate() -> Result<String, String> {
     })();
     sh("xl", &["network-detach", a.name, &devid.to_string()])?;
     r
+}
+
+/// What the shaper of `vif` did: its qdisc's and device's statistics, and lockd's counters.
+fn shaper_state(vif: &str, uuid: &str) -> String {
+    let ifindex = std::fs::read_to_string(format!("/sys/class/net/{vif}/ifindex")).unwrap_or_default();
+    let shaper = format!("lockdq{}", ifindex.trim());
+    let show = |r: Result<String, String>| r.unwrap_or_else(|e| e);
+    format!(
+        "shaper {shaper} of {vif}:\n{}{}{}",
+        show(sh("tc", &["-s", "qdisc", "show", "dev", &shaper])),
+        show(sh("ip", &["-s", "link", "show", &shaper])),
+        show(lockd(&["vif-stats", &format!("uuid={uuid}")])),
+    )
 }
 
 /// KB/s (1024 B) of `frame` from the domU's `dev` reaching the bridge, over a 4 s flood after
