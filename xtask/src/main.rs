@@ -39,7 +39,8 @@ enum Cmd {
     /// Bootstrap and run every test tier on this kernel, then the guest tier on Debian 12's
     /// 6.1 kernel under qemu, then the Xen tier (needs root: BPF and network namespaces).
     Test {
-        /// Only the guest tier, on this kernel series (6.1 or 6.12).
+        /// Only the guest tier, on this kernel series (6.1 or 6.12); with `--xen`, the Xen
+        /// tier with this kernel as dom0 (and domUs).
         #[arg(long)]
         kernel: Option<String>,
         /// Only the tiers on this machine's kernel.
@@ -47,7 +48,7 @@ enum Cmd {
         host_only: bool,
         /// Only the Xen tier: Xen 4.17 with a PV dom0 and a PV domU under qemu, lockd on the
         /// netback vif xl's vif-bridge plugged (the default run ends with it).
-        #[arg(long, conflicts_with_all = ["kernel", "host_only"])]
+        #[arg(long, conflicts_with = "host_only")]
         xen: bool,
         /// Extra arguments for `cargo test`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -158,7 +159,7 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             require_root()?;
             if xen {
-                return xen::run();
+                return xen::run(kernel.as_deref().unwrap_or(DEFAULT_GUEST_KERNEL));
             }
             if let Some(series) = kernel {
                 return guest::run(&series);
@@ -173,7 +174,7 @@ fn run(cli: Cli) -> Result<()> {
                 return Ok(());
             }
             guest::run(DEFAULT_GUEST_KERNEL)?;
-            xen::run()
+            xen::run(DEFAULT_GUEST_KERNEL)
         }
         Cmd::Bench {
             quick,

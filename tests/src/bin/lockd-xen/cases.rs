@@ -426,15 +426,16 @@ fn to_vm_cases(a: &crate::Domu, ua: &str, va: &str, aa: &mut Agent, ab: &mut Age
 
 /// domU a streams genuine and spoofed frames while `cmd` runs (the daemon killed, the domU
 /// migrated): no spoofed frame reaches the bridge, and genuine ones are back after it.
-pub fn under_traffic(label: &str, cmd: &[&str]) -> Result<String, String> {
-    let a = domu("a").expect("a");
+pub fn under_traffic(a: &crate::Domu, label: &str, cmd: &[&str]) -> Result<String, String> {
     let mut agent = a.agent()?;
+    let vif_before = a.vif()?;
     let cap = Capture::start(BRIDGE).map_err(|e| format!("capture on {BRIDGE}: {e}"))?;
-    let genuine = frames::udp4(a.mac, BROADCAST, a.ip4, lockd_tests::PEER4, 7000, 9, b"lockd-xen genuine");
+    let to = Ipv4Addr::new(10, 0, 0, 254);
+    let genuine = frames::udp4(a.mac, BROADCAST, a.ip4, to, 7000, 9, b"lockd-xen genuine");
     let spoofs = [
-        frames::udp4(a.mac, BROADCAST, Ipv4Addr::new(10, 0, 0, 99), lockd_tests::PEER4, 7000, 9, b"lockd-xen spoofed ip"),
-        frames::udp4(FOREIGN, BROADCAST, a.ip4, lockd_tests::PEER4, 7000, 9, b"lockd-xen spoofed mac"),
-        frames::arp(a.mac, BROADCAST, 2, a.mac, Ipv4Addr::new(10, 0, 0, 99), BROADCAST, lockd_tests::PEER4),
+        frames::udp4(a.mac, BROADCAST, Ipv4Addr::new(10, 0, 0, 99), to, 7000, 9, b"lockd-xen spoofed ip"),
+        frames::udp4(FOREIGN, BROADCAST, a.ip4, to, 7000, 9, b"lockd-xen spoofed mac"),
+        frames::arp(a.mac, BROADCAST, 2, a.mac, Ipv4Addr::new(10, 0, 0, 99), BROADCAST, to),
     ];
     let mut all = vec![genuine.clone()];
     all.extend(spoofs.iter().cloned());
@@ -462,13 +463,31 @@ pub fn under_traffic(label: &str, cmd: &[&str]) -> Result<String, String> {
         Ok(o) => print!("{o}"),
         Err(e) => println!("{label}: {e}"),
     }
+    // A new domain (migrate): its vif has a VIF of its own, and the old domain's went with it.
+    let vif_after = a.vif().unwrap_or_default();
+    let mut vifs = String::new();
+    let mut vifs_ok = true;
+    if vif_after != vif_before {
+        let end = Instant::now() + FRAMES_BOUND;
+        let old_gone = || lockd(&["vif-list", &format!("device={vif_before}"), "--minimal"]).is_ok_and(|u| u.trim().is_empty());
+        while !old_gone() && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let new_vif = vif_uuid(&vif_after);
+        vifs_ok = old_gone() && new_vif.is_ok();
+        vifs = format!(
+            "; {vif_before} → {vif_after}: the old VIF {}, the new vif's {}",
+            if old_gone() { "gone" } else { "STILL THERE" },
+            new_vif.map_or_else(|e| format!("MISSING ({e})"), |u| format!("is {u}"))
+        );
+    }
     let summary = format!(
-        "domu-a ({}): {sent} frames streamed across {label} ({took:.1?}): {seen} genuine seen on {BRIDGE} ({before} before, {} after), {bad} of ~{} spoofed delivered",
-        a.vif().unwrap_or_default(),
+        "{} ({vif_after}): {sent} frames streamed across {label} ({took:.1?}): {seen} genuine seen on {BRIDGE} ({before} before, {} after), {bad} of ~{} spoofed delivered{vifs}",
+        a.name,
         seen - after_cmd,
         sent * 3 / 4
     );
-    if out.is_err() || !started || !back || bad != 0 { Err(summary) } else { Ok(summary) }
+    if out.is_err() || !started || !back || bad != 0 || !vifs_ok { Err(summary) } else { Ok(summary) }
 }
 
 /// `xl network-attach` on the running domU a, onto `bridge` (a Linux bridge, or Open vSwitch's,
