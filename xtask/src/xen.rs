@@ -105,7 +105,7 @@ const CASES: &[(&str, &str)] = &[
 /// shadow paging, which a PV domU's log-dirty mode needs ("Failed to enable logdirty: 95"); a
 /// PVH one's runs on HAP, which `+npt` gives Xen under TCG — but QEMU 7.2's emulated nested
 /// paging kills PVH domains (triple faults inside Xen's SVM code, double faults in the guest's
-/// kernel) in 3 of the 8 runs made, with one TCG thread or many. It passed in the other 5.
+/// kernel) in 3 of the 9 runs made, with one TCG thread or many. It passed in the other 6.
 const OPEN: &[(&str, &str)] = &[(
     "xl migrate to localhost under traffic (two domains of one VM)",
     "/tmp/migrate-c",
