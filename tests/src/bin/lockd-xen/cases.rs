@@ -468,16 +468,12 @@ pub fn under_traffic(a: &crate::Domu, label: &str, cmd: &[&str]) -> Result<Strin
     let mut vifs = String::new();
     let mut vifs_ok = true;
     if vif_after != vif_before {
-        let end = Instant::now() + FRAMES_BOUND;
-        let old_gone = || lockd(&["vif-list", &format!("device={vif_before}"), "--minimal"]).is_ok_and(|u| u.trim().is_empty());
-        while !old_gone() && Instant::now() < end {
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        let old_gone = vif_gone(&vif_before)?;
         let new_vif = vif_uuid(&vif_after);
-        vifs_ok = old_gone() && new_vif.is_ok();
+        vifs_ok = old_gone && new_vif.is_ok();
         vifs = format!(
             "; {vif_before} → {vif_after}: the old VIF {}, the new vif's {}",
-            if old_gone() { "gone" } else { "STILL THERE" },
+            if old_gone { "gone" } else { "STILL THERE" },
             new_vif.map_or_else(|e| format!("MISSING ({e})"), |u| format!("is {u}"))
         );
     }
@@ -527,15 +523,7 @@ pub fn attached(bridge: &str) -> Result<String, String> {
     let (g, s) = (cap.count(fnv(&genuine)), cap.count(fnv(&spoof)));
     drop(cap);
     sh("xl", &["network-detach", a.name, &devid.to_string()])?;
-    let end = Instant::now() + FRAMES_BOUND;
-    let mut gone = false;
-    while Instant::now() < end {
-        if lockd(&["vif-list", &format!("device={vif}"), "--minimal"])?.trim().is_empty() {
-            gone = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let gone = vif_gone(&vif)?;
     let after = lockd(&["vif-list", "--minimal"])?;
     let summary = format!(
         "domu-a: network-attach gave {vif} on {on} (VIF {uuid}, ipv4-allowed {}): {n} frames from the domU's {dev_in_domu}, counted {}, {g} genuine and {s} spoofed on {bridge}; network-detach removed {}, the other VIFs kept: {}",
@@ -613,6 +601,21 @@ pub fn xapi_hook() -> Result<String, String> {
         Ok(summary)
     } else {
         Err(summary)
+    }
+}
+
+/// Whether lockd comes to have no VIF for netdev `dev` (its hotplug `offline` destroyed it),
+/// within [`FRAMES_BOUND`].
+fn vif_gone(dev: &str) -> Result<bool, String> {
+    let end = Instant::now() + FRAMES_BOUND;
+    loop {
+        if lockd(&["vif-list", &format!("device={dev}"), "--minimal"])?.trim().is_empty() {
+            return Ok(true);
+        }
+        if Instant::now() > end {
+            return Ok(false);
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
