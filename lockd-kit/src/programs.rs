@@ -3,7 +3,6 @@
 //! `xdp_gen` (a line-rate generator under `BPF_F_TEST_XDP_LIVE_FRAMES`, redirecting every
 //! frame out of one device) and `tc_head` (records how much of a frame its skb's head holds).
 
-use std::os::fd::AsFd as _;
 
 use aya::{
     Ebpf,
@@ -67,7 +66,7 @@ impl Helpers {
             .expect("tc")
     }
 
-    /// A descriptor of TC program `name` for `BPF_PROG_TEST_RUN`.
+    /// A handle of TC program `name` for `BPF_PROG_TEST_RUN`.
     pub fn tc_runner(&self, name: &str) -> Runner {
         let p: &SchedClassifier = self
             .ebpf
@@ -75,13 +74,7 @@ impl Helpers {
             .expect("program")
             .try_into()
             .expect("tc");
-        Runner::new(
-            p.fd()
-                .expect("fd")
-                .as_fd()
-                .try_clone_to_owned()
-                .expect("dup"),
-        )
+        Runner::tc(p, name).expect("a handle of the program")
     }
 
     /// Frames the counting floors dropped so far, over all CPUs.
@@ -107,7 +100,7 @@ impl Helpers {
             .expect("xdp")
     }
 
-    /// A descriptor of `name` for `BPF_PROG_TEST_RUN` from any thread.
+    /// A handle of `name` for `BPF_PROG_TEST_RUN` from any thread.
     pub fn runner(&self, name: &str) -> Runner {
         let p: &Xdp = self
             .ebpf
@@ -115,13 +108,7 @@ impl Helpers {
             .expect("program")
             .try_into()
             .expect("xdp");
-        Runner::new(
-            p.fd()
-                .expect("fd")
-                .as_fd()
-                .try_clone_to_owned()
-                .expect("dup"),
-        )
+        Runner::xdp(p, name).expect("a handle of the program")
     }
 
     /// Points the generator at `ifindex` (in the generator's namespace).

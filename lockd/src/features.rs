@@ -286,18 +286,6 @@ pub fn check(probed: &[Probed]) -> Result<Vec<String>, String> {
     Ok(fallbacks)
 }
 
-/// Loads lockd's programs (nothing attached, nothing pinned): the verifier's instruction
-/// count for each, or the reason this kernel refuses one (the verifier's log, last lines).
-pub fn load_programs() -> Result<Vec<(&'static str, Option<u32>)>, String> {
-    let dp = crate::dataplane::Dataplane::load().map_err(|e| {
-        let full = format!("{e:#}");
-        let lines: Vec<&str> = full.lines().collect();
-        lines[lines.len().saturating_sub(6)..].join("\n")
-    })?;
-    let counts = dp.verified_insns();
-    drop(dp);
-    Ok(counts)
-}
 
 /// `lockd features --json`'s `programs`: name → verified instructions, or an `error`.
 pub fn programs_json(p: &Result<Vec<(&'static str, Option<u32>)>, String>) -> serde_json::Value {

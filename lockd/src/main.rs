@@ -7,7 +7,7 @@ use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use lockd::{
     daemon::{self, Config},
     dataplane::{XdpModeRequest, cleanup},
-    hook, xe,
+    hook, protocol, xe, xenopsd,
 };
 
 #[derive(Parser)]
@@ -37,13 +37,13 @@ enum Cmd {
         state_dir: PathBuf,
         #[arg(long, env = "LOCKD_BPFFS", default_value = lockd::dataplane::DEFAULT_PIN_DIR)]
         bpffs: PathBuf,
-        #[arg(long, value_enum, default_value_t = XdpModeRequest::Auto)]
+        #[arg(long, default_value = "auto", value_parser = mode_words::<XdpModeRequest>(XdpModeRequest::WORDS))]
         xdp_mode: XdpModeRequest,
         /// How the TC programs are attached: clsact filters (fast to add) or TCX links (6.6+).
-        #[arg(long, value_enum, env = "LOCKD_TC_MODE", default_value_t = lockd::dataplane::TcMode::Clsact)]
+        #[arg(long, env = "LOCKD_TC_MODE", default_value = "clsact", value_parser = mode_words::<lockd::dataplane::TcMode>(lockd::dataplane::TcMode::WORDS))]
         tc_mode: lockd::dataplane::TcMode,
         /// xenopsd's per-VIF records, re-read at start for changes made while lockd was down.
-        #[arg(long, env = "LOCKD_XENOPSD_DIR", default_value = hook::DEFAULT_XENOPSD_DIR)]
+        #[arg(long, env = "LOCKD_XENOPSD_DIR", default_value = xenopsd::DEFAULT_XENOPSD_DIR)]
         xenopsd_dir: PathBuf,
         /// `lockd monitor`: at most this many drop events a second per VIF (the rest are
         /// counted and reported as suppressed).
@@ -138,14 +138,14 @@ enum HookCmd {
         devid: String,
         action: String,
         /// Base directory of xenopsd's per-VIF files.
-        #[arg(long, env = "LOCKD_XENOPSD_DIR", default_value = hook::DEFAULT_XENOPSD_DIR)]
+        #[arg(long, env = "LOCKD_XENOPSD_DIR", default_value = xenopsd::DEFAULT_XENOPSD_DIR)]
         xenopsd_dir: PathBuf,
     },
 }
 
 /// Sends a command to the daemon and relays its output; returns the exit code.
 fn relay(socket: &std::path::Path, argv: &[String]) -> Result<u8> {
-    let r = daemon::call(socket, argv)?;
+    let r = protocol::call(socket, argv)?;
     print!("{}", r.stdout);
     eprint!("{}", r.stderr);
     Ok(r.code.clamp(0, 255) as u8)
@@ -183,7 +183,7 @@ fn run(cli: Cli) -> Result<u8> {
             Ok(0)
         }
         Cmd::Cleanup { bpffs } => {
-            if daemon::call(&cli.socket, &["network-list".into()]).is_ok() {
+            if protocol::call(&cli.socket, &["network-list".into()]).is_ok() {
                 anyhow::bail!(
                     "the daemon is running on {}: stop it first",
                     cli.socket.display()
@@ -212,16 +212,16 @@ fn run(cli: Cli) -> Result<u8> {
                     Ok(req) => req,
                     // A record lockd cannot read leaves no VIF unfiltered: the daemon keeps the
                     // VIF's policy, or holds the netdev disabled.
-                    Err(e) if action == "filter" => daemon::Request::Fence {
+                    Err(e) if action == "filter" => protocol::Request::Fence {
                         device: vif_name.clone(),
                         reason: format!("VIF {vif_name}: {e:#}"),
                         vm_uuid: Some(vm_uuid.clone()),
                     },
-                    Err(e) => return Err(e),
+                    Err(e) => return Err(e.into()),
                 };
             // A daemon that is restarting gets a moment (bounded) rather than a failed plug.
             let r =
-                daemon::request_patiently(&cli.socket, &req, std::time::Duration::from_secs(10))?;
+                protocol::request_patiently(&cli.socket, &req, std::time::Duration::from_secs(10))?;
             print!("{}", r.stdout);
             eprint!("{}", r.stderr);
             if r.code != 0 {
@@ -256,7 +256,7 @@ fn run(cli: Cli) -> Result<u8> {
                 .collect();
             // The daemon's view, when it runs: netdevs it holds.
             let held: Vec<serde_json::Value> =
-                daemon::call(&cli.socket, &["vif-list".into(), "--json".into()])
+                protocol::call(&cli.socket, &["vif-list".into(), "--json".into()])
                     .ok()
                     .filter(|r| r.code == 0)
                     .and_then(|r| serde_json::from_str::<serde_json::Value>(&r.stdout).ok())
@@ -307,7 +307,7 @@ fn run(cli: Cli) -> Result<u8> {
             let checked = lockd::features::check(&probed);
             // Loading the programs is the verifier's verdict on this kernel (needs root).
             let programs = match &checked {
-                Ok(_) => lockd::features::load_programs(),
+                Ok(_) => lockd::dataplane::load_programs(),
                 Err(_) => Err("not tried: a required feature is missing".into()),
             };
             if json {
@@ -362,7 +362,7 @@ fn run(cli: Cli) -> Result<u8> {
             json,
         } => daemon::monitor(
             &cli.socket,
-            &daemon::Request::Monitor {
+            &protocol::Request::Monitor {
                 vif,
                 device,
                 reason,
@@ -380,7 +380,7 @@ fn run(cli: Cli) -> Result<u8> {
             use lockd::explain;
             let policy = match (vif, mac) {
                 (Some(uuid), _) => {
-                    let r = daemon::request(&cli.socket, &daemon::Request::Policy { vif: uuid })?;
+                    let r = protocol::request(&cli.socket, &protocol::Request::Policy { vif: uuid })?;
                     if r.code != 0 {
                         eprint!("{}", r.stderr);
                         return Ok(r.code.clamp(1, 255) as u8);
@@ -464,4 +464,13 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A clap parser for a dataplane mode: its words shown in `--help`, parsed by its `FromStr`.
+fn mode_words<T>(words: &'static [&'static str]) -> impl clap::builder::TypedValueParser<Value = T>
+where
+    T: std::str::FromStr<Err = String> + Clone + Send + Sync + 'static,
+{
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(words).try_map(|s| s.parse::<T>())
 }

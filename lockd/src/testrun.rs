@@ -1,14 +1,16 @@
-//! `BPF_PROG_TEST_RUN` on a program descriptor, usable from any thread while the
-//! [`crate::dataplane::Dataplane`] that owns the program keeps updating policy.
+//! `BPF_PROG_TEST_RUN` (aya's `TestRun`) on a handle of its own of a loaded program, usable
+//! from any thread while the [`crate::dataplane::Dataplane`] that owns the program keeps
+//! updating policy.
 
-use std::{
-    io,
-    os::fd::{AsRawFd as _, OwnedFd},
+use std::io;
+
+use aya::programs::{
+    ProgramError, SchedClassifier, TestRun as _, TestRunAttrs, TestRunOptions, Xdp,
 };
+use aya_obj::programs::XdpAttachType;
 
 use lockd_common::proto::ETH_HLEN;
 
-const BPF_PROG_TEST_RUN: libc::c_long = 10;
 /// `BPF_F_TEST_XDP_LIVE_FRAMES` (5.18+): frames the program redirects are really sent.
 pub const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
 
@@ -24,28 +26,6 @@ pub const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
 /// `data_end - data` bytes, so it sees exactly the frame; `explain` checks the byte counter.
 pub const SHORT_FRAME_PAD: usize = ETH_HLEN;
 
-/// The `test` arm of `union bpf_attr`.
-#[repr(C)]
-#[derive(Default)]
-struct TestAttr {
-    prog_fd: u32,
-    retval: u32,
-    data_size_in: u32,
-    data_size_out: u32,
-    data_in: u64,
-    data_out: u64,
-    repeat: u32,
-    duration: u32,
-    ctx_size_in: u32,
-    ctx_size_out: u32,
-    ctx_in: u64,
-    ctx_out: u64,
-    flags: u32,
-    cpu: u32,
-    batch_size: u32,
-    _pad: u32,
-}
-
 /// Outcome of one `BPF_PROG_TEST_RUN`.
 #[derive(Clone, Copy, Debug)]
 pub struct RunResult {
@@ -55,15 +35,24 @@ pub struct RunResult {
     pub ns_per_run: u32,
 }
 
-/// An owned descriptor of a loaded XDP program.
+/// A handle of a loaded program (its own descriptor), for `BPF_PROG_TEST_RUN` from any thread.
 #[derive(Debug)]
-pub struct Runner {
-    fd: OwnedFd,
+pub enum Runner {
+    /// An XDP program: frames run with an `xdp_md` context.
+    Xdp(Xdp),
+    /// A TC (`sched_cls`) program: frames run as skbs with a `__sk_buff` context.
+    Tc(SchedClassifier),
 }
 
 impl Runner {
-    pub fn new(fd: OwnedFd) -> Self {
-        Self { fd }
+    /// A handle of XDP program `p` (named `name`).
+    pub fn xdp(p: &Xdp, name: &str) -> Result<Self, ProgramError> {
+        Xdp::from_program_info(p.info()?, name.to_owned().into(), XdpAttachType::Interface).map(Self::Xdp)
+    }
+
+    /// A handle of TC program `p` (named `name`).
+    pub fn tc(p: &SchedClassifier, name: &str) -> Result<Self, ProgramError> {
+        SchedClassifier::from_program_info(p.info()?, name.to_owned().into()).map(Self::Tc)
     }
 
     /// Runs the program `repeat` times on `frame` as if received on `ifindex` (a device in
@@ -108,36 +97,30 @@ impl Runner {
     ) -> io::Result<RunResult> {
         let live = flags & BPF_F_TEST_XDP_LIVE_FRAMES != 0;
         let mut out = vec![0u8; frame.len() + 256];
-        let mut attr = TestAttr {
-            prog_fd: self.fd.as_raw_fd() as u32,
-            data_size_in: frame.len() as u32,
-            data_in: frame.as_ptr() as u64,
+        let ctx: Vec<u8> = md.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            data_out: (!live).then_some(out.as_mut_slice()),
+            ctx_in: Some(&ctx),
             repeat,
-            ctx_size_in: size_of_val(md) as u32,
-            ctx_in: md.as_ptr() as u64,
-            flags,
-            batch_size: batch,
-            ..Default::default()
+            attrs: if live {
+                TestRunAttrs::new().xdp_live_frames(batch)
+            } else {
+                TestRunAttrs::new()
+            },
+            ..TestRunOptions::new()
         };
-        if !live {
-            attr.data_size_out = out.len() as u32;
-            attr.data_out = out.as_mut_ptr() as u64;
-        }
-        // SAFETY: every pointer in attr refers to a live buffer of the stated size.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_PROG_TEST_RUN,
-                &mut attr as *mut TestAttr as *mut libc::c_void,
-                size_of::<TestAttr>() as libc::c_uint,
-            )
+        let r = match self {
+            Runner::Xdp(p) => p.test_run(opts),
+            Runner::Tc(p) => p.test_run(opts),
         };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let r = r.map_err(|e| match e {
+            ProgramError::SyscallError(s) => s.io_error,
+            other => io::Error::other(other),
+        })?;
         Ok(RunResult {
-            action: attr.retval,
-            ns_per_run: attr.duration,
+            action: r.return_value,
+            ns_per_run: u32::try_from(r.duration.as_nanos()).unwrap_or(u32::MAX),
         })
     }
 }

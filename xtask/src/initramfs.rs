@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::guest::{Kernel, module_chain};
+use crate::kernel::{Kernel, module_chain};
 
 /// The guest's `/init`: busybox only, until the host's root is mounted.
 fn init_script(modules: &[String]) -> String {

@@ -18,6 +18,7 @@ use clap::{Parser, Subcommand};
 
 mod guest;
 mod initramfs;
+mod kernel;
 mod xen;
 
 #[derive(Parser)]

@@ -277,7 +277,7 @@ pub fn run(series: &str) -> Result<()> {
 /// What dom0 runs (in a chroot of the host's root): the toolstack, lockd, vif-lockd
 /// installed as the README says, two domUs, and the cases (`lockd-xen`), each reported as
 /// the guest tier's parts are, its last line of output as the PASS line's detail.
-fn dom0_script(k: &guest::Kernel, xen: &Path, ws: &Path, domu: &Path) -> String {
+fn dom0_script(k: &crate::kernel::Kernel, xen: &Path, ws: &Path, domu: &Path) -> String {
     let (kroot, x, w) = (k.root.display(), xen.display(), ws.display());
     let vmlinuz = k.vmlinuz().display();
     let p_boot = BOOT;

@@ -15,8 +15,15 @@ struct Cli {
     /// Print the counters as JSON.
     #[arg(long)]
     json: bool,
-    #[arg(long, value_enum, default_value_t = XdpModeRequest::Auto)]
+    #[arg(long, default_value = "auto", value_parser = xdp_mode())]
     xdp_mode: XdpModeRequest,
+}
+
+/// `--xdp-mode`: the dataplane's own words for its modes.
+fn xdp_mode() -> impl clap::builder::TypedValueParser<Value = XdpModeRequest> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(XdpModeRequest::WORDS)
+        .try_map(|s| s.parse::<XdpModeRequest>())
 }
 
 fn main() -> ExitCode {

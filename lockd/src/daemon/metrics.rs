@@ -96,7 +96,7 @@ pub fn render(snap: &Snapshot, ctx: &Context) -> String {
         vifs,
     );
     let held = Family::<Labels, Gauge>::default();
-    for cause in super::engine::HoldCause::LABELS {
+    for cause in super::engine::hold::HoldCause::LABELS {
         let n = snap.held.iter().filter(|c| **c == cause).count();
         held.get_or_create(&vec![("cause", cause.to_string())])
             .set(n as i64);

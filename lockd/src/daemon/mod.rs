@@ -14,18 +14,16 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
     net::{UnixListener, UnixStream},
     sync::oneshot,
 };
 
-use lockd_common::settings::VifSettings;
-
 use crate::{
     dataplane::{Dataplane, XdpModeRequest},
     netlink::{self, LinkEvent},
+    protocol::{Reply, Request},
     store::{self, Store as _},
 };
 
@@ -50,58 +48,6 @@ pub struct Config {
     pub monitor_cap: u32,
     /// Where to serve Prometheus metrics (`/metrics`), if anywhere.
     pub metrics_listen: Option<std::net::SocketAddr>,
-}
-
-/// A client request.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Request {
-    /// An `xe` command: the command line after `lockd`.
-    Xe { argv: Vec<String> },
-    /// The toolstack hook's `filter`: settings for one VIF on one netdev, parsed by the hook
-    /// from xenopsd's record. `network_name_label` is the record's bridge; with `plumb` the
-    /// netdev is also put on it (off every bridge if the VIF is disabled) and up, as the
-    /// original `setup-vif-rules` does.
-    Apply {
-        vif: VifSettings,
-        network_name_label: String,
-        #[serde(default)]
-        plumb: bool,
-    },
-    /// The toolstack hook's `clear` of one netdev: only that netdev loses its policy; with
-    /// `plumb` it leaves its bridge and is set up.
-    Unplug {
-        device: String,
-        #[serde(default)]
-        plumb: bool,
-    },
-    /// The toolstack hook could not read or apply the record for `device`: the VIF keeps the
-    /// policy it has, or, having none, is enforced as `disabled` until a valid one arrives.
-    Fence {
-        device: String,
-        reason: String,
-        /// The VM the hook plugged the netdev for: a VIF of another VM that had a netdev of
-        /// this name never keeps its policy on it.
-        #[serde(default)]
-        vm_uuid: Option<String>,
-    },
-    /// `lockd monitor`: after a reply with code 0, one JSON line per dropped frame (and per
-    /// suppressed count) that the filter keeps, until the client hangs up.
-    Monitor {
-        vif: Option<String>,
-        device: Option<String>,
-        reason: Option<String>,
-    },
-    /// `lockd explain --vif`: the VIF's policy in force, as JSON in `stdout`.
-    Policy { vif: String },
-}
-
-/// The daemon's answer.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Reply {
-    pub code: i32,
-    pub stdout: String,
-    pub stderr: String,
 }
 
 /// How long the core must be idle before it deletes replaced generations.
@@ -453,48 +399,3 @@ pub fn monitor(socket: &Path, req: &Request, json: bool) -> Result<u8> {
     Ok(0)
 }
 
-/// Client side: sends an `xe` command to the daemon at `socket` and returns its reply.
-pub fn call(socket: &Path, argv: &[String]) -> Result<Reply> {
-    request(
-        socket,
-        &Request::Xe {
-            argv: argv.to_vec(),
-        },
-    )
-}
-
-/// Like [`request`], but waits up to `patience` for a daemon that is (re)starting: the
-/// toolstack's hook must not fail a VIF plug because lockd is being restarted.
-pub fn request_patiently(socket: &Path, req: &Request, patience: Duration) -> Result<Reply> {
-    let start = Instant::now();
-    loop {
-        match std::os::unix::net::UnixStream::connect(socket) {
-            Ok(s) => return exchange(s, req),
-            Err(_) if start.elapsed() < patience => std::thread::sleep(Duration::from_millis(50)),
-            Err(_) => return request(socket, req),
-        }
-    }
-}
-
-/// Client side: sends `req` to the daemon at `socket` and returns its reply.
-pub fn request(socket: &Path, req: &Request) -> Result<Reply> {
-    let s = std::os::unix::net::UnixStream::connect(socket).map_err(|e| {
-        anyhow::anyhow!(
-            "the lockd daemon is not running (cannot connect to {}: {e}); start it with \
-             `systemctl start lockd` or `lockd daemon`",
-            socket.display()
-        )
-    })?;
-    exchange(s, req)
-}
-
-/// One request and its reply on a connected socket.
-fn exchange(mut s: std::os::unix::net::UnixStream, req: &Request) -> Result<Reply> {
-    use std::io::{BufRead as _, Write as _};
-    let mut bytes = serde_json::to_vec(req)?;
-    bytes.push(b'\n');
-    s.write_all(&bytes)?;
-    let mut line = String::new();
-    std::io::BufReader::new(s).read_line(&mut line)?;
-    serde_json::from_str(&line).context("reading the daemon's reply")
-}

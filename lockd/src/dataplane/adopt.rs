@@ -4,7 +4,7 @@
 //! generations are deleted), and every pinned link's program is atomically replaced by this
 //! daemon's (`bpf_link_update`) — enforcement never stops.
 
-use std::{fs, io, os::fd::AsFd as _, path::Path};
+use std::{fs, io, path::Path};
 
 use aya::programs::{
     Xdp,
@@ -160,8 +160,7 @@ impl Dataplane {
                         continue;
                     }
                     if new_path != path {
-                        let fd = self.tc_program_fd(side)?;
-                        super::pinning::pin_fd(fd.as_fd(), &new_path)?;
+                        self.pin_tc_program(side, &new_path)?;
                     }
                     *self.vifs.get_mut(&ifindex).expect("known").tc_mut(side) =
                         Some(LinkHandle::Clsact {
@@ -315,7 +314,7 @@ impl Dataplane {
             if old_links.is_dir() {
                 moved += self.adopt_links(&old_links)?.len();
             }
-            super::pinning::remove_layout(root)?;
+            super::cleanup::remove_layout(root)?;
             tracing::info!(layout = %root.display(), moved, "took over an older pinned layout");
         }
         if let Some(p) = self.pins.as_mut() {

@@ -3,56 +3,22 @@
 //! a VIF judged at TC every check) and TC egress (to the VM); TC is TCX on 6.6+ and a clsact
 //! `cls_bpf` filter before. All or nothing: a half-attached VIF is rolled back.
 
-use std::{ffi::CStr, os::fd::AsFd as _};
+use std::{ffi::CStr, fs, io, path::Path};
 
 use std::path::PathBuf;
 
 use aya::programs::{
-    Link as _, SchedClassifier, TcAttachType, Xdp, XdpMode,
+    Link as _, SchedClassifier, Xdp, XdpMode,
     links::FdLink,
     tc::{SchedClassifierLink, TcHandle},
     xdp::XdpLinkId,
 };
-use lockd_common::{PROG_VIF_EGRESS, PROG_VIF_INGRESS, PROG_VIF_INGRESS_TC};
+use lockd_common::{PROG_VIF_EGRESS, PROG_VIF_INGRESS};
 
 use super::{
     AttachMode, Dataplane, DataplaneError, LinkHandle, Result, XdpModeRequest, pinning, prog_err,
+    side::Tc,
 };
-
-/// A VIF's two TC programs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Tc {
-    /// `vif_egress`: frames to the VM.
-    ToVm,
-    /// `vif_ingress_tc`: frames from the VM.
-    FromVm,
-}
-
-impl Tc {
-    pub(super) const ALL: [Tc; 2] = [Tc::ToVm, Tc::FromVm];
-
-    pub(super) fn program(self) -> &'static str {
-        match self {
-            Tc::ToVm => PROG_VIF_EGRESS,
-            Tc::FromVm => PROG_VIF_INGRESS_TC,
-        }
-    }
-
-    fn attach_type(self) -> TcAttachType {
-        match self {
-            Tc::ToVm => TcAttachType::Egress,
-            Tc::FromVm => TcAttachType::Ingress,
-        }
-    }
-
-    /// The pin (TCX) or record (clsact) name prefix; `tc-` is the release's egress name.
-    pub(super) fn pin_prefix(self) -> &'static str {
-        match self {
-            Tc::ToVm => "tc",
-            Tc::FromVm => "tci",
-        }
-    }
-}
 
 /// The name of `ifindex` in the calling thread's network namespace.
 fn ifname(ifindex: u32) -> Result<String> {
@@ -148,15 +114,11 @@ impl Dataplane {
         super::program(&mut self.ebpf, side.program())
     }
 
-    /// A descriptor of a TC program of this object (to pin as a clsact filter's record).
-    pub(super) fn tc_program_fd(&mut self, side: Tc) -> Result<std::os::fd::OwnedFd> {
-        let name = side.program();
+    /// Pins this object's TC program of `side` at `path`: a clsact filter's record.
+    pub(super) fn pin_tc_program(&mut self, side: Tc, path: &std::path::Path) -> Result<()> {
         self.tc_prog(side)?
-            .fd()
-            .map_err(prog_err(name))?
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|e| pinning::pin_error(std::path::Path::new(name), e))
+            .pin(path)
+            .map_err(|e| pinning::pin_error(path, io::Error::other(e)))
     }
 
     /// Attaches whichever of the three programs `ifindex` lacks. The VIF must already have a
@@ -283,9 +245,8 @@ impl Dataplane {
                     let clsact_path =
                         links_dir.join(pinning::clsact_name(ifindex, side, priority, handle));
                     let pinned = prog
-                        .fd()
-                        .map_err(prog_err(pname))
-                        .and_then(|fd| pinning::pin_fd(fd.as_fd(), &clsact_path));
+                        .pin(&clsact_path)
+                        .map_err(|e| pinning::pin_error(&clsact_path, io::Error::other(e)));
                     if let Err(e) = pinned {
                         clsact_detach(ifindex, side, priority, handle);
                         return Err(e);
@@ -403,5 +364,19 @@ impl Dataplane {
             return Some(AttachMode::Tc);
         }
         s.xdp.as_ref().map(|(m, _)| *m)
+    }
+}
+
+impl Dataplane {
+    /// Pins the link behind `id` at `path`; the program object gives up ownership.
+    pub(super) fn pin_link(&mut self, id: XdpLinkId, path: &Path) -> Result<FdLink> {
+        let prog = self.xdp(PROG_VIF_INGRESS)?;
+        let link = prog.take_link(id).map_err(prog_err(PROG_VIF_INGRESS))?;
+        let fd = FdLink::try_from(link).map_err(|e| pinning::pin_err(path)(io::Error::other(e)))?;
+        let _stale = fs::remove_file(path);
+        let pinned = fd
+            .pin(path)
+            .map_err(|e| pinning::pin_err(path)(io::Error::other(e)))?;
+        Ok(pinned.into())
     }
 }

@@ -1,6 +1,6 @@
-//! Everything on bpffs, in one place: the layout (where maps and links are pinned), pinning and
-//! unpinning, mounting bpffs, and `lockd cleanup`. Adoption of what a previous daemon left is
-//! `adopt.rs`.
+//! Where things live on bpffs: the layout (the paths of maps and links, and what a pin's file
+//! name says), unpinning, and mounting bpffs. What is pinned there is attached by `attach.rs`,
+//! adopted from a previous daemon by `adopt.rs` and removed by `cleanup.rs`.
 //!
 //! The layout carries a version ([`LAYOUT_VERSION`]): layout N lives in `<dir>/vN/`, and the
 //! releases before versioning (layout 1) used `<dir>/` itself. A daemon finding an older
@@ -24,13 +24,12 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::programs::{links::FdLink, xdp::XdpLinkId};
 use lockd_common::{
     MAP_CONFIGS, MAP_COUNTERS, MAP_PREFIX4, MAP_PREFIX6, MAP_TABLE4, MAP_TABLE6, MAP_VIF_CONFIG,
-    MAP_VIF_SLOTS, PROG_VIF_INGRESS,
+    MAP_VIF_SLOTS,
 };
 
-use super::{AttachMode, Dataplane, DataplaneError, Result, attach::Tc, prog_err};
+use super::{AttachMode, DataplaneError, Result, side::Tc};
 
 /// Where `lockd` pins by default (the daemon's `--bpffs`).
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/lockd";
@@ -198,8 +197,6 @@ pub(super) fn clsact_name(ifindex: u32, side: Tc, priority: u16, handle: u32) ->
     format!("{}-{ifindex}-clsact-{priority}-{handle}", side.pin_prefix())
 }
 
-impl PinDirs {}
-
 /// A pinned link's file name: XDP with its mode, or TC.
 pub(super) enum LinkName {
     Xdp(u32, AttachMode),
@@ -240,81 +237,6 @@ pub(super) fn unpin(path: &Path) -> Result<()> {
     match fs::remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(pin_err(path)(e)),
         _ => Ok(()),
-    }
-}
-
-/// Pins the program behind `fd` at `path` (`BPF_OBJ_PIN`).
-pub(super) fn pin_fd(fd: std::os::fd::BorrowedFd<'_>, path: &Path) -> Result<()> {
-    use std::os::fd::AsRawFd as _;
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|e| pin_err(path)(io::Error::other(e)))?;
-    let mut attr = [0u64; 16];
-    attr[0] = c.as_ptr() as u64;
-    attr[1] = u64::from(fd.as_raw_fd() as u32);
-    const BPF_OBJ_PIN: i64 = 6;
-    // SAFETY: a zero-padded bpf_attr for BPF_OBJ_PIN; `c` outlives the call.
-    let r = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_PIN, attr.as_mut_ptr(), 128usize) };
-    if r < 0 {
-        return Err(pin_err(path)(io::Error::last_os_error()));
-    }
-    Ok(())
-}
-
-/// Removes every pin under `dir`, of every layout (links first, which detaches the programs;
-/// a clsact filter is removed through netlink), the directories, and every rate-limit shaper
-/// in this network namespace.
-pub fn cleanup(dir: &Path) -> Result<usize> {
-    let mut removed = super::shaper::remove_all_but(|_| false).map_err(DataplaneError::Shaper)?;
-    let versioned: Vec<PathBuf> = fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| {
-            let n = e.file_name().to_string_lossy().into_owned();
-            n.strip_prefix('v')
-                .is_some_and(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-        })
-        .map(|e| e.path())
-        .collect();
-    for root in versioned {
-        removed += remove_layout(&root)?;
-    }
-    removed += remove_layout(dir)?;
-    Ok(removed)
-}
-
-/// Removes one layout's pins and directories.
-pub(super) fn remove_layout(dir: &Path) -> Result<usize> {
-    let mut removed = 0;
-    for sub in ["links", "maps"] {
-        let d = dir.join(sub);
-        let Ok(rd) = fs::read_dir(&d) else { continue };
-        for e in rd.flatten() {
-            if let Some(LinkName::Clsact(ifindex, side, priority, handle)) =
-                parse_link_name(&e.file_name().to_string_lossy())
-            {
-                super::attach::clsact_detach(ifindex, side, priority, handle);
-            }
-            unpin(&e.path())?;
-            removed += 1;
-        }
-        let _ = fs::remove_dir(&d);
-    }
-    let _ = fs::remove_dir(dir);
-    Ok(removed)
-}
-
-impl Dataplane {
-    /// Pins the link behind `id` at `path`; the program object gives up ownership.
-    pub(super) fn pin_link(&mut self, id: XdpLinkId, path: &Path) -> Result<FdLink> {
-        let prog = self.xdp(PROG_VIF_INGRESS)?;
-        let link = prog.take_link(id).map_err(prog_err(PROG_VIF_INGRESS))?;
-        let fd = FdLink::try_from(link).map_err(|e| pin_err(path)(io::Error::other(e)))?;
-        let _stale = fs::remove_file(path);
-        let pinned = fd
-            .pin(path)
-            .map_err(|e| pin_err(path)(io::Error::other(e)))?;
-        Ok(pinned.into())
     }
 }
 

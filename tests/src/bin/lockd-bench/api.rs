@@ -43,7 +43,7 @@ impl BenchDaemon {
             .spawn()
             .expect("daemon");
         let start = Instant::now();
-        while lockd::daemon::call(&sock, &["network-list".into()]).is_err() {
+        while lockd::protocol::call(&sock, &["network-list".into()]).is_err() {
             assert!(
                 start.elapsed() < Duration::from_secs(20),
                 "daemon did not start"
@@ -115,7 +115,7 @@ pub(crate) fn daemon_api_and_rss() -> Value {
     let sock = daemon.sock.clone();
     let call = |args: &[String]| {
         let t = Instant::now();
-        let r = lockd::daemon::call(&sock, args);
+        let r = lockd::protocol::call(&sock, args);
         (t.elapsed(), r)
     };
     let (_, net) = call(&["network-create".into(), "name-label=bench".into()]);

@@ -1,18 +1,23 @@
 //! The core: one thread that owns state, store and dataplane and handles one message at a
 //! time — a command, or a batch of link events. Reconciliation, fencing and the hook's
-//! plumbing live here.
+//! plumbing live here: holds in `hold.rs`, the toolstack's side in `toolstack.rs`.
 
-use std::{collections::HashMap, path::Path, time::Instant};
+use std::{collections::HashMap, time::Instant};
 
-use anyhow::{Context as _, Result};
 
-use super::{Reply, Request};
 use crate::{
+    protocol::{Reply, Request},
     dataplane::{AttachMode, Dataplane, VifCounters, XdpModeRequest},
-    netlink::{self, LinkEvent},
+    netlink::LinkEvent,
     store::{self, State, Store},
     xe::{self, Runtime},
 };
+
+pub(super) mod hold;
+mod toolstack;
+
+use hold::{Held, HoldCause};
+use toolstack::Fence;
 
 pub(super) struct Core {
     pub(super) state: State,
@@ -36,64 +41,6 @@ pub(super) struct Core {
     pub(super) update_seconds: prometheus_client::metrics::histogram::Histogram,
 }
 
-/// A hook's fence on a netdev: which VM plugged it, and why its record could not be used.
-#[derive(Clone, Debug)]
-pub(super) struct Fence {
-    pub(super) reason: String,
-}
-
-/// Why lockd holds a netdev; `/metrics` labels `lockd_vifs_held` with [`HoldCause::label`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HoldCause {
-    /// The toolstack's record for the netdev could not be read or applied.
-    Record,
-    /// The VIF's stored row failed validation.
-    BadRow,
-    /// The dataplane refused the VIF's policy (a table full, a map error).
-    Policy,
-    /// The programs could not be attached to the netdev (a qdisc or program refused).
-    Attach,
-}
-
-impl HoldCause {
-    /// Every label, in the order `/metrics` lists them.
-    pub const LABELS: [&'static str; 4] = ["record", "bad_row", "policy", "attach"];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            HoldCause::Record => "record",
-            HoldCause::BadRow => "bad_row",
-            HoldCause::Policy => "policy",
-            HoldCause::Attach => "attach",
-        }
-    }
-}
-
-/// A netdev lockd holds because it cannot give it its policy.
-#[derive(Clone, Debug)]
-pub(super) struct Held {
-    pub(super) ifindex: u32,
-    /// The VIF the netdev belongs to, when lockd knows it.
-    pub(super) vif: Option<String>,
-    pub(super) cause: HoldCause,
-    pub(super) detail: String,
-    /// Set when not even `disabled` could be enforced (no programs on the netdev): lockd took
-    /// it off bridge `.0` (0: none) and set it down (`.1`: whether it was up), to be put back.
-    pub(super) isolated: Option<(u32, bool)>,
-}
-
-impl Held {
-    /// How `vif-list` shows it.
-    pub(super) fn describe(&self) -> String {
-        let how = if self.isolated.is_some() {
-            "off its bridge and down"
-        } else {
-            "enforced as disabled"
-        };
-        format!("{} ({how}): {}", self.cause.label(), self.detail)
-    }
-}
-
 /// What a netdev should be given.
 enum Want {
     /// Nothing: no VIF has it.
@@ -102,17 +49,6 @@ enum Want {
     Policy(String, lockd_common::policy::VifPolicy),
     /// Held disabled for a known reason (a fence, a bad stored row).
     Hold(Option<String>, HoldCause, String),
-}
-
-/// What a fenced netdev is held to: nothing passes either way.
-fn fence_policy() -> lockd_common::policy::VifPolicy {
-    lockd_common::policy::VifPolicy {
-        mode: lockd_common::policy::EffectiveMode::Disabled,
-        mac: [0; 6],
-        ipv4: Vec::new(),
-        ipv6: Vec::new(),
-        rate: None,
-    }
 }
 
 impl Runtime for Core {
@@ -213,112 +149,6 @@ impl Core {
             },
             Want::Hold(uuid, cause, detail) => Some(self.hold(dev, ifx, uuid, cause, detail)),
         }
-    }
-
-    /// Gives `ifx` `policy` and attaches its programs where missing.
-    fn enforce(
-        &mut self,
-        ifx: u32,
-        policy: &lockd_common::policy::VifPolicy,
-    ) -> Result<(), (HoldCause, String)> {
-        let chain = |e: crate::dataplane::DataplaneError| e.to_string();
-        self.dp
-            .set_policy(ifx, policy)
-            .map_err(|e| (HoldCause::Policy, chain(e)))?;
-        if self.dp.attach_mode(ifx).is_none() && !self.no_attach.contains(&ifx) {
-            let mode = self
-                .dp
-                .attach(ifx, self.xdp_mode)
-                .map_err(|e| (HoldCause::Attach, chain(e)))?;
-            tracing::info!(ifindex = ifx, ?mode, "attached");
-        }
-        Ok(())
-    }
-
-    /// Holds netdev `dev`: `disabled` where its programs are (or can be) attached, else off
-    /// its bridge and down. Logs one line when the hold (or its cause) is new.
-    fn hold(
-        &mut self,
-        dev: &str,
-        ifx: u32,
-        vif: Option<String>,
-        cause: HoldCause,
-        detail: String,
-    ) -> String {
-        let before = self.held.get(dev).cloned();
-        let mut isolated = before.as_ref().and_then(|h| h.isolated);
-        // The attach just failed: trying it again for `disabled` would fail the same way.
-        let disabled = if cause == HoldCause::Attach {
-            Err(detail.clone())
-        } else {
-            self.enforce(ifx, &fence_policy()).map_err(|(_, e)| e)
-        };
-        let failed = match disabled {
-            Ok(()) => {
-                self.name(
-                    ifx,
-                    Some((vif.clone().unwrap_or_default(), dev.to_string())),
-                );
-                // Enforced now: a netdev that was held off its bridge goes back.
-                if let Some((master, up)) = isolated.take()
-                    && let Err(e) = netlink::restore(ifx, master, up)
-                {
-                    tracing::warn!(device = %dev, error = %e, "putting a held netdev back");
-                }
-                None
-            }
-            Err(_) => match netlink::isolate(ifx) {
-                Ok((master, up)) => {
-                    // Held already: what it was before the first hold, unless the toolstack
-                    // has put it on a bridge since.
-                    isolated = Some(match isolated {
-                        Some((m0, up0)) if master == 0 => (m0, up0 || up),
-                        _ => (master, up),
-                    });
-                    None
-                }
-                Err(e) => Some(e),
-            },
-        };
-        let h = Held {
-            ifindex: ifx,
-            vif: vif.clone(),
-            cause,
-            detail: detail.clone(),
-            isolated,
-        };
-        let who = match &vif {
-            Some(u) => format!("VIF {u} ({dev})"),
-            None => format!("netdev {dev}"),
-        };
-        if let Some(e) = failed {
-            tracing::error!(vif = ?vif, device = %dev, cause = cause.label(), error = %e, "cannot hold: neither disabled nor down: {detail}");
-            self.held.insert(dev.to_string(), h);
-            return format!("{who} cannot be enforced ({detail}) and could not be set down: {e}");
-        }
-        let line = format!("{who} is held, {}", h.describe());
-        if before.as_ref().is_none_or(|b| {
-            b.cause != cause || b.detail != detail || b.isolated.is_some() != h.isolated.is_some()
-        }) {
-            tracing::warn!(vif = ?vif, device = %dev, ifindex = ifx, cause = cause.label(), "{line}");
-        }
-        self.held.insert(dev.to_string(), h);
-        line
-    }
-
-    /// Ends a hold: the netdev is enforced normally now; one held off its bridge goes back.
-    fn release(&mut self, dev: &str) {
-        let Some(h) = self.held.remove(dev) else {
-            return;
-        };
-        // Only the netdev that was held goes back (not another that took its name).
-        if let Some((master, up)) = h.isolated
-            && self.links.get(dev) == Some(&h.ifindex)
-            && let Err(e) = netlink::restore(h.ifindex, master, up)
-        {
-            tracing::warn!(device = %dev, error = %e, "putting a held netdev back");
-        }
-        tracing::info!(vif = ?h.vif, device = %dev, "hold released: enforced normally");
     }
 
     /// Records (or forgets) which VIF and netdev `ifindex` is, for the monitor.
@@ -568,146 +398,13 @@ impl Core {
             return Reply {
                 code: 1,
                 stdout: out.output,
-                stderr: format!("{notes}lockd: {device}: {e:#} (its policy is in force)\n"),
+                stderr: format!("{notes}lockd: {device}: {e} (its policy is in force)\n"),
             };
         }
         Reply {
             code: 0,
             stdout: out.output,
             stderr: notes,
-        }
-    }
-
-    /// The original script's other duty: the netdev on its bridge (none when its VIF is
-    /// disabled or cleared) and up. Only what differs is changed; a netdev not there yet is
-    /// left to its hotplug.
-    fn plumb(&mut self, device: &str, bridge: Option<&str>) -> Result<()> {
-        let Some(&ifx) = self.links.get(device) else {
-            return Ok(());
-        };
-        let disabled = self.state.vif_by_device(device).is_some_and(|v| {
-            self.state.policy(v).mode == lockd_common::policy::EffectiveMode::Disabled
-        });
-        let master = match bridge {
-            Some(b) if !disabled => *self
-                .links
-                .get(b)
-                .with_context(|| format!("bridge {b} does not exist"))?,
-            _ => 0,
-        };
-        // A netdev held off its bridge stays off; it goes onto this bridge when released. One
-        // lockd could neither enforce nor set down is never plumbed.
-        if let Some(h) = self.held.get_mut(device) {
-            if let Some(isolated) = &mut h.isolated {
-                *isolated = (master, true);
-                return Ok(());
-            }
-            if self.dp.attach_mode(ifx).is_none() {
-                anyhow::bail!(
-                    "not put on its bridge: it is held ({}) without its programs",
-                    h.describe()
-                );
-            }
-        }
-        netlink::plumb(ifx, master).with_context(|| format!("plumbing {device}"))
-    }
-
-    /// At start: a VIF the toolstack plugged through the hook has its record on disk; if the
-    /// record changed while the daemon was down (a live locking-mode change the hook could not
-    /// deliver), it is applied now. Records for netdevs that do not exist are left alone.
-    pub(super) fn resync_from_records(&mut self, dir: &Path) {
-        let mut todo = Vec::new();
-        for vif in self.state.vifs() {
-            let Some(vm) = &vif.vm_uuid else { continue };
-            for dev in vif.devices() {
-                let devid = dev
-                    .strip_prefix("vif")
-                    .or_else(|| dev.strip_prefix("tap"))
-                    .and_then(|rest| rest.split_once('.'))
-                    .map(|(_, devid)| devid.to_string());
-                if let Some(devid) = devid
-                    && self.links.contains_key(dev)
-                {
-                    todo.push((dev.clone(), vm.clone(), devid));
-                }
-            }
-        }
-        for (dev, vm, devid) in todo {
-            let req = match crate::hook::read_record(dir, "classic", &vm, &devid)
-                .and_then(|r| crate::hook::settings_of(&r, &dev, &vm))
-            {
-                Ok((vif, bridge)) => Request::Apply {
-                    vif,
-                    network_name_label: bridge,
-                    plumb: true,
-                },
-                Err(e) => {
-                    tracing::debug!(device = %dev, error = %format!("{e:#}"), "no usable record");
-                    continue;
-                }
-            };
-            let r = self.command(req);
-            if r.code != 0 {
-                tracing::warn!(device = %dev, error = %r.stderr.trim(), "resync from xenopsd's record");
-            }
-        }
-    }
-
-    /// `Request::Fence`: the hook could not give `device` a policy. A VIF of the same VM that
-    /// already has the netdev keeps its policy; any other netdev (a fresh one, or a name an
-    /// earlier VM used) is held disabled until a valid policy arrives.
-    fn fence(&mut self, device: String, reason: String, vm: Option<String>) -> Reply {
-        let vm = vm.map(|u| xe::params::uuid(&u).unwrap_or(u));
-        let kept = self
-            .state
-            .vif_by_device(&device)
-            .filter(|_| !self.fenced.contains_key(&device))
-            .filter(|v| vm.is_none() || v.vm_uuid == vm)
-            .map(|v| v.uuid.clone());
-        let what = match &kept {
-            Some(uuid) => format!("VIF {uuid} ({device}) keeps the policy it had"),
-            None => {
-                // Durable: a stored disabled VIF of its own holds the netdev across a restart.
-                let out = xe::vif_fence(&self.state, &device, vm);
-                let mut undo = Vec::new();
-                for c in &out.changes {
-                    undo.push(self.state.apply(c.clone()));
-                }
-                let stored = match self.store.commit(&out.changes) {
-                    Ok(()) => String::new(),
-                    Err(e) => {
-                        for u in undo.into_iter().rev() {
-                            self.state.apply(u);
-                        }
-                        format!(" (not stored: {e}; held until the daemon restarts)")
-                    }
-                };
-                self.fenced.insert(
-                    device.clone(),
-                    Fence {
-                        reason: reason.clone(),
-                    },
-                );
-                let held = self.reconcile(std::slice::from_ref(&device));
-                match self.held.get(&device) {
-                    Some(h) if h.isolated.is_none() => format!(
-                        "{device} is enforced as disabled until a valid policy arrives{stored}"
-                    ),
-                    Some(_) => format!(
-                        "{device} is held off its bridge and down until a valid policy arrives ({}){stored}",
-                        held.join("; ")
-                    ),
-                    None if !self.links.contains_key(&device) => {
-                        format!("{device} will be enforced as disabled when it appears{stored}")
-                    }
-                    None => format!("{device}: holding it failed: {}", held.join("; ")),
-                }
-            }
-        };
-        Reply {
-            code: 1,
-            stdout: String::new(),
-            stderr: format!("lockd: {reason}; {what}\n"),
         }
     }
 
