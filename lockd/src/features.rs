@@ -117,14 +117,15 @@ pub struct Probed {
     pub why: Option<String>,
 }
 
+// Raw bpf(2) for two probes only. aya lacks both calls: its `sys::is_map_supported` takes a
+// map type but no flags (BPF_F_MMAPABLE is a flag), and it loads programs only from an ELF
+// object, where the clsact probe needs a program fd from two instructions of its own.
 const BPF_MAP_CREATE: i64 = 0;
 const BPF_PROG_LOAD: i64 = 5;
 const BPF_MAP_TYPE_ARRAY: u32 = 2;
-const BPF_MAP_TYPE_LPM_TRIE: u32 = 11;
-const BPF_F_NO_PREALLOC: u32 = 1;
 const BPF_F_MMAPABLE: u32 = 1 << 10;
-const BPF_PROG_TYPE_XDP: u32 = 6;
 
+/// One raw bpf(2) call (aya lacks the two it is used for: see above).
 fn bpf(cmd: i64, attr: &mut [u64; 16]) -> io::Result<OwnedFd> {
     // SAFETY: attr is a zero-padded bpf_attr of 128 bytes, as the kernel expects.
     let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), 128usize) };
@@ -232,10 +233,15 @@ pub fn probe() -> Vec<Probed> {
             let (present, how) = match feature {
                 Feature::Clsact => probed(&clsact),
                 Feature::ClsBpf => probed(&cls_bpf),
-                Feature::XdpProgram => (prog_load(BPF_PROG_TYPE_XDP, &trivial()).is_ok(), "probe"),
-                Feature::LpmTrie => (
-                    map_create(BPF_MAP_TYPE_LPM_TRIE, 8, 1, 1, BPF_F_NO_PREALLOC).is_ok(),
-                    "probe",
+                Feature::XdpProgram => probed(
+                    &aya::sys::is_program_supported(aya::programs::ProgramType::Xdp)
+                        .map_err(|e| e.to_string())
+                        .and_then(|ok| ok.then_some(()).ok_or_else(|| "refused".into())),
+                ),
+                Feature::LpmTrie => probed(
+                    &aya::sys::is_map_supported(aya::maps::MapType::LpmTrie)
+                        .map_err(|e| e.to_string())
+                        .and_then(|ok| ok.then_some(()).ok_or_else(|| "refused".into())),
                 ),
                 Feature::MmapableArray => (
                     map_create(BPF_MAP_TYPE_ARRAY, 4, 8, 1, BPF_F_MMAPABLE).is_ok(),

@@ -39,6 +39,9 @@ struct MapElemAttr {
     flags: u64,
 }
 
+/// One raw bpf(2) call. aya lacks the map this needs: a standalone `BPF_MAP_TYPE_ARRAY_OF_MAPS`
+/// (0.14 creates one only from an ELF object; `MapData::create_with_inner_map_fd` is
+/// crate-private), and so its update too.
 fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     // SAFETY: attr is a live, correctly laid out bpf_attr prefix of the given size.
     let r = unsafe {

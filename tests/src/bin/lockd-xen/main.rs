@@ -9,6 +9,7 @@
 
 mod agent;
 mod cases;
+mod toolstack;
 
 use std::{
     net::{Ipv4Addr, Ipv6Addr},
@@ -188,13 +189,13 @@ fn main() {
         ["corpus", "--big"] => cases::corpus(true),
         ["to-vm"] => cases::to_vm(),
         ["under-traffic", which, label, cmd @ ..] if !cmd.is_empty() => match domu(which) {
-            Some(d) => cases::under_traffic(&d, label, cmd),
+            Some(d) => toolstack::under_traffic(&d, label, cmd),
             None => Err(format!("no domU {which:?} (a, b or c)")),
         },
-        ["attached", bridge] => cases::attached(bridge),
-        ["xapi-hook"] => cases::xapi_hook(),
-        ["baseline"] => cases::baseline(),
-        ["rate"] => cases::rate(),
+        ["attached", bridge] => toolstack::attached(bridge),
+        ["xapi-hook"] => toolstack::xapi_hook(),
+        ["baseline"] => toolstack::baseline(),
+        ["rate"] => toolstack::rate(),
         _ => {
             eprintln!(
                 "usage: lockd-xen config a|b KERNEL RAMDISK | ready a|b | genuine | corpus [--big] | to-vm | under-traffic LABEL CMD... | attached BRIDGE | xapi-hook | baseline | rate"
