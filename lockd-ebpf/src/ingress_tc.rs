@@ -49,7 +49,7 @@ pub fn vif_ingress_tc(ctx: TcContext) -> i32 {
         count(cfg.counter, Direction::FromVm, reason, len);
         if !matches!(reason, Reason::Pass) {
             report(&ctx, cfg.counter, ifindex, Direction::FromVm, reason);
-            return TC_ACT_SHOT as i32;
+            return TC_ACT_SHOT;
         }
     } else if ctx.tagged_beside() && cfg.mode != MODE_UNLOCKED {
         recount(
@@ -66,7 +66,7 @@ pub fn vif_ingress_tc(ctx: TcContext) -> i32 {
             Direction::FromVm,
             Reason::BadEthertype,
         );
-        return TC_ACT_SHOT as i32;
+        return TC_ACT_SHOT;
     }
     shape(cfg, len)
 }

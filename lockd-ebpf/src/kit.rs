@@ -1,7 +1,9 @@
 //! The test kit's helper programs: a separate object that the benchmark and tests load and the
 //! daemon never does.
-#![no_std]
-#![no_main]
+// The BPF programs have no std and no main; on the host, where only `cargo clippy` builds this
+// crate, it is an ordinary (empty) program so that it type-checks.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
 
 use aya_ebpf::{
     bindings::{
@@ -66,7 +68,7 @@ pub fn xdp_drop_counted(_ctx: XdpContext) -> u32 {
 #[classifier]
 pub fn tc_drop_counted(_ctx: TcContext) -> i32 {
     floor_count();
-    TC_ACT_SHOT as i32
+    TC_ACT_SHOT
 }
 
 #[inline(always)]
@@ -92,7 +94,7 @@ pub fn xdp_gen(_ctx: XdpContext) -> u32 {
 #[map]
 static GEN_TARGET: Array<u32> = Array::with_max_entries(1, 0);
 
-#[cfg(not(test))]
+#[cfg(target_arch = "bpf")]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
@@ -101,3 +103,6 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 4] = *b"GPL\0";
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}

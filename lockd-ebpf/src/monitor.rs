@@ -3,6 +3,7 @@
 //! VIF. Drops over the cap, or with the ring full, are counted per VIF instead, so a flood of
 //! spoofed frames costs a counter increment per frame, never a ring write.
 
+#[cfg(target_arch = "bpf")]
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
@@ -99,9 +100,22 @@ fn emit<F: Frame>(ctx: &F, cap: u32, counter: u32, ifindex: u32, dir_reason: u32
 /// # Safety
 /// `p` points into a map value valid for this program run.
 #[inline(always)]
+#[cfg(target_arch = "bpf")]
 unsafe fn add(p: *mut u64) {
     // SAFETY: the caller's.
     unsafe {
         atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, 1);
     }
+}
+
+/// One atomic increment, its result unused (so a plain BPF_XADD).
+///
+/// # Safety
+/// `p` points into a map value valid for this program run.
+#[inline(always)]
+#[cfg(not(target_arch = "bpf"))]
+unsafe fn add(p: *mut u64) {
+    // SAFETY: the caller's (an aligned u64 of a map value, shared only through atomics).
+    unsafe { core::sync::atomic::AtomicU64::from_ptr(p) }
+        .fetch_add(1, core::sync::atomic::Ordering::Relaxed);
 }

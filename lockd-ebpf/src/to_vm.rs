@@ -37,7 +37,7 @@ pub fn vif_egress(ctx: TcContext) -> i32 {
         TC_ACT_UNSPEC
     } else {
         report(&ctx, cfg.counter, ifindex, Direction::ToVm, reason);
-        TC_ACT_SHOT as i32
+        TC_ACT_SHOT
     }
 }
 

@@ -116,7 +116,7 @@ fn graph(src: &Path) -> BTreeMap<Vec<String>, BTreeSet<Vec<String>>> {
     // `src/bin/*` are other crates; a crate's `main.rs` beside its `lib.rs` is another crate.
     let has_lib = src.join("lib.rs").exists();
     files.retain(|f| {
-        !f.starts_with(src.join("bin")) && !(has_lib && f == &src.join("main.rs"))
+        !(f.starts_with(src.join("bin")) || has_lib && f == &src.join("main.rs"))
     });
     let modules: BTreeSet<Vec<String>> = files.iter().map(|f| module_of(src, f)).collect();
     let mut g = BTreeMap::new();
