@@ -214,13 +214,17 @@ fn at_least(v: Option<KernelVersion>, (major, minor): (u32, u32)) -> bool {
     v.is_some_and(|v| v >= KernelVersion::new(major as u8, minor as u8, 0))
 }
 
-/// Probes every feature on this kernel. `LOCKD_FEATURES_MISSING` (comma-separated keys)
-/// reports features missing that are there: for tests of what an older kernel sees.
+/// Probes every feature on this kernel. With the `test-hooks` feature, `LOCKD_FEATURES_MISSING`
+/// (comma-separated keys) reports features missing that are there: for tests of what an older
+/// kernel sees.
 pub fn probe() -> Vec<Probed> {
     let version = KernelVersion::current().ok();
+    #[cfg(feature = "test-hooks")]
     let pretend: Vec<String> = std::env::var("LOCKD_FEATURES_MISSING")
         .map(|s| s.split(',').map(|k| k.trim().to_string()).collect())
         .unwrap_or_default();
+    #[cfg(not(feature = "test-hooks"))]
+    let pretend: Vec<String> = Vec::new();
     let (clsact, cls_bpf) = probe_tc();
     Feature::ALL
         .iter()

@@ -117,7 +117,7 @@ struct Bins {
 }
 
 fn build_binaries() -> Result<Bins> {
-    crate::cargo(&["build", "-p", "lockd", "--bin", "lockd"], &[])?;
+    crate::cargo(&["build", "-p", "lockd", "--bin", "lockd", "--features", "test-hooks"], &[])?;
     crate::cargo(
         &[
             "build",

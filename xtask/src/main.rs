@@ -175,7 +175,7 @@ fn run(cli: Cli) -> Result<()> {
             cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"], &[])?;
             // The daemon tests run the real binary; `cargo test` builds binaries only for the
             // package that owns them.
-            cargo(&["build", "-p", "lockd", "--bin", "lockd"], &[])?;
+            cargo(&["build", "-p", "lockd", "--bin", "lockd", "--features", "test-hooks"], &[])?;
             let mut a = vec!["test", "--workspace", "--exclude", "lockd-ebpf"];
             a.extend(args.iter().map(String::as_str));
             cargo(&a, &[])?;

@@ -159,7 +159,7 @@ pub fn run_all() -> Result<()> {
 /// The Xen tier with Debian's `series` kernel (6.1, or 6.12) as dom0 and in the domUs.
 pub fn run(series: &str) -> Result<()> {
     let kernel = guest::kernel(series)?;
-    crate::cargo(&["build", "-p", "lockd", "--bin", "lockd"], &[])?;
+    crate::cargo(&["build", "-p", "lockd", "--bin", "lockd", "--features", "test-hooks"], &[])?;
     crate::cargo(&["build", "-p", "lockd-tests", "--bin", "lockd-xen"], &[])?;
     crate::cargo(
         &["build", "-p", "lockd-domu", "--release", "--target", MUSL],

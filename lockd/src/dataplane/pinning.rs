@@ -60,10 +60,10 @@ pub(super) struct PinDirs {
 /// then builds the new layout beside the old one and moves every link over atomically.
 pub const LAYOUT_VERSION: u32 = 3;
 
-/// The layout version to write: [`LAYOUT_VERSION`], or in debug builds
+/// The layout version to write: [`LAYOUT_VERSION`], or with the `test-hooks` feature
 /// `LOCKD_LAYOUT_VERSION` (the upgrade test plays an older release with it).
 fn layout_version() -> u32 {
-    #[cfg(debug_assertions)]
+    #[cfg(feature = "test-hooks")]
     if let Some(v) = std::env::var("LOCKD_LAYOUT_VERSION")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -293,8 +293,8 @@ impl Core {
                 };
             }
             Request::Xe { argv } => {
-                // Tests of the panic policy inject a fault here (debug builds only).
-                #[cfg(debug_assertions)]
+                // Tests of the panic policy inject a fault here (the `test-hooks` feature only).
+                #[cfg(feature = "test-hooks")]
                 if argv.first().map(String::as_str) == Some("network-create")
                     && std::env::var("LOCKD_FAULT").as_deref() == Ok("panic-on-network-create")
                 {
