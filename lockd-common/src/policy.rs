@@ -56,15 +56,6 @@ impl LockingMode {
 }
 
 impl EffectiveMode {
-    /// The word for it (`locked`, `unlocked`, `disabled`).
-    pub fn name(self) -> &'static str {
-        match self {
-            EffectiveMode::Unlocked => "unlocked",
-            EffectiveMode::Disabled => "disabled",
-            EffectiveMode::Locked => "locked",
-        }
-    }
-
     /// The `MODE_*` value stored in the kernel.
     pub fn kernel(self) -> u32 {
         match self {
@@ -85,49 +76,45 @@ pub struct BadWord {
     pub expected: &'static str,
 }
 
-impl FromStr for LockingMode {
-    type Err = BadWord;
-    fn from_str(s: &str) -> Result<Self, BadWord> {
-        match s.trim() {
-            "network_default" => Ok(LockingMode::NetworkDefault),
-            "locked" => Ok(LockingMode::Locked),
-            "unlocked" => Ok(LockingMode::Unlocked),
-            "disabled" => Ok(LockingMode::Disabled),
-            other => Err(BadWord {
-                value: other.to_string(),
-                expected: "network_default, locked, unlocked, disabled",
-            }),
-        }
-    }
-}
+/// Each mode's word, declared once: `name()`, `ALL`, `Display` and `FromStr` come from it (the
+/// serde names, `rename_all = "snake_case"`, are the same words).
+macro_rules! words {
+    ($($t:ident { $($v:ident = $s:literal),+ }),+ $(,)?) => {$(
+        impl $t {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$t] = &[$($t::$v),+];
+            /// The accepted words, comma separated.
+            pub const WORDS: &'static str = words!(@join $($s),+);
 
-impl FromStr for DefaultLockingMode {
-    type Err = BadWord;
-    fn from_str(s: &str) -> Result<Self, BadWord> {
-        match s.trim() {
-            "unlocked" => Ok(DefaultLockingMode::Unlocked),
-            "disabled" => Ok(DefaultLockingMode::Disabled),
-            other => Err(BadWord {
-                value: other.to_string(),
-                expected: "unlocked, disabled",
-            }),
-        }
-    }
-}
-
-macro_rules! display_as_serde_name {
-    ($($t:ty => { $($v:ident = $s:literal),* }),*) => {$(
-        impl fmt::Display for $t {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(match self { $(Self::$v => $s),* })
+            /// The operator's word for it.
+            pub fn name(self) -> &'static str {
+                match self { $($t::$v => $s),+ }
             }
         }
-    )*};
+
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+
+        impl FromStr for $t {
+            type Err = BadWord;
+            fn from_str(s: &str) -> Result<Self, BadWord> {
+                match s.trim() {
+                    $($s => Ok($t::$v),)+
+                    other => Err(BadWord { value: other.to_string(), expected: Self::WORDS }),
+                }
+            }
+        }
+    )+};
+    (@join $first:literal $(, $rest:literal)*) => { concat!($first $(, ", ", $rest)*) };
 }
-display_as_serde_name! {
-    LockingMode => { NetworkDefault = "network_default", Locked = "locked", Unlocked = "unlocked", Disabled = "disabled" },
-    EffectiveMode => { Unlocked = "unlocked", Disabled = "disabled", Locked = "locked" },
-    DefaultLockingMode => { Unlocked = "unlocked", Disabled = "disabled" }
+
+words! {
+    LockingMode { NetworkDefault = "network_default", Locked = "locked", Unlocked = "unlocked", Disabled = "disabled" },
+    EffectiveMode { Locked = "locked", Unlocked = "unlocked", Disabled = "disabled" },
+    DefaultLockingMode { Unlocked = "unlocked", Disabled = "disabled" },
 }
 
 /// Everything the dataplane needs to judge one VIF's traffic.

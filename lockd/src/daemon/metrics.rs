@@ -75,7 +75,7 @@ pub fn render(snap: &Snapshot, ctx: &Context) -> String {
             }
         }
     }
-    for mode in ["locked", "unlocked", "disabled"] {
+    for mode in lockd_common::policy::EffectiveMode::ALL.iter().map(|m| m.name()) {
         let n = snap.vifs.iter().filter(|v| v.mode == mode).count();
         vifs.get_or_create(&vec![("mode", mode.to_string())])
             .set(n as i64);

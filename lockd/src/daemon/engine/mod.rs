@@ -182,7 +182,7 @@ impl Core {
             };
             let mode = match self.state.vif_by_device(&n.device) {
                 Some(v) if !self.held.contains_key(&n.device) => self.state.policy(v).mode.name(),
-                _ => "disabled",
+                _ => lockd_common::policy::EffectiveMode::Disabled.name(),
             };
             vifs.push(super::metrics::VifSample {
                 uuid: n.uuid,

@@ -23,21 +23,13 @@ use crate::{
 /// The bridge the domUs' locked vifs are on.
 pub(crate) const BRIDGE: &str = "xenbr0";
 
-pub(crate) fn mode_word(m: EffectiveMode) -> &'static str {
-    match m {
-        EffectiveMode::Locked => "locked",
-        EffectiveMode::Unlocked => "unlocked",
-        EffectiveMode::Disabled => "disabled",
-    }
-}
-
 /// Gives VIF `uuid` the policy (its MAC is the domU's already).
 pub(crate) fn apply(uuid: &str, p: &VifPolicy) -> Result<(), String> {
     let join = |v: Vec<String>| v.join(",");
     lockd(&[
         "vif-param-set",
         &format!("uuid={uuid}"),
-        &format!("locking-mode={}", mode_word(p.mode)),
+        &format!("locking-mode={}", EffectiveMode::name(p.mode)),
         &format!("ipv4-allowed={}", join(p.ipv4.iter().map(|n| n.to_string()).collect())),
         &format!("ipv6-allowed={}", join(p.ipv6.iter().map(|n| n.to_string()).collect())),
     ])
@@ -283,7 +275,7 @@ pub fn corpus(big: bool) -> Result<String, String> {
         if got != want {
             failures.push(format!(
                 "policy {} ({} frames): counted {} — the model says {}",
-                mode_word(policy.mode),
+                EffectiveMode::name(policy.mode),
                 went.len(),
                 show(&got),
                 show(&want)
@@ -291,7 +283,7 @@ pub fn corpus(big: bool) -> Result<String, String> {
         }
         println!(
             "policy {} v4 {:?} v6 {:?}: {} frames, counted {}",
-            mode_word(policy.mode),
+            EffectiveMode::name(policy.mode),
             policy.ipv4.len(),
             policy.ipv6.len(),
             went.len(),
@@ -397,9 +389,9 @@ pub(crate) fn to_vm_cases(a: &crate::Domu, ua: &str, va: &str, aa: &mut Agent, a
             }
         }
         if got != want {
-            failures.push(format!("policy {}: counted {} — the model says {}", mode_word(policy.mode), show(&got), show(&want)));
+            failures.push(format!("policy {}: counted {} — the model says {}", EffectiveMode::name(policy.mode), show(&got), show(&want)));
         }
-        println!("to-VM policy {}: {} frames, counted {}", mode_word(policy.mode), sent.len(), show(&got));
+        println!("to-VM policy {}: {} frames, counted {}", EffectiveMode::name(policy.mode), sent.len(), show(&got));
     }
     for u in &unsendable {
         println!("not sendable through netfront: {u}");
