@@ -11,99 +11,126 @@ use std::{io, os::fd::FromRawFd as _, os::fd::OwnedFd};
 use aya::util::KernelVersion;
 use serde::Serialize;
 
-/// One kernel feature lockd uses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Feature {
-    XdpProgram,
-    LpmTrie,
-    MmapableArray,
-    XdpLink,
-    Tcx,
-    Clsact,
-    ClsBpf,
-    IfbRedirect,
-}
+/// Declares every kernel feature once: its key, what it is, the Linux version that brought it,
+/// the first words of its row in the README's kernel table (a test holds the two together), and
+/// what lockd does without it (`None`: it cannot run).
+macro_rules! features {
+    ($($v:ident {
+        key: $key:literal,
+        describe: $describe:literal,
+        since: ($major:literal, $minor:literal),
+        readme: $readme:literal,
+        fallback: $fallback:expr $(,)?
+    }),+ $(,)?) => {
+        /// One kernel feature lockd uses.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum Feature { $($v),+ }
 
-impl Feature {
-    pub const ALL: [Feature; 8] = [
-        Feature::XdpProgram,
-        Feature::LpmTrie,
-        Feature::MmapableArray,
-        Feature::XdpLink,
-        Feature::Tcx,
-        Feature::Clsact,
-        Feature::ClsBpf,
-        Feature::IfbRedirect,
-    ];
+        impl Feature {
+            /// Every feature, in the order `lockd features` lists them.
+            pub const ALL: &'static [Feature] = &[$(Feature::$v),+];
 
-    /// The stable key (`lockd features --json`, `LOCKD_FEATURES_MISSING`).
-    pub fn key(self) -> &'static str {
-        match self {
-            Feature::XdpProgram => "xdp_program",
-            Feature::LpmTrie => "lpm_trie",
-            Feature::MmapableArray => "mmapable_array",
-            Feature::XdpLink => "xdp_link",
-            Feature::Tcx => "tcx",
-            Feature::Clsact => "clsact",
-            Feature::ClsBpf => "cls_bpf",
-            Feature::IfbRedirect => "ifb_redirect",
-        }
-    }
-
-    pub fn describe(self) -> &'static str {
-        match self {
-            Feature::XdpProgram => "XDP programs",
-            Feature::LpmTrie => "LPM trie maps (prefix lookups)",
-            Feature::MmapableArray => "BPF_F_MMAPABLE array maps (atomic position flips)",
-            Feature::XdpLink => "XDP BPF links and bpf_link_update (gapless restarts)",
-            Feature::Tcx => "TCX links for the TC programs (`--tc-mode tcx`)",
-            Feature::Clsact => "clsact qdiscs (module sch_ingress), the TC programs' parent",
-            Feature::ClsBpf => "cls_bpf direct-action filters (module cls_bpf)",
-            Feature::IfbRedirect => "bpf_redirect into an ifb (the rate limit's shaper hand-off)",
-        }
-    }
-
-    /// The Linux version that brought it.
-    pub fn since(self) -> (u32, u32) {
-        match self {
-            Feature::XdpProgram => (4, 8),
-            Feature::LpmTrie => (4, 11),
-            Feature::MmapableArray => (5, 5),
-            Feature::XdpLink => (5, 9),
-            Feature::Tcx => (6, 6),
-            Feature::Clsact => (4, 5),
-            Feature::ClsBpf => (4, 4),
-            Feature::IfbRedirect => (6, 4),
-        }
-    }
-
-    /// What lockd does without it: None when it cannot run.
-    pub fn fallback(self) -> Option<&'static str> {
-        match self {
-            Feature::Tcx => {
-                Some("the TC programs go on a clsact qdisc as cls_bpf filters (the default anyway)")
+            /// The stable key (`lockd features --json`, `LOCKD_FEATURES_MISSING`).
+            pub fn key(self) -> &'static str {
+                match self { $(Feature::$v => $key),+ }
             }
-            // Not fatal: the daemon runs and holds every VIF it cannot attach.
-            Feature::Clsact => Some(
-                "no VIF can be attached at TC with `--tc-mode clsact` (the default): each is held (off its bridge and down); load sch_ingress, or use `--tc-mode tcx` (6.6+)",
-            ),
-            Feature::ClsBpf => Some(
-                "no VIF can be attached at TC with `--tc-mode clsact` (the default): each is held (off its bridge and down); load cls_bpf, or use `--tc-mode tcx` (6.6+)",
-            ),
-            Feature::IfbRedirect => Some(
-                "a rate-limited VIF's passing frames reach its shaper through a u32 filter with a mirred action (modules cls_u32, act_mirred)",
-            ),
-            _ => None,
-        }
-    }
 
-    /// Whether this kernel is at least the version that brought it (for the features judged
-    /// by version).
-    pub fn by_version(self) -> bool {
-        at_least(KernelVersion::current().ok(), self.since())
-    }
+            /// What it is, for an operator.
+            pub fn describe(self) -> &'static str {
+                match self { $(Feature::$v => $describe),+ }
+            }
+
+            /// The Linux version that brought it.
+            pub fn since(self) -> (u32, u32) {
+                match self { $(Feature::$v => ($major, $minor)),+ }
+            }
+
+            /// How its row in the README's kernel table begins.
+            pub fn readme_row(self) -> &'static str {
+                match self { $(Feature::$v => $readme),+ }
+            }
+
+            /// What lockd does without it: None when it cannot run.
+            pub fn fallback(self) -> Option<&'static str> {
+                match self { $(Feature::$v => $fallback),+ }
+            }
+
+            /// Whether this kernel is at least the version that brought it (for the features
+            /// judged by version).
+            pub fn by_version(self) -> bool {
+                at_least(KernelVersion::current().ok(), self.since())
+            }
+        }
+    };
 }
+
+features! {
+    XdpProgram {
+        key: "xdp_program",
+        describe: "XDP programs",
+        since: (4, 8),
+        readme: "XDP programs",
+        fallback: None,
+    },
+    LpmTrie {
+        key: "lpm_trie",
+        describe: "LPM trie maps (prefix lookups)",
+        since: (4, 11),
+        readme: "LPM trie maps",
+        fallback: None,
+    },
+    MmapableArray {
+        key: "mmapable_array",
+        describe: "BPF_F_MMAPABLE array maps (atomic position flips)",
+        since: (5, 5),
+        readme: "`BPF_F_MMAPABLE` array maps",
+        fallback: None,
+    },
+    XdpLink {
+        key: "xdp_link",
+        describe: "XDP BPF links and bpf_link_update (gapless restarts)",
+        since: (5, 9),
+        readme: "XDP BPF links",
+        fallback: None,
+    },
+    Tcx {
+        key: "tcx",
+        describe: "TCX links for the TC programs (`--tc-mode tcx`)",
+        since: (6, 6),
+        readme: "TCX links",
+        fallback: Some("the TC programs go on a clsact qdisc as cls_bpf filters (the default anyway)"),
+    },
+    Clsact {
+        key: "clsact",
+        describe: "clsact qdiscs (module sch_ingress), the TC programs' parent",
+        since: (4, 5),
+        readme: "clsact qdiscs",
+        // Not fatal: the daemon runs and holds every VIF it cannot attach.
+        fallback: Some(
+            "no VIF can be attached at TC with `--tc-mode clsact` (the default): each is held (off its bridge and down); load sch_ingress, or use `--tc-mode tcx` (6.6+)",
+        ),
+    },
+    ClsBpf {
+        key: "cls_bpf",
+        describe: "cls_bpf direct-action filters (module cls_bpf)",
+        since: (4, 4),
+        readme: "`cls_bpf` direct-action filters",
+        fallback: Some(
+            "no VIF can be attached at TC with `--tc-mode clsact` (the default): each is held (off its bridge and down); load cls_bpf, or use `--tc-mode tcx` (6.6+)",
+        ),
+    },
+    IfbRedirect {
+        key: "ifb_redirect",
+        describe: "bpf_redirect into an ifb (the rate limit's shaper hand-off)",
+        since: (6, 4),
+        readme: "`bpf_redirect` from TC ingress into an ifb",
+        fallback: Some(
+            "a rate-limited VIF's passing frames reach its shaper through a u32 filter with a mirred action (modules cls_u32, act_mirred)",
+        ),
+    },
+}
+
 
 /// A probe result.
 #[derive(Clone, Debug, Serialize)]

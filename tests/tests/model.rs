@@ -130,3 +130,45 @@ fn readme_lists_every_reason_as_declared() {
         "README's drop-reason table differs from lockd_common::Reason"
     );
 }
+
+fn readme() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).expect("README.md")
+}
+
+/// Every kernel feature lockd declares has its row in the README's kernel table, with the
+/// version that brought it; "cannot run" there exactly when lockd has no fallback.
+#[test]
+fn readme_kernel_table_is_the_feature_declaration() {
+    let readme = readme();
+    let rows: Vec<Vec<&str>> = readme
+        .split("## Kernels")
+        .nth(1)
+        .expect("a Kernels section")
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| kernel feature") && !l.starts_with("|---"))
+        .map(|l| l.trim_matches('|').split(" | ").map(str::trim).collect())
+        .collect();
+    let mut wrong = Vec::new();
+    for f in lockd::features::Feature::ALL {
+        let Some(row) = rows.iter().find(|r| r[0].starts_with(f.readme_row())) else {
+            wrong.push(format!("{}: no row starting {:?}", f.key(), f.readme_row()));
+            continue;
+        };
+        let (major, minor) = f.since();
+        // "4.8; 4.19": the first version is the feature's own.
+        if row[1].split(';').next().map(str::trim) != Some(format!("{major}.{minor}").as_str()) {
+            wrong.push(format!("{}: README says since {}, the code {major}.{minor}", f.key(), row[1]));
+        }
+        if row[3].starts_with("cannot run") != f.fallback().is_none() {
+            wrong.push(format!("{}: README says '{}', the code's fallback is {:?}", f.key(), row[3], f.fallback()));
+        }
+    }
+    assert!(wrong.is_empty(), "README's kernel table and lockd::features differ:\n  {}", wrong.join("\n  "));
+}
+
+/// The README names the pinned layout the code writes.
+#[test]
+fn readme_names_the_pinned_layout() {
+    let path = format!("{}/v{}/", lockd::dataplane::DEFAULT_PIN_DIR, lockd::dataplane::LAYOUT_VERSION);
+    assert!(readme().contains(&format!("`{path}`")), "README does not name the layout {path}");
+}

@@ -42,7 +42,7 @@ fn ifname(ifindex: u32) -> Result<String> {
 /// Whether this kernel has TCX (6.6+); without it TC programs go on a clsact qdisc. The same
 /// rule aya uses to choose.
 pub(crate) fn has_tcx() -> bool {
-    aya::util::KernelVersion::current().is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0))
+    crate::features::Feature::Tcx.by_version()
 }
 
 fn tc_handle(h: u32) -> TcHandle {
