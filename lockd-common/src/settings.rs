@@ -29,6 +29,25 @@ pub enum QosAlgorithm {
     Ratelimit,
 }
 
+impl QosAlgorithm {
+    /// Every algorithm, in declaration order.
+    pub const ALL: [QosAlgorithm; 2] = [QosAlgorithm::None, QosAlgorithm::Ratelimit];
+
+    /// The word `qos_algorithm_type` holds for it (empty for none): the xe CLI, the store and
+    /// the legacy state file all read and write this.
+    pub fn word(self) -> &'static str {
+        match self {
+            QosAlgorithm::None => "",
+            QosAlgorithm::Ratelimit => "ratelimit",
+        }
+    }
+
+    /// The algorithm named `word` (surrounding blanks ignored).
+    pub fn from_word(word: &str) -> Option<QosAlgorithm> {
+        Self::ALL.into_iter().find(|a| a.word() == word.trim())
+    }
+}
+
 /// A VIF's QoS setting as xapi keeps it: the algorithm and its params, each settable on its
 /// own (params without `ratelimit` are kept but not applied).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

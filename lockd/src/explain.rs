@@ -3,9 +3,12 @@
 //! no traffic sent, the running daemon untouched), with the reference model's verdict beside
 //! the kernel's.
 
-use std::{fs::File, io::Read as _, path::Path};
+use std::{
+    fs::File,
+    io::Read as _,
+    path::{Path, PathBuf},
+};
 
-use anyhow::{Context as _, Result, anyhow, bail};
 use lockd_common::{
     Direction, Reason,
     model::{verdict_from_vm, verdict_to_vm},
@@ -20,7 +23,7 @@ use pcap_file::{
 use serde::Serialize;
 
 use crate::{
-    dataplane::{Dataplane, XDP_DROP, XDP_PASS},
+    dataplane::{Dataplane, DataplaneError, XDP_DROP, XDP_PASS},
     frameinfo,
 };
 
@@ -67,17 +70,66 @@ impl Explained {
     }
 }
 
+/// Why `explain` has no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ExplainError {
+    /// The capture file cannot be opened or read.
+    #[error("reading {}: {error}", path.display())]
+    Read { path: PathBuf, error: std::io::Error },
+    /// The file is not a pcap or pcapng capture (or is cut short).
+    #[error("{}: not a readable capture: {error}", path.display())]
+    Capture {
+        path: PathBuf,
+        error: Box<pcap_file::PcapError>,
+    },
+    /// A frame of the capture is not Ethernet (the text names it and what to do).
+    #[error("{}: {what}", path.display())]
+    NotEthernet { path: PathBuf, what: String },
+    /// `--mac` or a `key=value` word is not one explain takes.
+    #[error("{0}")]
+    Words(String),
+    /// The daemon's answer to `--vif` is not a policy.
+    #[error("the daemon's policy: {0}")]
+    DaemonPolicy(String),
+    /// The private dataplane refused a step (`what` says which).
+    #[error("{what}: {error}")]
+    Dataplane {
+        what: String,
+        error: Box<DataplaneError>,
+    },
+    /// The kernel refused to run a frame.
+    #[error("frame {frame}: {error}")]
+    Run { frame: usize, error: std::io::Error },
+}
+
+type Result<T> = std::result::Result<T, ExplainError>;
+
+fn dataplane(what: impl Into<String>) -> impl FnOnce(DataplaneError) -> ExplainError {
+    let what = what.into();
+    move |error| ExplainError::Dataplane {
+        what,
+        error: Box::new(error),
+    }
+}
+
 /// The pcap magic numbers (either byte order, micro- or nanosecond) and pcapng's.
 const PCAPNG_MAGIC: [u8; 4] = [0x0a, 0x0d, 0x0d, 0x0a];
 
 /// Reads every Ethernet frame of a pcap or pcapng file.
 pub fn read_capture(path: &Path) -> Result<Vec<Captured>> {
     let mut magic = [0u8; 4];
+    let read = |error| ExplainError::Read {
+        path: path.to_path_buf(),
+        error,
+    };
     File::open(path)
         .and_then(|mut f| f.read_exact(&mut magic))
-        .with_context(|| format!("reading {}", path.display()))?;
-    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let bad = |e: pcap_file::PcapError| anyhow!("{}: not a readable capture: {e}", path.display());
+        .map_err(read)?;
+    let file = File::open(path).map_err(read)?;
+    let bad = |error| ExplainError::Capture {
+        path: path.to_path_buf(),
+        error: Box::new(error),
+    };
     let mut out = Vec::new();
     if magic == PCAPNG_MAGIC {
         let mut r = PcapNgReader::new(file).map_err(bad)?;
@@ -107,11 +159,13 @@ pub fn read_capture(path: &Path) -> Result<Vec<Captured>> {
                 _ => continue,
             };
             if link != Some(DataLink::ETHERNET) {
-                bail!(
-                    "{}: frame {} is not Ethernet ({link:?}); capture on the VIF's netdev",
-                    path.display(),
-                    out.len() + 1
-                );
+                return Err(ExplainError::NotEthernet {
+                    path: path.to_path_buf(),
+                    what: format!(
+                        "frame {} is not Ethernet ({link:?}); capture on the VIF's netdev",
+                        out.len() + 1
+                    ),
+                });
             }
             out.push(Captured { data, orig_len });
         }
@@ -119,10 +173,12 @@ pub fn read_capture(path: &Path) -> Result<Vec<Captured>> {
         let mut r = PcapReader::new(file).map_err(bad)?;
         let link = r.header().datalink;
         if link != DataLink::ETHERNET {
-            bail!(
-                "{}: link type {link:?}, not Ethernet; capture on the VIF's netdev (tcpdump -i vifN.M)",
-                path.display()
-            );
+            return Err(ExplainError::NotEthernet {
+                path: path.to_path_buf(),
+                what: format!(
+                    "link type {link:?}, not Ethernet; capture on the VIF's netdev (tcpdump -i vifN.M)"
+                ),
+            });
         }
         while let Some(p) = r.next_packet() {
             let p = p.map_err(bad)?;
@@ -137,8 +193,9 @@ pub fn read_capture(path: &Path) -> Result<Vec<Captured>> {
 
 /// A policy from `--mac` and the `key=value` words of `vif-param-set` (`locking-mode`,
 /// `ipv4-allowed`, `ipv6-allowed`). Without `locking-mode`, `locked`: the mode one explains.
-pub fn policy_from_words(mac: &str, words: &[String]) -> Result<VifPolicy> {
-    let mac = lockd_common::policy::parse_mac(mac).map_err(|e| anyhow!("--mac: {e}"))?;
+pub fn policy_from_words(mac: &str, params: &[String]) -> Result<VifPolicy> {
+    let words = |s: String| ExplainError::Words(s);
+    let mac = lockd_common::policy::parse_mac(mac).map_err(|e| words(format!("--mac: {e}")))?;
     let mut p = VifPolicy {
         mode: EffectiveMode::Locked,
         mac,
@@ -146,33 +203,37 @@ pub fn policy_from_words(mac: &str, words: &[String]) -> Result<VifPolicy> {
         ipv6: Vec::new(),
         rate: None,
     };
-    for w in words {
+    for w in params {
         let (k, v) = w
             .split_once('=')
-            .ok_or_else(|| anyhow!("'{w}' is not key=value"))?;
+            .ok_or_else(|| words(format!("'{w}' is not key=value")))?;
         match k.trim().to_ascii_lowercase().as_str() {
             "locking-mode" => {
                 p.mode = match v
                     .parse::<LockingMode>()
-                    .map_err(|e| anyhow!("locking-mode: {e}"))?
+                    .map_err(|e| words(format!("locking-mode: {e}")))?
                 {
                     LockingMode::Locked => EffectiveMode::Locked,
                     LockingMode::Unlocked => EffectiveMode::Unlocked,
                     LockingMode::Disabled => EffectiveMode::Disabled,
-                    LockingMode::NetworkDefault => bail!(
-                        "locking-mode=network_default needs a network: give locked, unlocked or disabled, or use --vif"
-                    ),
+                    LockingMode::NetworkDefault => {
+                        return Err(words(
+                            "locking-mode=network_default needs a network: give locked, unlocked or disabled, or use --vif".into(),
+                        ));
+                    }
                 }
             }
             "ipv4-allowed" => {
-                p.ipv4 = parse_ipv4_list(v).map_err(|e| anyhow!("ipv4-allowed: {e}"))?
+                p.ipv4 = parse_ipv4_list(v).map_err(|e| words(format!("ipv4-allowed: {e}")))?
             }
             "ipv6-allowed" => {
-                p.ipv6 = parse_ipv6_list(v).map_err(|e| anyhow!("ipv6-allowed: {e}"))?
+                p.ipv6 = parse_ipv6_list(v).map_err(|e| words(format!("ipv6-allowed: {e}")))?
             }
-            other => bail!(
-                "unknown parameter '{other}': explain takes locking-mode, ipv4-allowed and ipv6-allowed"
-            ),
+            other => {
+                return Err(words(format!(
+                    "unknown parameter '{other}': explain takes locking-mode, ipv4-allowed and ipv6-allowed"
+                )));
+            }
         }
     }
     Ok(p)
@@ -180,7 +241,8 @@ pub fn policy_from_words(mac: &str, words: &[String]) -> Result<VifPolicy> {
 
 /// The policy the daemon reports for `--vif` (its `Request::Policy` answer).
 pub fn policy_from_daemon(json: &str) -> Result<VifPolicy> {
-    let v: serde_json::Value = serde_json::from_str(json).context("the daemon's policy")?;
+    let bad = |e: &dyn std::fmt::Display| ExplainError::DaemonPolicy(e.to_string());
+    let v: serde_json::Value = serde_json::from_str(json).map_err(|e| bad(&e))?;
     let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
     let list = |k: &str| {
         v[k].as_array()
@@ -194,9 +256,9 @@ pub fn policy_from_daemon(json: &str) -> Result<VifPolicy> {
     let mode = s("mode").parse().unwrap_or(EffectiveMode::Disabled);
     Ok(VifPolicy {
         mode,
-        mac: lockd_common::policy::parse_mac(&s("mac")).map_err(|e| anyhow!("{e}"))?,
-        ipv4: parse_ipv4_list(&list("ipv4")).map_err(|e| anyhow!("{e}"))?,
-        ipv6: parse_ipv6_list(&list("ipv6")).map_err(|e| anyhow!("{e}"))?,
+        mac: lockd_common::policy::parse_mac(&s("mac")).map_err(|e| bad(&e))?,
+        ipv4: parse_ipv4_list(&list("ipv4")).map_err(|e| bad(&e))?,
+        ipv6: parse_ipv6_list(&list("ipv6")).map_err(|e| bad(&e))?,
         rate: None,
     })
 }
@@ -330,13 +392,13 @@ pub fn reconcile(verdict: &'static str, moved: &[Reason]) -> (&'static str, Opti
 /// Ethernet header runs too ([`crate::testrun::SHORT_FRAME_PAD`]); to the VM the kernel
 /// cannot run one, and the line says so.
 pub fn explain(policy: &VifPolicy, frames: &[Captured], dir: Direction) -> Result<Vec<Explained>> {
-    let mut dp = Dataplane::load().context("loading lockd's programs (explain needs root)")?;
+    let mut dp = Dataplane::load().map_err(dataplane("loading lockd's programs (explain needs root)"))?;
     // The loopback device stands in for the VIF: test_run needs a real device, and the
     // programs find the policy by its ifindex in these private maps.
     let ifx = 1;
-    dp.set_policy(ifx, policy).context("the policy")?;
+    dp.set_policy(ifx, policy).map_err(dataplane("the policy"))?;
     let egress = match dir {
-        Direction::ToVm => Some(dp.tc_runner()?),
+        Direction::ToVm => Some(dp.tc_runner().map_err(dataplane("the TC program"))?),
         Direction::FromVm => None,
     };
     // Frames and bytes counted per reason in this direction (the other is never touched).
@@ -344,8 +406,8 @@ pub fn explain(policy: &VifPolicy, frames: &[Captured], dir: Direction) -> Resul
         Reason::ALL
             .iter()
             .map(|&r| dp.counter(ifx, dir, r).map(|c| (c.packets, c.bytes)))
-            .collect::<Result<_, _>>()
-            .context("reading the private counters")
+            .collect::<std::result::Result<_, _>>()
+            .map_err(dataplane("reading the private counters"))
     };
     let mut before = counts(&dp)?;
     let mut out = Vec::with_capacity(frames.len());
@@ -358,15 +420,17 @@ pub fn explain(policy: &VifPolicy, frames: &[Captured], dir: Direction) -> Resul
             Direction::FromVm => verdict_from_vm(policy, &f.data),
             Direction::ToVm => verdict_to_vm(policy, &f.data),
         };
-        let frame = || format!("frame {}", i + 1);
+        let frame = i + 1;
         let retval = match &egress {
             // Asked, not assumed: a kernel that one day takes these frames runs them.
             Some(r) => match r.run_skb(ifx, &f.data, 1) {
                 Ok(r) => Ok(r.action),
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Err(tc_refusal(&f.data)),
-                Err(e) => return Err(e).context(frame()),
+                Err(error) => return Err(ExplainError::Run { frame, error }),
             },
-            None => Ok(dp.judge(ifx, &f.data).with_context(frame)?),
+            None => Ok(dp
+                .judge(ifx, &f.data)
+                .map_err(dataplane(format!("frame {frame}")))?),
         };
         let (run, verdict_name, reason, problem) = match retval {
             Ok(retval) => {

@@ -68,13 +68,13 @@ pub struct Reply {
 pub enum ClientError {
     /// Nothing listens on the socket.
     #[error(
-        "the lockd daemon is not running (cannot connect to {}: {source}); start it with \
+        "the lockd daemon is not running (cannot connect to {}: {error}); start it with \
          `systemctl start lockd` or `lockd daemon`",
         socket.display()
     )]
     NotRunning {
         socket: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The connection failed midway.
     #[error("talking to the daemon: {0}")]
@@ -113,9 +113,9 @@ pub fn request_patiently(
 
 /// Client side: sends `req` to the daemon at `socket` and returns its reply.
 pub fn request(socket: &Path, req: &Request) -> Result<Reply, ClientError> {
-    let s = UnixStream::connect(socket).map_err(|source| ClientError::NotRunning {
+    let s = UnixStream::connect(socket).map_err(|error| ClientError::NotRunning {
         socket: socket.to_path_buf(),
-        source,
+        error,
     })?;
     exchange(s, req)
 }

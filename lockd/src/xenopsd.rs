@@ -23,20 +23,23 @@ pub const DEFAULT_XENOPSD_DIR: &str = "/var/run/nonpersistent/xenopsd";
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
     /// The record's file could not be read (absent, or unreadable).
-    #[error("reading {}: {source}", path.display())]
-    Read { path: PathBuf, source: io::Error },
+    #[error("reading {}: {error}", path.display())]
+    Read { path: PathBuf, error: io::Error },
     /// The file is not JSON.
-    #[error("parsing {}: {source}", path.display())]
+    #[error("parsing {}: {error}", path.display())]
     Parse {
         path: PathBuf,
-        source: serde_json::Error,
+        error: serde_json::Error,
     },
     /// `extra_private_keys` lacks a key xapi always writes.
     #[error("extra_private_keys has no {0}")]
     MissingKey(&'static str),
     /// A UUID of the record (or the hook's VM argument) is not one.
     #[error("{key}: {reason}")]
-    BadUuid { key: &'static str, reason: String },
+    BadUuid {
+        key: &'static str,
+        reason: crate::xe::params::BadValue,
+    },
     /// A field has the wrong JSON type; the text says which and what it holds.
     #[error("{0}")]
     WrongType(String),
@@ -44,10 +47,10 @@ pub enum RecordError {
     #[error(transparent)]
     Mac(#[from] BadMac),
     /// An item of `ipv4` or `ipv6` is not an address lockd can allow.
-    #[error("{what}: {source}")]
+    #[error("{what}: {error}")]
     List {
         what: &'static str,
-        source: ListError,
+        error: ListError,
     },
     /// A backend lockd cannot filter (a driver domain's bridge, or one it does not know).
     #[error("{0}")]
@@ -75,9 +78,9 @@ pub fn read_record(dir: &Path, backend: &str, vm_uuid: &str, devid: &str) -> Res
     let path = vif_file(dir, backend, vm_uuid, devid);
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
-        Err(source) => return Err(RecordError::Read { path, source }),
+        Err(error) => return Err(RecordError::Read { path, error }),
     };
-    serde_json::from_str(&text).map_err(|source| RecordError::Parse { path, source })
+    serde_json::from_str(&text).map_err(|error| RecordError::Parse { path, error })
 }
 
 /// `extra_private_keys` as either a JSON object or a list of pairs.
@@ -107,7 +110,7 @@ fn list<N>(
         let s = i
             .as_str()
             .ok_or_else(|| RecordError::WrongType(format!("{what}: {i} is not a string")))?;
-        out.extend(parse(s).map_err(|source| RecordError::List { what, source })?);
+        out.extend(parse(s).map_err(|error| RecordError::List { what, error })?);
     }
     Ok(out)
 }

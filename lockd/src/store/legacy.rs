@@ -84,11 +84,8 @@ fn changes(path: &Path, text: &str) -> Result<Vec<Change>, StoreError> {
         let bad = |field: &str, e: &dyn ToString| {
             corrupt(path, format!("VIF {}: {field}: {}", v.uuid, e.to_string()))
         };
-        let algorithm = match v.qos.algorithm_type.as_str() {
-            "" => QosAlgorithm::None,
-            "ratelimit" => QosAlgorithm::Ratelimit,
-            other => return Err(bad("qos_algorithm_type", &other)),
-        };
+        let algorithm = QosAlgorithm::from_word(&v.qos.algorithm_type)
+            .ok_or_else(|| bad("qos_algorithm_type", &v.qos.algorithm_type))?;
         out.push(Change::PutVif(VifSettings {
             mac: parse_mac(&v.mac).map_err(|e| bad("mac", &e))?,
             ipv4_allowed: parse_ipv4_list(&v.ipv4_allowed.join(","))

@@ -219,10 +219,7 @@ impl SqliteStore {
                         v.locking_mode.to_string(),
                         v4.join(","),
                         v6.join(","),
-                        match v.qos.algorithm {
-                            QosAlgorithm::None => "",
-                            QosAlgorithm::Ratelimit => "ratelimit",
-                        },
+                        v.qos.algorithm.word(),
                         int(v.qos.kbps),
                         int(v.qos.timeslice_us),
                         v.extra_devices.join(","),
@@ -349,11 +346,7 @@ impl SqliteStore {
         }
         crate::xe::params::device(&device).map_err(|e| bad("device", &e))?;
         let qos = Qos {
-            algorithm: match qt.as_str() {
-                "" => QosAlgorithm::None,
-                "ratelimit" => QosAlgorithm::Ratelimit,
-                other => return Err(bad("qos_algorithm_type", &other)),
-            },
+            algorithm: QosAlgorithm::from_word(&qt).ok_or_else(|| bad("qos_algorithm_type", &qt))?,
             kbps: unsigned("qos_kbps", kbps)?,
             timeslice_us: unsigned("qos_timeslice_us", ts)?,
         };

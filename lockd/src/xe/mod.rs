@@ -55,7 +55,13 @@ pub enum XeError {
     #[error("{what} {uuid} already exists")]
     Exists { what: &'static str, uuid: String },
     #[error("invalid value for {key}: {reason}")]
-    BadValue { key: String, reason: String },
+    BadValue {
+        key: String,
+        reason: params::BadValue,
+    },
+    /// `param-get`/`param-set` of a parameter the object does not have.
+    #[error("invalid value for param-name: {what} has no parameter '{key}'")]
+    NoParam { what: &'static str, key: String },
     #[error("device {device} already belongs to VIF {uuid}")]
     DeviceTaken { device: String, uuid: String },
     #[error("network {uuid} still has {count} VIF(s); destroy them first")]
@@ -167,10 +173,10 @@ fn parse_args(argv: &[String]) -> Result<Args, XeError> {
     Ok(a)
 }
 
-fn bad(key: &str, reason: impl ToString) -> XeError {
+fn bad(key: &str, reason: params::BadValue) -> XeError {
     XeError::BadValue {
         key: key.to_string(),
-        reason: reason.to_string(),
+        reason,
     }
 }
 
@@ -280,7 +286,10 @@ pub fn execute(state: &State, rt: &dyn Runtime, argv: &[String]) -> Result<Outco
             let n = network(state, &a)?;
             let key = a.param_name()?;
             let p = params::find(params::NETWORK, &key)
-                .ok_or_else(|| bad("param-name", format!("network has no parameter '{key}'")))?;
+                .ok_or_else(|| XeError::NoParam {
+                    what: "network",
+                    key: key.to_string(),
+                })?;
             Outcome::print(format!("{}\n", p.text(n, &view)))
         }
         "network-list" => {
@@ -317,7 +326,10 @@ pub fn execute(state: &State, rt: &dyn Runtime, argv: &[String]) -> Result<Outco
             let v = vif(state, &a)?;
             let key = a.param_name()?;
             let p = params::find(params::VIF, &key)
-                .ok_or_else(|| bad("param-name", format!("VIF has no parameter '{key}'")))?;
+                .ok_or_else(|| XeError::NoParam {
+                    what: "VIF",
+                    key: key.to_string(),
+                })?;
             Outcome::print(format!("{}\n", p.text(v, &view)))
         }
         "vif-list" => {
@@ -422,7 +434,7 @@ pub fn vif_apply(
     mut vif: VifSettings,
     network_name_label: &str,
 ) -> Result<Outcome, XeError> {
-    params::check_vif(&vif).map_err(|(key, reason)| XeError::BadValue { key, reason })?;
+    params::check_vif(&vif).map_err(|(key, reason)| bad(key, reason))?;
     let mut changes = Vec::new();
     let mut notes = String::new();
     if state.network(&vif.network_uuid).is_none() {

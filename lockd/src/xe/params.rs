@@ -39,8 +39,62 @@ impl Access {
     }
 }
 
-type Set<T> = fn(&mut T, &str) -> Result<(), String>;
-type SetIn<T> = fn(&mut T, &str, &str) -> Result<(), String>;
+/// Why a parameter's value is refused; the caller names the parameter
+/// ([`super::XeError::BadValue`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadValue {
+    /// Not a UUID.
+    #[error("'{0}' is not a UUID")]
+    Uuid(String),
+    /// Not a netdev name: empty, longer than 15 bytes, or with '/' or ' '.
+    #[error("'{0}' is not a netdev name")]
+    Device(String),
+    /// Not an integer from 1 to `max`.
+    #[error("'{value}' is not an integer from 1 to {max}")]
+    NotInRange { value: String, max: u64 },
+    /// A stored or toolstack value outside what the kernel's arithmetic takes.
+    #[error("{value} is outside 1..={max}")]
+    OutOfRange { value: u64, max: u64 },
+    /// More allowed addresses than a VIF may hold.
+    #[error("{0} entries exceed the per-VIF limit of {MAX_ALLOWED_PER_VIF}")]
+    TooMany(usize),
+    /// A map parameter has no such key.
+    #[error("no key '{key}' ({keys})")]
+    NoKey { key: String, keys: &'static str },
+    /// Not one of the words the parameter takes.
+    #[error("'{value}' is not one of: {expected}")]
+    Word {
+        value: String,
+        expected: &'static str,
+    },
+    /// A mode word, a MAC or an address list its parser refused (its own words).
+    #[error("{0}")]
+    Parse(String),
+}
+
+impl From<lockd_common::policy::BadWord> for BadValue {
+    fn from(e: lockd_common::policy::BadWord) -> Self {
+        BadValue::Word {
+            value: e.value,
+            expected: e.expected,
+        }
+    }
+}
+
+impl From<lockd_common::policy::ListError> for BadValue {
+    fn from(e: lockd_common::policy::ListError) -> Self {
+        BadValue::Parse(e.to_string())
+    }
+}
+
+impl From<lockd_common::policy::BadMac> for BadValue {
+    fn from(e: lockd_common::policy::BadMac) -> Self {
+        BadValue::Parse(e.to_string())
+    }
+}
+
+type Set<T> = fn(&mut T, &str) -> Result<(), BadValue>;
+type SetIn<T> = fn(&mut T, &str, &str) -> Result<(), BadValue>;
 
 /// One parameter of an object of type `T`.
 pub struct Param<T: 'static> {
@@ -108,30 +162,30 @@ pub fn text(v: Value) -> String {
     }
 }
 
-fn word<W: std::str::FromStr>(v: &str) -> Result<W, String>
+fn word<W: std::str::FromStr>(v: &str) -> Result<W, BadValue>
 where
-    W::Err: ToString,
+    W::Err: Into<BadValue>,
 {
-    v.parse::<W>().map_err(|e| e.to_string())
+    v.parse::<W>().map_err(Into::into)
 }
 
 /// A canonical UUID (lower case, hyphenated).
-pub fn uuid(v: &str) -> Result<String, String> {
+pub fn uuid(v: &str) -> Result<String, BadValue> {
     uuid::Uuid::parse_str(v.trim())
         .map(|u| u.hyphenated().to_string())
-        .map_err(|_| format!("'{v}' is not a UUID"))
+        .map_err(|_| BadValue::Uuid(v.to_string()))
 }
 
-pub(crate) fn device(v: &str) -> Result<String, String> {
+pub(crate) fn device(v: &str) -> Result<String, BadValue> {
     let d = v.trim();
     if d.is_empty() || d.len() > 15 || d.contains(['/', ' ']) {
-        return Err(format!("'{d}' is not a netdev name"));
+        return Err(BadValue::Device(d.to_string()));
     }
     Ok(d.to_string())
 }
 
 /// An optional positive integer no larger than `max` (empty clears it).
-fn bounded(v: &str, max: u64) -> Result<Option<u64>, String> {
+fn bounded(v: &str, max: u64) -> Result<Option<u64>, BadValue> {
     match v.trim() {
         "" => Ok(None),
         t => t
@@ -139,16 +193,17 @@ fn bounded(v: &str, max: u64) -> Result<Option<u64>, String> {
             .ok()
             .filter(|n| (1..=max).contains(n))
             .map(Some)
-            .ok_or_else(|| format!("'{t}' is not an integer from 1 to {max}")),
+            .ok_or_else(|| BadValue::NotInRange {
+                value: t.to_string(),
+                max,
+            }),
     }
 }
 
-fn check_total(v: &VifSettings) -> Result<(), String> {
+fn check_total(v: &VifSettings) -> Result<(), BadValue> {
     let n = v.allowed_count();
     if n > MAX_ALLOWED_PER_VIF {
-        return Err(format!(
-            "{n} entries exceed the per-VIF limit of {MAX_ALLOWED_PER_VIF}"
-        ));
+        return Err(BadValue::TooMany(n));
     }
     Ok(())
 }
@@ -173,31 +228,42 @@ pub const MAX_TIMESLICE_US: u64 = 10_000_000;
 /// The bounds a complete VIF must keep however it arrived (the hook builds one whole):
 /// kbps and timeslice in range, no more allowed entries than a VIF may hold. Errors name the
 /// parameter and value.
-pub fn check_vif(v: &VifSettings) -> Result<(), (String, String)> {
+pub fn check_vif(v: &VifSettings) -> Result<(), (&'static str, BadValue)> {
     if let Some(k) = v.qos.kbps
         && !(1..=MAX_KBPS).contains(&k)
     {
         return Err((
-            "qos_algorithm_params:kbps".into(),
-            format!("{k} is outside 1..={MAX_KBPS}"),
+            "qos_algorithm_params:kbps",
+            BadValue::OutOfRange {
+                value: k,
+                max: MAX_KBPS,
+            },
         ));
     }
     if let Some(t) = v.qos.timeslice_us
         && !(1..=MAX_TIMESLICE_US).contains(&t)
     {
         return Err((
-            "qos_algorithm_params:timeslice_us".into(),
-            format!("{t} is outside 1..={MAX_TIMESLICE_US}"),
+            "qos_algorithm_params:timeslice_us",
+            BadValue::OutOfRange {
+                value: t,
+                max: MAX_TIMESLICE_US,
+            },
         ));
     }
-    check_total(v).map_err(|e| ("ipv4-allowed/ipv6-allowed".into(), e))
+    check_total(v).map_err(|e| ("ipv4-allowed/ipv6-allowed", e))
 }
 
-fn set_qos_param(v: &mut VifSettings, key: &str, value: &str) -> Result<(), String> {
+fn set_qos_param(v: &mut VifSettings, key: &str, value: &str) -> Result<(), BadValue> {
     match key {
         "kbps" => v.qos.kbps = bounded(value, MAX_KBPS)?,
         "timeslice_us" => v.qos.timeslice_us = bounded(value, MAX_TIMESLICE_US)?,
-        other => return Err(format!("no key '{other}' (kbps, timeslice_us)")),
+        other => {
+            return Err(BadValue::NoKey {
+                key: other.to_string(),
+                keys: "kbps, timeslice_us",
+            });
+        }
     }
     Ok(())
 }
@@ -234,7 +300,7 @@ pub static VIF: &[Param<VifSettings>] = &[
     V::new("MAC", Access::Ro, "the guest MAC", |v, _| {
         json!(format_mac(v.mac))
     })
-    .set(|v, s| parse_mac(s).map_err(|e| e.to_string()).map(|x| v.mac = x)),
+    .set(|v, s| parse_mac(s).map_err(BadValue::from).map(|x| v.mac = x)),
     V::new("network-uuid", Access::Ro, "the network", |v, _| {
         json!(v.network_uuid)
     })
@@ -256,7 +322,7 @@ pub static VIF: &[Param<VifSettings>] = &[
         add: Some(|v, s| {
             merge(
                 &mut v.ipv4_allowed,
-                parse_ipv4_list(s).map_err(|e| e.to_string())?,
+                parse_ipv4_list(s)?,
                 true,
             );
             check_total(v)
@@ -264,7 +330,7 @@ pub static VIF: &[Param<VifSettings>] = &[
         remove: Some(|v, s| {
             merge(
                 &mut v.ipv4_allowed,
-                parse_ipv4_list(s).map_err(|e| e.to_string())?,
+                parse_ipv4_list(s)?,
                 false,
             );
             Ok(())
@@ -276,7 +342,7 @@ pub static VIF: &[Param<VifSettings>] = &[
             |v, _| json!(v.ipv4_allowed.iter().map(item4).collect::<Vec<_>>()),
         )
         .set(|v, s| {
-            v.ipv4_allowed = parse_ipv4_list(s).map_err(|e| e.to_string())?;
+            v.ipv4_allowed = parse_ipv4_list(s)?;
             check_total(v)
         })
     },
@@ -284,7 +350,7 @@ pub static VIF: &[Param<VifSettings>] = &[
         add: Some(|v, s| {
             merge(
                 &mut v.ipv6_allowed,
-                parse_ipv6_list(s).map_err(|e| e.to_string())?,
+                parse_ipv6_list(s)?,
                 true,
             );
             check_total(v)
@@ -292,7 +358,7 @@ pub static VIF: &[Param<VifSettings>] = &[
         remove: Some(|v, s| {
             merge(
                 &mut v.ipv6_allowed,
-                parse_ipv6_list(s).map_err(|e| e.to_string())?,
+                parse_ipv6_list(s)?,
                 false,
             );
             Ok(())
@@ -304,7 +370,7 @@ pub static VIF: &[Param<VifSettings>] = &[
             |v, _| json!(v.ipv6_allowed.iter().map(item6).collect::<Vec<_>>()),
         )
         .set(|v, s| {
-            v.ipv6_allowed = parse_ipv6_list(s).map_err(|e| e.to_string())?;
+            v.ipv6_allowed = parse_ipv6_list(s)?;
             check_total(v)
         })
     },
@@ -312,19 +378,13 @@ pub static VIF: &[Param<VifSettings>] = &[
         "qos_algorithm_type",
         Access::Rw,
         "ratelimit, or empty for none",
-        |v, _| {
-            json!(match v.qos.algorithm {
-                QosAlgorithm::None => "",
-                QosAlgorithm::Ratelimit => "ratelimit",
-            })
-        },
+        |v, _| json!(v.qos.algorithm.word()),
     )
     .set(|v, s| {
-        v.qos.algorithm = match s.trim() {
-            "" => QosAlgorithm::None,
-            "ratelimit" => QosAlgorithm::Ratelimit,
-            other => return Err(format!("'{other}' is not one of: ratelimit, (empty)")),
-        };
+        v.qos.algorithm = QosAlgorithm::from_word(s).ok_or_else(|| BadValue::Word {
+            value: s.trim().to_string(),
+            expected: "ratelimit, (empty)",
+        })?;
         Ok(())
     }),
     Param {

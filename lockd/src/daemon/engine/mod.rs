@@ -225,7 +225,7 @@ impl Core {
         match vif {
             None => Ok(String::new()),
             Some(u) => {
-                let canonical = xe::params::uuid(&u)?;
+                let canonical = xe::params::uuid(&u).map_err(|e| e.to_string())?;
                 match self.state.vif(&canonical) {
                     Some(v) => Ok(v.uuid.clone()),
                     None => Err(format!("unknown VIF '{u}'")),
@@ -236,7 +236,7 @@ impl Core {
 
     /// The policy in force for a VIF, as `lockd explain --vif` wants it.
     fn policy_request(&self, vif: &str) -> Result<String, String> {
-        let canonical = xe::params::uuid(vif)?;
+        let canonical = xe::params::uuid(vif).map_err(|e| e.to_string())?;
         let v = self
             .state
             .vif(&canonical)

@@ -27,10 +27,10 @@ pub(super) enum PlumbError {
     #[error("not put on its bridge: it is held ({0}) without its programs")]
     Held(String),
     /// rtnetlink refused the change.
-    #[error("plumbing {device}: {source}")]
+    #[error("plumbing {device}: {error}")]
     Netlink {
         device: String,
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -63,9 +63,9 @@ impl Core {
                 return Err(PlumbError::Held(h.describe()));
             }
         }
-        netlink::plumb(ifx, master).map_err(|source| PlumbError::Netlink {
+        netlink::plumb(ifx, master).map_err(|error| PlumbError::Netlink {
             device: device.to_string(),
-            source,
+            error,
         })
     }
 
