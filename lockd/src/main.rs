@@ -436,7 +436,7 @@ fn run(cli: Cli) -> Result<u8> {
             Ok(if disagree > 0 { 3 } else { 0 })
         }
         Cmd::Xe(argv) => {
-            if !xe::VERBS.contains(&argv[0].as_str()) {
+            if xe::Verb::parse(&argv[0]).is_none() {
                 anyhow::bail!("unknown command '{}'; see `lockd --help`", argv[0]);
             }
             relay(&cli.socket, &argv)

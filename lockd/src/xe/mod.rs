@@ -18,22 +18,68 @@ use crate::{
     store::{Change, State},
 };
 
-/// The verbs the CLI forwards to the daemon.
-pub const VERBS: &[&str] = &[
-    "network-create",
-    "network-destroy",
-    "network-param-set",
-    "network-param-get",
-    "network-list",
-    "vif-create",
-    "vif-destroy",
-    "vif-param-set",
-    "vif-param-add",
-    "vif-param-remove",
-    "vif-param-get",
-    "vif-list",
-    "vif-stats",
-];
+/// Declares every verb once: its name and its arguments as `help` shows them. Where a verb
+/// takes a fixed set of keys, they are the `key=PLACEHOLDER` words of its arguments (optional
+/// in brackets): the verb refuses any other and requires the rest.
+macro_rules! verbs {
+    ($($v:ident = $name:literal $usage:literal,)+) => {
+        /// A command of the `xe` CLI, forwarded to the daemon.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Verb { $($v),+ }
+
+        impl Verb {
+            /// Every verb, in the order `help` lists them.
+            pub const ALL: &'static [Verb] = &[$(Verb::$v),+];
+
+            /// The verb as typed.
+            pub fn name(self) -> &'static str {
+                match self { $(Verb::$v => $name),+ }
+            }
+
+            /// Its arguments, as `help` shows them.
+            pub fn usage(self) -> &'static str {
+                match self { $(Verb::$v => $usage),+ }
+            }
+        }
+    };
+}
+
+verbs! {
+    NetworkCreate = "network-create" "name-label=NAME [uuid=UUID] [default-locking-mode=M]",
+    NetworkDestroy = "network-destroy" "uuid=UUID",
+    NetworkParamSet = "network-param-set" "uuid=UUID PARAM=VALUE...",
+    NetworkParamGet = "network-param-get" "uuid=UUID param-name=PARAM",
+    NetworkList = "network-list" "[--json]",
+    VifCreate = "vif-create" "network-uuid=UUID device=IFNAME mac=MAC [uuid=UUID] [vm-uuid=UUID]",
+    VifDestroy = "vif-destroy" "uuid=UUID [--if-exists]",
+    VifParamSet = "vif-param-set" "uuid=UUID PARAM=VALUE... (maps: PARAM:KEY=VALUE)",
+    VifParamAdd = "vif-param-add" "uuid=UUID SETPARAM=ITEMS",
+    VifParamRemove = "vif-param-remove" "uuid=UUID SETPARAM=ITEMS",
+    VifParamGet = "vif-param-get" "uuid=UUID param-name=PARAM",
+    VifList = "vif-list" "[device=IFNAME] [--minimal] [--json]",
+    VifStats = "vif-stats" "[uuid=UUID] [--json]",
+}
+
+impl Verb {
+    /// The verb named `s`, if it is one.
+    pub fn parse(s: &str) -> Option<Verb> {
+        Self::ALL.iter().copied().find(|v| v.name() == s)
+    }
+
+    /// The fixed keys of its arguments, each with whether it is required.
+    fn keys(self) -> Vec<(&'static str, bool)> {
+        self.usage()
+            .split_whitespace()
+            .filter_map(|w| {
+                let optional = w.starts_with('[');
+                let (key, _) = w.trim_matches(['[', ']']).split_once('=')?;
+                key.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b == b'-')
+                    .then_some((key, !optional))
+            })
+            .collect()
+    }
+}
 
 /// A command that cannot be carried out; nothing was changed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -116,6 +162,7 @@ impl Outcome {
 }
 
 struct Args {
+    kind: Verb,
     verb: String,
     /// Canonical key (maps: `name:key`) → value.
     kv: BTreeMap<String, String>,
@@ -135,10 +182,9 @@ fn parse_args(argv: &[String]) -> Result<Args, XeError> {
     let (verb, rest) = argv
         .split_first()
         .ok_or_else(|| XeError::UnknownVerb(String::new()))?;
-    if !VERBS.contains(&verb.as_str()) {
-        return Err(XeError::UnknownVerb(verb.clone()));
-    }
+    let kind = Verb::parse(verb).ok_or_else(|| XeError::UnknownVerb(verb.clone()))?;
     let mut a = Args {
+        kind,
         verb: verb.clone(),
         kv: BTreeMap::new(),
         json: false,
@@ -196,6 +242,19 @@ impl Args {
             verb: self.verb.clone(),
             key: key.to_string(),
         }
+    }
+
+    /// Refuses any key but the verb's own, and requires those it must have.
+    fn fixed_keys(&self) -> Result<(), XeError> {
+        let keys = self.kind.keys();
+        let names: Vec<&str> = keys.iter().map(|(k, _)| *k).collect();
+        self.only(&names)?;
+        for (key, required) in keys {
+            if required {
+                self.need(key)?;
+            }
+        }
+        Ok(())
     }
 
     /// Refuses any key but `keys`.
@@ -260,10 +319,10 @@ const AT_CREATE: &[Access] = &[Access::Ro, Access::Rw];
 pub fn execute(state: &State, rt: &dyn Runtime, argv: &[String]) -> Result<Outcome, XeError> {
     let a = parse_args(argv)?;
     let view = View { state, rt };
-    match a.verb.as_str() {
-        "network-create" => network_create(&a, state),
-        "network-destroy" => {
-            a.only(&["uuid"])?;
+    match a.kind {
+        Verb::NetworkCreate => network_create(&a, state),
+        Verb::NetworkDestroy => {
+            a.fixed_keys()?;
             let uuid = a.uuid()?;
             state
                 .network(&uuid)
@@ -274,15 +333,15 @@ pub fn execute(state: &State, rt: &dyn Runtime, argv: &[String]) -> Result<Outco
             }
             Ok(changed(Change::DeleteNetwork(uuid), String::new()))
         }
-        "network-param-set" => {
+        Verb::NetworkParamSet => {
             let mut n = network(state, &a)?.clone();
             if a.apply(params::NETWORK, &mut n, &["uuid"], How::Set(CHANGEABLE))? == 0 {
                 return Err(XeError::NothingToDo { verb: a.verb });
             }
             Ok(changed(Change::PutNetwork(n), String::new()))
         }
-        "network-param-get" => {
-            a.only(&["uuid", "param-name"])?;
+        Verb::NetworkParamGet => {
+            a.fixed_keys()?;
             let n = network(state, &a)?;
             let key = a.param_name()?;
             let p = params::find(params::NETWORK, &key)
@@ -292,13 +351,13 @@ pub fn execute(state: &State, rt: &dyn Runtime, argv: &[String]) -> Result<Outco
                 })?;
             Outcome::print(format!("{}\n", p.text(n, &view)))
         }
-        "network-list" => {
-            a.only(&[])?;
+        Verb::NetworkList => {
+            a.fixed_keys()?;
             Outcome::print(show::list(params::NETWORK, state.networks(), &view, a.json))
         }
-        "vif-create" => vif_create(&a, state),
-        "vif-destroy" => {
-            a.only(&["uuid"])?;
+        Verb::VifCreate => vif_create(&a, state),
+        Verb::VifDestroy => {
+            a.fixed_keys()?;
             let uuid = a.uuid()?;
             // A bad stored row goes the same way (and its netdevs with it).
             let bad = state.bad_vifs().any(|b| b.uuid == uuid);
@@ -309,11 +368,11 @@ pub fn execute(state: &State, rt: &dyn Runtime, argv: &[String]) -> Result<Outco
                 None => Err(XeError::UnknownVif(uuid)),
             }
         }
-        "vif-param-set" | "vif-param-add" | "vif-param-remove" => {
+        Verb::VifParamSet | Verb::VifParamAdd | Verb::VifParamRemove => {
             let mut v = vif(state, &a)?.clone();
-            let how = match a.verb.as_str() {
-                "vif-param-add" => How::Add,
-                "vif-param-remove" => How::Remove,
+            let how = match a.kind {
+                Verb::VifParamAdd => How::Add,
+                Verb::VifParamRemove => How::Remove,
                 _ => How::Set(CHANGEABLE),
             };
             if a.apply(params::VIF, &mut v, &["uuid"], how)? == 0 {
@@ -321,8 +380,8 @@ pub fn execute(state: &State, rt: &dyn Runtime, argv: &[String]) -> Result<Outco
             }
             Ok(changed(Change::PutVif(v), String::new()))
         }
-        "vif-param-get" => {
-            a.only(&["uuid", "param-name"])?;
+        Verb::VifParamGet => {
+            a.fixed_keys()?;
             let v = vif(state, &a)?;
             let key = a.param_name()?;
             let p = params::find(params::VIF, &key)
@@ -332,8 +391,8 @@ pub fn execute(state: &State, rt: &dyn Runtime, argv: &[String]) -> Result<Outco
                 })?;
             Outcome::print(format!("{}\n", p.text(v, &view)))
         }
-        "vif-list" => {
-            a.only(&["device"])?;
+        Verb::VifList => {
+            a.fixed_keys()?;
             // `xe vif-list device=… [--minimal]`: only the VIFs that have this netdev.
             let dev = a.kv.get("device");
             let vifs = || {
@@ -350,15 +409,14 @@ pub fn execute(state: &State, rt: &dyn Runtime, argv: &[String]) -> Result<Outco
                 Outcome::print(show::vif_list(&view, a.json))
             }
         }
-        "vif-stats" => {
-            a.only(&["uuid"])?;
+        Verb::VifStats => {
+            a.fixed_keys()?;
             let only = match a.kv.get("uuid") {
                 Some(_) => Some(vif(state, &a)?.uuid.as_str()),
                 None => None,
             };
             Outcome::print(show::vif_stats(state, rt, only, a.json))
         }
-        other => Err(XeError::UnknownVerb(other.to_string())),
     }
 }
 
@@ -370,7 +428,12 @@ fn changed(change: Change, output: String) -> Outcome {
 }
 
 fn network_create(a: &Args, state: &State) -> Result<Outcome, XeError> {
-    a.need("name-label")?;
+    // Its optional keys are every parameter settable at creation, not only those `help` names.
+    for (key, required) in a.kind.keys() {
+        if required {
+            a.need(key)?;
+        }
+    }
     let mut n = NetworkSettings {
         uuid: uuid::Uuid::new_v4().to_string(),
         name_label: String::new(),
@@ -388,10 +451,7 @@ fn network_create(a: &Args, state: &State) -> Result<Outcome, XeError> {
 }
 
 fn vif_create(a: &Args, state: &State) -> Result<Outcome, XeError> {
-    a.only(&["network-uuid", "device", "mac", "uuid", "vm-uuid"])?;
-    for key in ["network-uuid", "device", "mac"] {
-        a.need(key)?;
-    }
+    a.fixed_keys()?;
     let mut v = VifSettings::new(
         uuid::Uuid::new_v4().to_string(),
         String::new(),

@@ -478,22 +478,10 @@ pub fn find<'t, T>(table: &'t [Param<T>], key: &str) -> Option<&'t Param<T>> {
 
 /// The help text of the `xe` verbs and their parameters, from the tables.
 pub fn help() -> String {
-    let mut h = String::from(
-        "xe-style commands (sent to the daemon):\n  \
-         network-create name-label=NAME [uuid=UUID] [default-locking-mode=M]\n  \
-         network-destroy uuid=UUID\n  \
-         network-param-set uuid=UUID PARAM=VALUE...\n  \
-         network-param-get uuid=UUID param-name=PARAM\n  \
-         network-list [--json]\n  \
-         vif-create network-uuid=UUID device=IFNAME mac=MAC [uuid=UUID] [vm-uuid=UUID]\n  \
-         vif-destroy uuid=UUID [--if-exists]\n  \
-         vif-param-set uuid=UUID PARAM=VALUE... (maps: PARAM:KEY=VALUE)\n  \
-         vif-param-add uuid=UUID SETPARAM=ITEMS\n  \
-         vif-param-remove uuid=UUID SETPARAM=ITEMS\n  \
-         vif-param-get uuid=UUID param-name=PARAM\n  \
-         vif-list [device=IFNAME] [--minimal] [--json]\n  \
-         vif-stats [uuid=UUID] [--json]\n",
-    );
+    let mut h = String::from("xe-style commands (sent to the daemon):\n");
+    for v in super::Verb::ALL {
+        h.push_str(&format!("  {} {}\n", v.name(), v.usage()));
+    }
     for (what, rows) in [
         (
             "VIF",
