@@ -59,7 +59,12 @@ fn arp(p: &VifPolicy, f: &[u8]) -> Reason {
     ) else {
         return Reason::Malformed;
     };
-    if htype != 1 || ptype != ETH_P_IP || *hlen != 6 || *plen != 4 || !(op == 1 || op == 2) {
+    if htype != ARPHRD_ETHER
+        || ptype != ETH_P_IP
+        || *hlen != ETH_ALEN
+        || *plen != IPV4_ALEN
+        || !(op == ARPOP_REQUEST || op == ARPOP_REPLY)
+    {
         return Reason::ArpSpoof;
     }
     // Fixed part (8) + sender MAC (6) + sender IP (4) + target MAC (6) + target IP (4).
@@ -77,7 +82,7 @@ fn arp(p: &VifPolicy, f: &[u8]) -> Reason {
     let spa = Ipv4Addr::from(spa);
     // RFC 5227 probe: sender IP 0.0.0.0 in a request, for an address the VM may use (a probe
     // for anyone else's address would make its owner give it up).
-    let probe = spa.is_unspecified() && op == 1 && p.allows4(Ipv4Addr::from(tpa));
+    let probe = spa.is_unspecified() && op == ARPOP_REQUEST && p.allows4(Ipv4Addr::from(tpa));
     if p.allows4(spa) || probe {
         Reason::Pass
     } else {
@@ -286,8 +291,8 @@ fn nd_options(p: &VifPolicy, f: &[u8], mut off: usize, end: usize) -> Result<LlO
         if len == 0 || off + len > end {
             return Err(Reason::Malformed);
         }
-        if ty == 1 || ty == 2 {
-            if ty == 1 {
+        if ty == ND_OPT_SOURCE_LL_ADDR || ty == ND_OPT_TARGET_LL_ADDR {
+            if ty == ND_OPT_SOURCE_LL_ADDR {
                 o.source = true;
             } else {
                 o.target = true;

@@ -6,8 +6,20 @@ pub const ETH_HLEN: usize = 14;
 pub const ETH_P_ARP: u16 = 0x0806;
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86dd;
+/// 802.1Q and 802.1ad (QinQ) VLAN tags.
+pub const ETH_P_8021Q: u16 = 0x8100;
+pub const ETH_P_8021AD: u16 = 0x88a8;
+/// A MAC address's length, and ARP's (and BOOTP's) hardware type for Ethernet.
+pub const ETH_ALEN: u8 = 6;
+pub const ARPHRD_ETHER: u16 = 1;
+/// ARP operations.
+pub const ARPOP_REQUEST: u16 = 1;
+pub const ARPOP_REPLY: u16 = 2;
+/// An IPv4 address's length (ARP's protocol address length).
+pub const IPV4_ALEN: u8 = 4;
 
 pub const IPPROTO_HOPOPTS: u8 = 0;
+pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_IGMP: u8 = 2;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
@@ -35,6 +47,8 @@ pub const IGMP_MEMBERSHIP_QUERY: u8 = 0x11;
 pub const IGMP_MIN_LEN: usize = 8;
 
 /// ICMPv6 types lockd reads (RFC 4443, 4861, 2710, 3810).
+pub const ICMPV6_ECHO_REQUEST: u8 = 128;
+pub const ICMPV6_ECHO_REPLY: u8 = 129;
 pub const ICMPV6_MLD_QUERY: u8 = 130;
 pub const ICMPV6_ROUTER_RENUMBERING: u8 = 138;
 pub const ICMPV6_MLD_REPORT: u8 = 131;
@@ -45,6 +59,9 @@ pub const ICMPV6_NEIGHBOUR_SOLICIT: u8 = 135;
 pub const ICMPV6_NEIGHBOUR_ADVERT: u8 = 136;
 pub const ICMPV6_REDIRECT: u8 = 137;
 pub const ICMPV6_MLD2_REPORT: u8 = 143;
+/// NDP options carrying a link-layer address (RFC 4861 4.6.1).
+pub const ND_OPT_SOURCE_LL_ADDR: u8 = 1;
+pub const ND_OPT_TARGET_LL_ADDR: u8 = 2;
 
 /// ICMPv6 types a VM may never send: RA 134, redirect 137, router renumbering 138, and the
 /// router-side messages of mobile IPv6 / multicast router discovery (146, 147, 151, 152, 153).

@@ -100,7 +100,12 @@ fn arp<F: Frame>(ctx: &F, cfg: &VifConfig, ifindex: u32) -> Result<(), Reason> {
     let htype = u16::from_be_bytes([h[0], h[1]]);
     let ptype = u16::from_be_bytes([h[2], h[3]]);
     let op = u16::from_be_bytes([h[6], h[7]]);
-    if htype != 1 || ptype != ETH_P_IP || h[4] != 6 || h[5] != 4 || !(op == 1 || op == 2) {
+    if htype != ARPHRD_ETHER
+        || ptype != ETH_P_IP
+        || h[4] != ETH_ALEN
+        || h[5] != IPV4_ALEN
+        || !(op == ARPOP_REQUEST || op == ARPOP_REPLY)
+    {
         return Err(Reason::ArpSpoof);
     }
     // sender MAC, sender IP, target MAC, target IP: the whole body must be present.
@@ -112,7 +117,7 @@ fn arp<F: Frame>(ctx: &F, cfg: &VifConfig, ifindex: u32) -> Result<(), Reason> {
         return Err(Reason::ArpSpoof);
     }
     // RFC 5227 probe: sender IP 0.0.0.0 in a request, for an address the VM may use.
-    let ok = if spa == [0; 4] && op == 1 {
+    let ok = if spa == [0; 4] && op == ARPOP_REQUEST {
         allowed4(cfg, ifindex, tpa)
     } else {
         allowed4(cfg, ifindex, spa)
@@ -186,7 +191,11 @@ fn dhcp_request<F: Frame>(
     }
     let head = ctx.load::<4>(bootp)?;
     let chaddr = ctx.load::<6>(bootp + BOOTP_CHADDR)?;
-    if head[0] == BOOTREQUEST && head[1] == 1 && head[2] == 6 && mac_eq(&chaddr, &cfg.mac) {
+    if head[0] == BOOTREQUEST
+        && u16::from(head[1]) == ARPHRD_ETHER
+        && head[2] == ETH_ALEN
+        && mac_eq(&chaddr, &cfg.mac)
+    {
         Ok(())
     } else {
         Err(Reason::DhcpSpoof)
@@ -305,8 +314,8 @@ fn nd_options<F: Frame>(
         if len == 0 || off + len > end {
             return Err(Reason::Malformed);
         }
-        if o[0] == 1 || o[0] == 2 {
-            if o[0] == 1 {
+        if o[0] == ND_OPT_SOURCE_LL_ADDR || o[0] == ND_OPT_TARGET_LL_ADDR {
+            if o[0] == ND_OPT_SOURCE_LL_ADDR {
                 source = true;
             }
             let mac = [o[2], o[3], o[4], o[5], o[6], o[7]];

@@ -63,7 +63,7 @@ fn locked(ctx: &TcContext, cfg: &VifConfig, ifindex: u32) -> Result<(), Reason> 
         return Err(Reason::RxForeignMac);
     }
     match u16::from_be_bytes([eth[12], eth[13]]) {
-        0x0800 => {
+        ETH_P_IP => {
             let h = load::<20>(ctx, ETH_HLEN)?;
             let d = [h[16], h[17], h[18], h[19]];
             let multicast = d[0] & 0xf0 == 0xe0;
@@ -74,10 +74,10 @@ fn locked(ctx: &TcContext, cfg: &VifConfig, ifindex: u32) -> Result<(), Reason> 
                 Err(Reason::RxForeignIp)
             }
         }
-        0x86dd => {
+        ETH_P_IPV6 => {
             let h = load::<8>(ctx, ETH_HLEN)?;
             let d = load::<16>(ctx, ETH_HLEN + 24)?;
-            let ndp = h[6] == 58 && load::<1>(ctx, ETH_HLEN + 40).is_ok_and(|t| is_ndp(t[0]));
+            let ndp = h[6] == IPPROTO_ICMPV6 && load::<1>(ctx, ETH_HLEN + 40).is_ok_and(|t| is_ndp(t[0]));
             if ndp || d[0] == 0xff || allowed6(cfg, ifindex, d) {
                 Ok(())
             } else {

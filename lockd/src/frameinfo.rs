@@ -30,26 +30,26 @@ fn be16(f: &[u8], off: usize) -> Option<u16> {
 
 fn ip_proto_name(p: u8) -> String {
     match p {
-        1 => "icmp".into(),
-        2 => "igmp".into(),
-        6 => "tcp".into(),
-        17 => "udp".into(),
-        58 => "icmpv6".into(),
+        IPPROTO_ICMP => "icmp".into(),
+        IPPROTO_IGMP => "igmp".into(),
+        IPPROTO_TCP => "tcp".into(),
+        IPPROTO_UDP => "udp".into(),
+        IPPROTO_ICMPV6 => "icmpv6".into(),
         n => format!("proto {n}"),
     }
 }
 
 fn icmpv6_name(t: u8) -> &'static str {
     match t {
-        128 => "echo request",
-        129 => "echo reply",
-        130 => "MLD query",
-        131 | 143 => "MLD report",
-        133 => "router solicitation",
-        134 => "router advertisement",
-        135 => "neighbour solicitation",
-        136 => "neighbour advertisement",
-        137 => "redirect",
+        ICMPV6_ECHO_REQUEST => "echo request",
+        ICMPV6_ECHO_REPLY => "echo reply",
+        ICMPV6_MLD_QUERY => "MLD query",
+        ICMPV6_MLD_REPORT | ICMPV6_MLD2_REPORT => "MLD report",
+        ICMPV6_ROUTER_SOLICIT => "router solicitation",
+        ICMPV6_ROUTER_ADVERT => "router advertisement",
+        ICMPV6_NEIGHBOUR_SOLICIT => "neighbour solicitation",
+        ICMPV6_NEIGHBOUR_ADVERT => "neighbour advertisement",
+        ICMPV6_REDIRECT => "redirect",
         _ => "",
     }
 }
@@ -88,8 +88,10 @@ pub fn describe(frame: &[u8], len: usize) -> FrameInfo {
                     i.dst_ip = Ipv4Addr::from(tpa).to_string();
                     let sha = arr::<6>(frame, l3 + 8).map(format_mac).unwrap_or_default();
                     match op {
-                        1 => format!("ARP who-has {} tell {} ({sha})", i.dst_ip, i.src_ip),
-                        2 => format!("ARP reply {} is-at {sha}", i.src_ip),
+                        ARPOP_REQUEST => {
+                            format!("ARP who-has {} tell {} ({sha})", i.dst_ip, i.src_ip)
+                        }
+                        ARPOP_REPLY => format!("ARP reply {} is-at {sha}", i.src_ip),
                         n => format!("ARP op {n}"),
                     }
                 }
@@ -103,7 +105,7 @@ pub fn describe(frame: &[u8], len: usize) -> FrameInfo {
                 i.dst_ip = Ipv4Addr::new(h[16], h[17], h[18], h[19]).to_string();
                 i.proto = format!("ipv4/{}", ip_proto_name(h[9]));
                 let first = u16::from_be_bytes([h[6], h[7]]) & 0x1fff == 0;
-                let extra = if first && (h[9] == 6 || h[9] == 17) {
+                let extra = if first && (h[9] == IPPROTO_TCP || h[9] == IPPROTO_UDP) {
                     ports(frame, l3 + ihl)
                 } else if !first {
                     " (later fragment)".into()
@@ -132,11 +134,11 @@ pub fn describe(frame: &[u8], len: usize) -> FrameInfo {
                 i.dst_ip = Ipv6Addr::from(d).to_string();
                 let next = h[6];
                 let extra = match next {
-                    58 => match frame.get(l3 + 40) {
+                    IPPROTO_ICMPV6 => match frame.get(l3 + 40) {
                         Some(&t) => {
                             i.proto = format!("ipv6/icmpv6/{t}");
                             let name = icmpv6_name(t);
-                            let target = if t == 135 || t == 136 {
+                            let target = if t == ICMPV6_NEIGHBOUR_SOLICIT || t == ICMPV6_NEIGHBOUR_ADVERT {
                                 arr::<16>(frame, l3 + 48)
                                     .map(|a| format!(" target {}", Ipv6Addr::from(a)))
                                     .unwrap_or_default()
@@ -154,7 +156,7 @@ pub fn describe(frame: &[u8], len: usize) -> FrameInfo {
                             String::new()
                         }
                     },
-                    6 | 17 => {
+                    IPPROTO_TCP | IPPROTO_UDP => {
                         i.proto = format!("ipv6/{}", ip_proto_name(next));
                         ports(frame, l3 + 40)
                     }
@@ -178,7 +180,7 @@ pub fn describe(frame: &[u8], len: usize) -> FrameInfo {
         t => {
             i.proto = format!("ethertype 0x{t:04x}");
             match t {
-                0x8100 | 0x88a8 => "802.1Q-tagged frame".into(),
+                ETH_P_8021Q | ETH_P_8021AD => "802.1Q-tagged frame".into(),
                 _ => format!("EtherType 0x{t:04x}"),
             }
         }
