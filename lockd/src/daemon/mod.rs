@@ -62,7 +62,9 @@ enum Msg {
     Snapshot(oneshot::Sender<metrics::Snapshot>),
 }
 
-/// Sends `READY=1` to systemd when started with `Type=notify`.
+/// Sends `READY=1` to systemd when started with `Type=notify`. Written here, not with the
+/// `sd-notify` crate: that crate (0.4 and 0.5) cannot reach an abstract-namespace
+/// `NOTIFY_SOCKET` (`@…`), which systemd's own `sd_notify(3)` accepts.
 fn notify_ready() {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
         return;

@@ -231,27 +231,10 @@ impl Clock {
     }
 }
 
-/// UTC, millisecond precision: `2026-11-22T19:50:01.123Z`.
+/// UTC, millisecond precision: `2026-11-22T19:50:01.123Z` (before 1970: the epoch).
 pub fn rfc3339(unix_ns: i128) -> String {
-    let ms = unix_ns.div_euclid(1_000_000);
-    let (secs, ms) = (ms.div_euclid(1000), ms.rem_euclid(1000));
-    let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (proleptic Gregorian).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i128::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
-        sod / 3600,
-        sod % 3600 / 60,
-        sod % 60
-    )
+    let since = std::time::Duration::from_nanos(u64::try_from(unix_ns).unwrap_or(0));
+    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + since).to_string()
 }
 
 /// The line for one event read from the ring (`lockd monitor --json`'s object).
