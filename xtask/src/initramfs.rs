@@ -177,7 +177,7 @@ fn has_interpreter(elf: &[u8]) -> bool {
     })
 }
 
-/// A `newc` cpio archive (what the kernel unpacks as an initramfs).
+/// A `newc` cpio archive (what the kernel unpacks as an initramfs), written by the `cpio` crate.
 #[derive(Default)]
 struct Cpio {
     buf: Vec<u8>,
@@ -186,35 +186,18 @@ struct Cpio {
 
 impl Cpio {
     fn entry(&mut self, name: &str, mode: u32, dev: (u32, u32), data: &[u8]) {
+        use std::io::Write as _;
         self.ino += 1;
-        let header = format!(
-            "070701{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}",
-            self.ino,
-            mode,
-            0,
-            0,
-            1,
-            0,
-            data.len(),
-            0,
-            0,
-            dev.0,
-            dev.1,
-            name.len() + 1,
-            0
-        );
-        self.buf.extend_from_slice(header.as_bytes());
-        self.buf.extend_from_slice(name.as_bytes());
-        self.buf.push(0);
-        self.pad();
-        self.buf.extend_from_slice(data);
-        self.pad();
-    }
-
-    fn pad(&mut self) {
-        while !self.buf.len().is_multiple_of(4) {
-            self.buf.push(0);
-        }
+        let size = u32::try_from(data.len()).expect("an initramfs file under 4 GiB");
+        let mut w = cpio::newc::Builder::new(name)
+            .ino(self.ino)
+            .mode(mode)
+            .nlink(1)
+            .rdev_major(dev.0)
+            .rdev_minor(dev.1)
+            .write(&mut self.buf, size);
+        w.write_all(data).expect("writing to memory");
+        w.finish().expect("writing to memory");
     }
 
     fn dir(&mut self, name: &str) {
@@ -229,8 +212,7 @@ impl Cpio {
         self.entry(name, mode, (0, 0), data);
     }
 
-    fn finish(mut self) -> Vec<u8> {
-        self.entry("TRAILER!!!", 0, (0, 0), &[]);
-        self.buf
+    fn finish(self) -> Vec<u8> {
+        cpio::newc::trailer(self.buf).expect("writing to memory")
     }
 }

@@ -15,11 +15,14 @@ use prometheus_client::{
     },
     registry::Registry,
 };
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::{TcpListener, TcpStream},
-    sync::oneshot,
+use axum::{
+    Router,
+    extract::State,
+    http::{HeaderMap, Method, StatusCode, header},
+    response::{IntoResponse as _, Response},
+    routing::get,
 };
+use tokio::{net::TcpListener, sync::oneshot};
 
 use super::{Msg, monitor::Hub};
 use crate::dataplane::VifCounters;
@@ -165,82 +168,54 @@ pub fn prometheus_text(openmetrics: &str) -> String {
     out
 }
 
-/// Serves `/metrics` until the daemon stops.
+/// Serves `/metrics` (axum, HTTP/1.1) until the daemon stops: `GET /metrics`; any other path
+/// 404, any other method 405.
 pub async fn serve(listener: TcpListener, ctx: Context) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let ctx = ctx.clone();
-        tokio::spawn(async move {
-            if let Err(e) = answer(stream, &ctx).await {
-                tracing::debug!(error = %e, "metrics client");
+    let app = Router::new()
+        .route("/metrics", get(scrape))
+        .fallback(|method: Method| async move {
+            if method == Method::GET {
+                (StatusCode::NOT_FOUND, "lockd serves /metrics only\n")
+            } else {
+                (StatusCode::METHOD_NOT_ALLOWED, "GET /metrics\n")
             }
-        });
+        })
+        .with_state(ctx);
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::warn!(error = %e, "the metrics server stopped");
     }
 }
 
-/// One HTTP/1.1 exchange: `GET /metrics`, anything else 404 (or 405), then close.
-async fn answer(mut s: TcpStream, ctx: &Context) -> std::io::Result<()> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 16 * 1024 {
-        let n = tokio::time::timeout(std::time::Duration::from_secs(10), s.read(&mut chunk))
-            .await
-            .map_err(|_| std::io::Error::other("request timed out"))??;
-        if n == 0 {
-            break;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let head = String::from_utf8_lossy(&buf);
-    let mut words = head.split_whitespace();
-    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-    let path = path.split('?').next().unwrap_or("");
-    let (status, ctype, body) = match (method, path) {
-        ("GET", "/metrics") => {
-            let (tx, rx) = oneshot::channel();
-            let snap = match ctx.core.send(Msg::Snapshot(tx)) {
-                Ok(()) => rx.await.ok(),
-                Err(_) => None,
-            };
-            // OpenMetrics for scrapers that ask for it (Prometheus does), else the text format.
-            let openmetrics = head.lines().any(|l| {
-                l.to_ascii_lowercase().starts_with("accept:") && l.contains("openmetrics")
-            });
-            match snap {
-                Some(snap) if openmetrics => (
-                    "200 OK",
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    render(&snap, ctx),
-                ),
-                Some(snap) => (
-                    "200 OK",
-                    "text/plain; version=0.0.4; charset=utf-8",
-                    prometheus_text(&render(&snap, ctx)),
-                ),
-                None => (
-                    "503 Service Unavailable",
-                    "text/plain",
-                    "lockd's core is not answering\n".to_string(),
-                ),
-            }
-        }
-        ("GET", _) => (
-            "404 Not Found",
-            "text/plain",
-            "lockd serves /metrics only\n".into(),
-        ),
-        _ => (
-            "405 Method Not Allowed",
-            "text/plain",
-            "GET /metrics\n".into(),
-        ),
+/// One scrape: the counters read from the kernel now, by the core.
+async fn scrape(State(ctx): State<Context>, headers: HeaderMap) -> Response {
+    let (tx, rx) = oneshot::channel();
+    let snap = match ctx.core.send(Msg::Snapshot(tx)) {
+        Ok(()) => rx.await.ok(),
+        Err(_) => None,
     };
-    let reply = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(reply.as_bytes()).await?;
-    s.shutdown().await
+    // OpenMetrics for scrapers that ask for it (Prometheus does), else the text format.
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|v| v.contains("openmetrics")));
+    match snap {
+        Some(snap) if openmetrics => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            render(&snap, &ctx),
+        )
+            .into_response(),
+        Some(snap) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+            prometheus_text(&render(&snap, &ctx)),
+        )
+            .into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "lockd's core is not answering\n",
+        )
+            .into_response(),
+    }
 }

@@ -26,63 +26,55 @@ use crate::{
     throughput::{Path, Sample, measure, median_sample, num, sample_json, skb_hooks},
     traffic::Helpers,
 };
-
+/// lockd's benchmark: lockd beside nftables, ebtables and xdp-filter (`cargo xtask bench`).
+#[derive(clap::Parser)]
+#[command(name = "lockd-bench")]
 struct Opts {
-    /// Only the daemon API section (`--api`).
-    api_only: bool,
-    /// Only the pktgen section (`--pktgen`).
-    pktgen_only: bool,
-    /// Only the toolstack hook section (`--hook`).
-    hook_only: bool,
+    /// Fewer repetitions (a first look, not a result).
+    #[arg(long)]
     quick: bool,
+    /// Only the daemon API section.
+    #[arg(long = "api")]
+    api_only: bool,
+    /// Only the pktgen section.
+    #[arg(long = "pktgen")]
+    pktgen_only: bool,
+    /// Whether this kernel has pktgen: exit 0 if so, 1 if not.
+    #[arg(long)]
+    pktgen_check: bool,
+    /// Only the toolstack hook section.
+    #[arg(long = "hook")]
+    hook_only: bool,
     /// Only the skb-path section (both hooks, linear and non-linear skbs).
+    #[arg(long = "skb")]
     skb_only: bool,
-    /// Only the throughput section (`--throughput`).
+    /// Only the throughput section.
+    #[arg(long = "throughput")]
     throughput_only: bool,
-    /// Only the update and rate-limit sections (`--live`).
+    /// Only the update and rate-limit sections.
+    #[arg(long = "live")]
     live_only: bool,
-    json: PathBuf,
+    /// Where the figures go (default: OUT_DIR/bench.json).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Where the plots and the JSON go.
+    #[arg(long, default_value = "target/bench")]
     out_dir: PathBuf,
 }
 
 fn parse_opts() -> Opts {
-    let mut quick = false;
-    let mut skb_only = false;
-    let mut api_only = false;
-    let mut pktgen_only = false;
-    let mut hook_only = false;
-    let mut throughput_only = false;
-    let mut live_only = false;
-    let mut json = None;
-    let mut out_dir = PathBuf::from("target/bench");
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--quick" => quick = true,
-            "--api" => api_only = true,
-            "--pktgen" => pktgen_only = true,
-            "--hook" => hook_only = true,
-            "--skb" => skb_only = true,
-            "--throughput" => throughput_only = true,
-            "--live" => live_only = true,
-            "--pktgen-check" => std::process::exit(if pktgen::check() { 0 } else { 1 }),
-            "--json" => json = Some(PathBuf::from(args.next().expect("--json PATH"))),
-            "--out-dir" => out_dir = PathBuf::from(args.next().expect("--out-dir DIR")),
-            other => panic!(
-                "unknown argument {other}; usage: lockd-bench [--quick] [--api] [--pktgen] [--pktgen-check] [--hook] [--skb] [--throughput] [--live] [--json PATH] [--out-dir DIR]"
-            ),
-        }
+    let mut opts = <Opts as clap::Parser>::parse();
+    if opts.pktgen_check {
+        std::process::exit(if pktgen::check() { 0 } else { 1 });
     }
-    Opts {
-        api_only,
-        pktgen_only,
-        hook_only,
-        skb_only,
-        throughput_only,
-        live_only,
-        quick,
-        json: json.unwrap_or_else(|| out_dir.join("bench.json")),
-        out_dir,
+    opts.json.get_or_insert_with(|| opts.out_dir.join("bench.json"));
+    opts
+}
+
+impl Opts {
+    /// The JSON output's path.
+    fn json(&self) -> &PathBuf {
+        self.json.as_ref().expect("set by parse_opts")
     }
 }
 
@@ -114,7 +106,7 @@ fn main() {
     if opts.api_only {
         let api = daemon_api_and_rss();
         std::fs::write(
-            &opts.json,
+            opts.json(),
             serde_json::to_string_pretty(&json!({
                 "machine": machine(),
                 "api_create_p99_ms": api["api_create_p99_ms"],
@@ -129,7 +121,7 @@ fn main() {
     if opts.hook_only {
         let hk = hook::hook_cost();
         std::fs::write(
-            &opts.json,
+            opts.json(),
             serde_json::to_string_pretty(&json!({"machine": machine(), "hook": hk})).expect("json"),
         )
         .expect("write json");
@@ -139,7 +131,7 @@ fn main() {
         step("pktgen into one VIF (64-byte spoofed frames)");
         let pg = pktgen::measure(10_000_000);
         std::fs::write(
-            &opts.json,
+            opts.json(),
             serde_json::to_string_pretty(&json!({"machine": machine(), "pktgen": pg["pktgen"]}))
                 .expect("json"),
         )
@@ -152,7 +144,7 @@ fn main() {
         step("the skb path: generic XDP and TC ingress, each over an empty program at its hook");
         let (hooks, _) = skb_hooks(per_thread, &mut helpers);
         std::fs::write(
-            &opts.json,
+            opts.json(),
             serde_json::to_string_pretty(&json!({"machine": machine(), "skb_hooks": hooks}))
                 .expect("json"),
         )
@@ -172,7 +164,7 @@ fn main() {
             samples.iter().map(sample_json).collect::<Vec<_>>().into(),
         );
         std::fs::write(
-            &opts.json,
+            opts.json(),
             serde_json::to_string_pretty(&result).expect("json"),
         )
         .expect("write json");
@@ -182,7 +174,7 @@ fn main() {
         let upd = updates(&opts, &mut helpers);
         let rl = ratelimit(&opts, &mut helpers);
         std::fs::write(
-            &opts.json,
+            opts.json(),
             serde_json::to_string_pretty(
                 &json!({"machine": machine(), "updates": upd, "ratelimit": rl}),
             )
@@ -311,7 +303,7 @@ fn main() {
         }
     }
     std::fs::write(
-        &opts.json,
+        opts.json(),
         serde_json::to_string_pretty(&result).expect("json"),
     )
     .expect("write json");
@@ -320,7 +312,7 @@ fn main() {
     report::svgs(&result, &opts.out_dir);
     eprintln!(
         "\nwrote {}, {}/bench.md and SVG plots in {} ({:.0} s)",
-        opts.json.display(),
+        opts.json().display(),
         opts.out_dir.display(),
         opts.out_dir.display(),
         start.elapsed().as_secs_f64()
