@@ -358,13 +358,12 @@ fn metrics_pass_promtool_and_equal_vif_stats() {
         assert!(body.contains(want), "{want} missing:\n{body}");
     }
     // The server's other answers: OpenMetrics when asked, 404 off /metrics, 405 for a POST.
-    let curl = |args: &[&str]| t.host.exec(&[&["curl", "-s"][..], args].concat()).expect("curl");
-    let url = format!("http://127.0.0.1:{port}/metrics");
-    let ctype = curl(&["-o", "/dev/null", "-w", "%{content_type}", "-H", "Accept: application/openmetrics-text", &url]);
-    assert!(ctype.starts_with("application/openmetrics-text"), "{ctype}");
-    let other = format!("http://127.0.0.1:{port}/other");
-    assert_eq!(curl(&["-o", "/dev/null", "-w", "%{http_code}", &other]), "404");
-    assert_eq!(curl(&["-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", &url]), "405");
+    let curl = |a: &[&str]| t.host.exec(&[&["curl", "-s", "-o", "/dev/null", "-w"][..], a].concat()).expect("curl");
+    let url = |p: &str| format!("http://127.0.0.1:{port}/{p}");
+    let om = curl(&["%{content_type}", "-H", "Accept: application/openmetrics-text", &url("metrics")]);
+    assert!(om.starts_with("application/openmetrics-text"), "{om}");
+    let codes = (curl(&["%{http_code}", &url("other")]), curl(&["%{http_code}", "-X", "POST", &url("metrics")]));
+    assert_eq!(codes, ("404".to_string(), "405".to_string()));
     drop((t.a, t.host));
 }
 
