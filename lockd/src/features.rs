@@ -296,9 +296,25 @@ pub fn probe() -> Vec<Probed> {
         .collect()
 }
 
+/// A feature lockd cannot run without is missing: one line naming it.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "this kernel ({release}) lacks {} ({}, Linux {}.{}+): lockd cannot run on it",
+    feature.describe(),
+    feature.key(),
+    feature.since().0,
+    feature.since().1
+)]
+pub struct Missing {
+    /// The running kernel's release.
+    pub release: String,
+    /// The first missing feature.
+    pub feature: Feature,
+}
+
 /// The start-up verdict: Err with one line naming the first missing required feature, or the
 /// fallbacks in use (to log).
-pub fn check(probed: &[Probed]) -> Result<Vec<String>, String> {
+pub fn check(probed: &[Probed]) -> Result<Vec<String>, Missing> {
     let release = KernelVersion::current()
         .map(|v| v.to_string())
         .unwrap_or_else(|_| "unknown".into());
@@ -307,11 +323,10 @@ pub fn check(probed: &[Probed]) -> Result<Vec<String>, String> {
         let (major, minor) = p.feature.since();
         match p.feature.fallback() {
             None => {
-                return Err(format!(
-                    "this kernel ({release}) lacks {} ({}, Linux {major}.{minor}+): lockd cannot run on it",
-                    p.feature.describe(),
-                    p.feature.key()
-                ));
+                return Err(Missing {
+                    release,
+                    feature: p.feature,
+                });
             }
             Some(f) => fallbacks.push(format!(
                 "no {} (Linux {major}.{minor}+{}): {f}",
@@ -406,7 +421,7 @@ mod tests {
             .position(|f| *f == Feature::MmapableArray)
             .unwrap();
         p[m].present = false;
-        let e = check(&p).unwrap_err();
+        let e = check(&p).unwrap_err().to_string();
         assert!(!e.contains('\n'), "{e}");
         assert!(e.contains("BPF_F_MMAPABLE") && e.contains("5.5+"), "{e}");
     }

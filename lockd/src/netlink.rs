@@ -281,8 +281,9 @@ pub fn ingress_qdisc(ifindex: u32) -> io::Result<Option<String>> {
     }
 }
 
-/// Adds a clsact qdisc to `ifindex` (the parent of lockd's cls_bpf filters); one already
-/// there is fine.
+/// Adds a clsact qdisc to `ifindex` (the parent of lockd's TC filters); a clsact already
+/// there is kept, any other qdisc at its handle (an old-style `ingress`) is refused (EINVAL).
+/// Without `NLM_F_EXCL` the kernel takes a second clsact as a change without options.
 pub fn add_clsact(ifindex: u32) -> io::Result<()> {
     use netlink_packet_route::tc::{TcAttribute, TcHandle, TcMessage};
     let mut msg = TcMessage::with_index(ifindex as i32);
@@ -292,13 +293,11 @@ pub fn add_clsact(ifindex: u32) -> io::Result<()> {
     };
     msg.header.parent = TcHandle::CLSACT;
     msg.attributes.push(TcAttribute::Kind("clsact".into()));
-    match request(
+    request(
         RouteNetlinkMessage::NewQueueDiscipline(msg),
-        NLM_F_ACK | netlink_packet_core::NLM_F_CREATE | netlink_packet_core::NLM_F_EXCL,
-    ) {
-        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
-        r => r.map(|_| ()),
-    }
+        NLM_F_ACK | netlink_packet_core::NLM_F_CREATE,
+    )
+    .map(|_| ())
 }
 
 /// Adds a cls_bpf direct-action filter running program `fd` on the egress side of

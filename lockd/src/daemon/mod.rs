@@ -107,7 +107,7 @@ fn bind(path: &Path) -> Result<UnixListener> {
 pub fn run(cfg: Config) -> Result<()> {
     let start = Instant::now();
     // Before anything is loaded: on a kernel that is too old, one line naming what it lacks.
-    for fallback in crate::features::check(&crate::features::probe()).map_err(anyhow::Error::msg)? {
+    for fallback in crate::features::check(&crate::features::probe())? {
         tracing::warn!("{fallback}");
     }
     let mut store = store::open_default(&cfg.state_dir)?;

@@ -270,9 +270,7 @@ impl Dataplane {
         sweep!(prefix6, p6);
         Ok(())
     }
-}
 
-impl Dataplane {
     /// The ifindexes an older pinned layout still enforces (their programs must not be
     /// attached anew: an XDP link would be refused beside the old one).
     pub fn older_layout_ifindexes(&self) -> Vec<u32> {

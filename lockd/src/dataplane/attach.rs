@@ -365,9 +365,7 @@ impl Dataplane {
         }
         s.xdp.as_ref().map(|(m, _)| *m)
     }
-}
 
-impl Dataplane {
     /// Pins the link behind `id` at `path`; the program object gives up ownership.
     pub(super) fn pin_link(&mut self, id: XdpLinkId, path: &Path) -> Result<FdLink> {
         let prog = self.xdp(PROG_VIF_INGRESS)?;

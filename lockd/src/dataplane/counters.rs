@@ -58,6 +58,11 @@ impl VifCounters {
 }
 
 impl Dataplane {
+    /// The counter index of `ifindex` (its row in the counters and the monitor's budgets).
+    pub fn counter_index(&self, ifindex: u32) -> Option<u32> {
+        self.vifs.get(&ifindex).map(|v| v.counter)
+    }
+
     /// Zeroes the counters at `counter` before a new VIF uses them.
     pub(super) fn zero_counters(&mut self, counter: u32) -> Result<()> {
         for dir in 0..2 {

@@ -394,6 +394,11 @@ impl Dataplane {
             .is_some_and(|(ifx, _)| ifx == ifindex)
     }
 
+    /// Hands out the monitor's maps (once; None after). Writing stays off until `set`.
+    pub fn take_monitor(&mut self) -> Option<MonitorMaps> {
+        MonitorMaps::take(&mut self.ebpf)
+    }
+
     /// A handle of XDP program `prog` for `BPF_PROG_TEST_RUN` from any thread.
     pub fn runner(&self, prog: &'static str) -> Result<Runner> {
         Runner::xdp(self.xdp_ref(prog)?, prog).map_err(prog_err(prog))

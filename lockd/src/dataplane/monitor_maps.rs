@@ -4,7 +4,7 @@
 use aya::maps::{Array, MapData, RingBuf};
 use lockd_common::{MAP_EVENTS, MAP_MONITOR, MAP_MONITOR_BUDGET, MonitorBudget, MonitorCtl};
 
-use super::{Dataplane, error::Result, take};
+use super::{error::Result, take};
 
 /// The monitor's maps, owned by whoever reads the events.
 pub struct MonitorMaps {
@@ -14,6 +14,16 @@ pub struct MonitorMaps {
 }
 
 impl MonitorMaps {
+    /// Takes the monitor's maps out of the loaded object (once; None after). Writing stays off
+    /// until [`MonitorMaps::set`].
+    pub(super) fn take(ebpf: &mut aya::Ebpf) -> Option<Self> {
+        Some(MonitorMaps {
+            ctl: take(ebpf, MAP_MONITOR).ok()?,
+            budget: take(ebpf, MAP_MONITOR_BUDGET).ok()?,
+            events: take(ebpf, MAP_EVENTS).ok()?,
+        })
+    }
+
     /// Switches event writing on (with a per-VIF cap, events a second) or off.
     pub fn set(&mut self, enabled: bool, cap: u32) -> Result<()> {
         self.ctl
@@ -32,24 +42,5 @@ impl MonitorMaps {
     /// ring full), since the slot was first used; never goes back.
     pub fn suppressed(&self, counter: u32) -> u64 {
         self.budget.get(&counter, 0).map_or(0, |b| b.suppressed)
-    }
-}
-
-impl Dataplane {
-    /// Hands out the monitor's maps (once; None after). Writing stays off until `set`.
-    pub fn take_monitor(&mut self) -> Option<MonitorMaps> {
-        let ctl = take(&mut self.ebpf, MAP_MONITOR).ok()?;
-        let budget = take(&mut self.ebpf, MAP_MONITOR_BUDGET).ok()?;
-        let events = take(&mut self.ebpf, MAP_EVENTS).ok()?;
-        Some(MonitorMaps {
-            ctl,
-            budget,
-            events,
-        })
-    }
-
-    /// The counter index of `ifindex` (its row in the counters and the monitor's budgets).
-    pub fn counter_index(&self, ifindex: u32) -> Option<u32> {
-        self.vifs.get(&ifindex).map(|v| v.counter)
     }
 }

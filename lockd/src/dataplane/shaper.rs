@@ -134,19 +134,8 @@ fn clsact_ingress_filter(vif: u32) -> TcMessage {
 /// `u32 match u32 0 0 action mirred egress redirect` (u32 rather than matchall, which some
 /// kernels lack).
 fn handoff_add(vif: u32, shaper: u32) -> io::Result<()> {
-    let mut qdisc = TcMessage::with_index(vif as i32);
-    qdisc.header.handle = TcHandle {
-        major: u16::MAX,
-        minor: 0,
-    };
-    qdisc.header.parent = TcHandle::CLSACT;
-    qdisc.attributes.push(TcAttribute::Kind("clsact".into()));
-    // Without NLM_F_EXCL an existing clsact is kept; any other qdisc there is refused.
-    request(
-        RouteNetlinkMessage::NewQueueDiscipline(qdisc),
-        NLM_F_ACK | NLM_F_CREATE,
-    )
-    .map_err(|e| io::Error::new(e.kind(), format!("a clsact qdisc on ifindex {vif}: {e}")))?;
+    crate::netlink::add_clsact(vif)
+        .map_err(|e| io::Error::new(e.kind(), format!("a clsact qdisc on ifindex {vif}: {e}")))?;
     let mut mirror = TcMirror::default();
     mirror.generic.action = TcActionType::Stolen;
     mirror.eaction = TcMirrorActionType::EgressRedir;
