@@ -42,9 +42,9 @@ impl QosAlgorithm {
         }
     }
 
-    /// The algorithm named `word` (surrounding blanks ignored).
+    /// The algorithm named exactly `word`.
     pub fn from_word(word: &str) -> Option<QosAlgorithm> {
-        Self::ALL.into_iter().find(|a| a.word() == word.trim())
+        Self::ALL.into_iter().find(|a| a.word() == word)
     }
 }
 

@@ -77,7 +77,7 @@ pub enum ExplainError {
     #[error("reading {}: {error}", path.display())]
     Read { path: PathBuf, error: std::io::Error },
     /// The file is not a pcap or pcapng capture (or is cut short).
-    #[error("{}: not a readable capture: {error}", path.display())]
+    #[error("{}: not a readable capture: {}", path.display(), crate::error_chain(error))]
     Capture {
         path: PathBuf,
         error: Box<pcap_file::PcapError>,
@@ -88,11 +88,12 @@ pub enum ExplainError {
     /// `--mac` or a `key=value` word is not one explain takes.
     #[error("{0}")]
     Words(String),
-    /// The daemon's answer to `--vif` is not a policy.
-    #[error("the daemon's policy: {0}")]
+    /// The daemon's answer to `--vif` is not a policy (not JSON, or a field that does not
+    /// parse).
+    #[error("{0}")]
     DaemonPolicy(String),
     /// The private dataplane refused a step (`what` says which).
-    #[error("{what}: {error}")]
+    #[error("{what}: {}", crate::error_chain(error))]
     Dataplane {
         what: String,
         error: Box<DataplaneError>,
@@ -242,7 +243,8 @@ pub fn policy_from_words(mac: &str, params: &[String]) -> Result<VifPolicy> {
 /// The policy the daemon reports for `--vif` (its `Request::Policy` answer).
 pub fn policy_from_daemon(json: &str) -> Result<VifPolicy> {
     let bad = |e: &dyn std::fmt::Display| ExplainError::DaemonPolicy(e.to_string());
-    let v: serde_json::Value = serde_json::from_str(json).map_err(|e| bad(&e))?;
+    let v: serde_json::Value = serde_json::from_str(json)
+        .map_err(|e| ExplainError::DaemonPolicy(format!("the daemon's policy: {e}")))?;
     let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
     let list = |k: &str| {
         v[k].as_array()

@@ -37,10 +37,10 @@ enum Cmd {
         state_dir: PathBuf,
         #[arg(long, env = "LOCKD_BPFFS", default_value = lockd::dataplane::DEFAULT_PIN_DIR)]
         bpffs: PathBuf,
-        #[arg(long, default_value = "auto", value_parser = mode_words::<XdpModeRequest>(XdpModeRequest::WORDS))]
+        #[arg(long, default_value = "auto", value_parser = mode_words::<XdpModeRequest>(XdpModeRequest::HELP))]
         xdp_mode: XdpModeRequest,
         /// How the TC programs are attached: clsact filters (fast to add) or TCX links (6.6+).
-        #[arg(long, env = "LOCKD_TC_MODE", default_value = "clsact", value_parser = mode_words::<lockd::dataplane::TcMode>(lockd::dataplane::TcMode::WORDS))]
+        #[arg(long, env = "LOCKD_TC_MODE", default_value = "clsact", value_parser = mode_words::<lockd::dataplane::TcMode>(lockd::dataplane::TcMode::HELP))]
         tc_mode: lockd::dataplane::TcMode,
         /// xenopsd's per-VIF records, re-read at start for changes made while lockd was down.
         #[arg(long, env = "LOCKD_XENOPSD_DIR", default_value = xenopsd::DEFAULT_XENOPSD_DIR)]
@@ -466,11 +466,18 @@ fn main() -> ExitCode {
     }
 }
 
-/// A clap parser for a dataplane mode: its words shown in `--help`, parsed by its `FromStr`.
-fn mode_words<T>(words: &'static [&'static str]) -> impl clap::builder::TypedValueParser<Value = T>
+/// A clap parser for a dataplane mode: its words (with what each does) shown in `--help`,
+/// parsed by its `FromStr`.
+fn mode_words<T>(
+    words: &'static [(&'static str, &'static str)],
+) -> impl clap::builder::TypedValueParser<Value = T>
 where
     T: std::str::FromStr<Err = String> + Clone + Send + Sync + 'static,
 {
-    use clap::builder::TypedValueParser as _;
-    clap::builder::PossibleValuesParser::new(words).try_map(|s| s.parse::<T>())
+    use clap::builder::{PossibleValue, TypedValueParser as _};
+    let values = words.iter().map(|&(w, help)| {
+        let v = PossibleValue::new(w);
+        if help.is_empty() { v } else { v.help(help) }
+    });
+    clap::builder::PossibleValuesParser::new(values).try_map(|s| s.parse::<T>())
 }

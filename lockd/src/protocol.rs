@@ -77,7 +77,7 @@ pub enum ClientError {
         error: std::io::Error,
     },
     /// The connection failed midway.
-    #[error("talking to the daemon: {0}")]
+    #[error("{0}")]
     Io(std::io::Error),
     /// The daemon's reply is not a reply (or the request could not be encoded).
     #[error("reading the daemon's reply: {0}")]

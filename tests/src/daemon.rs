@@ -27,7 +27,8 @@ fn find_lockd_bin() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// The `lockd` binary (`cargo xtask test` builds it before the tests).
+/// The `lockd` binary (`cargo xtask test` builds it before the tests, with `--features
+/// test-hooks`: the switches some tests set).
 pub fn lockd_bin() -> PathBuf {
     find_lockd_bin().unwrap_or_else(|| {
         panic!("the lockd binary is missing next to the test: run the tests with `cargo xtask test` (which builds it)")

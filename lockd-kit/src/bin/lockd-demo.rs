@@ -22,8 +22,12 @@ struct Cli {
 /// `--xdp-mode`: the dataplane's own words for its modes.
 fn xdp_mode() -> impl clap::builder::TypedValueParser<Value = XdpModeRequest> {
     use clap::builder::TypedValueParser as _;
-    clap::builder::PossibleValuesParser::new(XdpModeRequest::WORDS)
-        .try_map(|s| s.parse::<XdpModeRequest>())
+    use clap::builder::PossibleValue;
+    let values = XdpModeRequest::HELP.iter().map(|&(w, help)| {
+        let v = PossibleValue::new(w);
+        if help.is_empty() { v } else { v.help(help) }
+    });
+    clap::builder::PossibleValuesParser::new(values).try_map(|s| s.parse::<XdpModeRequest>())
 }
 
 fn main() -> ExitCode {

@@ -168,11 +168,14 @@ pub fn prometheus_text(openmetrics: &str) -> String {
     out
 }
 
-/// Serves `/metrics` (axum, HTTP/1.1) until the daemon stops: `GET /metrics`; any other path
-/// 404, any other method 405.
+/// Serves `/metrics` (axum, HTTP/1.1) until the daemon stops: `GET /metrics` (and `HEAD`);
+/// any other path 404, any other method 405.
 pub async fn serve(listener: TcpListener, ctx: Context) {
     let app = Router::new()
-        .route("/metrics", get(scrape))
+        .route(
+            "/metrics",
+            get(scrape).fallback(|| async { (StatusCode::METHOD_NOT_ALLOWED, "GET /metrics\n") }),
+        )
         .fallback(|method: Method| async move {
             if method == Method::GET {
                 (StatusCode::NOT_FOUND, "lockd serves /metrics only\n")

@@ -142,7 +142,7 @@ impl Dataplane {
                         let _stale = fs::remove_file(&new_path);
                         link = link
                             .pin(&new_path)
-                            .map_err(|err| pin_err(&new_path)(io::Error::other(err)))?
+                            .map_err(|err| pin_err(&new_path)(super::pinning::pin_io(err)))?
                             .into();
                     }
                     *self.vifs.get_mut(&ifindex).expect("known").tc_mut(side) =

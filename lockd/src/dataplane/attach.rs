@@ -59,7 +59,7 @@ fn pin_tc_link(
     let _stale = std::fs::remove_file(&path);
     let pinned = fd
         .pin(&path)
-        .map_err(|e| pinning::pin_error(&path, std::io::Error::other(e)))?;
+        .map_err(|e| pinning::pin_error(&path, pinning::pin_io(e)))?;
     Ok(LinkHandle::Pinned {
         link: pinned.into(),
         path,
@@ -118,7 +118,7 @@ impl Dataplane {
     pub(super) fn pin_tc_program(&mut self, side: Tc, path: &std::path::Path) -> Result<()> {
         self.tc_prog(side)?
             .pin(path)
-            .map_err(|e| pinning::pin_error(path, io::Error::other(e)))
+            .map_err(|e| pinning::pin_error(path, pinning::pin_io(e)))
     }
 
     /// Attaches whichever of the three programs `ifindex` lacks. The VIF must already have a
@@ -246,7 +246,7 @@ impl Dataplane {
                         links_dir.join(pinning::clsact_name(ifindex, side, priority, handle));
                     let pinned = prog
                         .pin(&clsact_path)
-                        .map_err(|e| pinning::pin_error(&clsact_path, io::Error::other(e)));
+                        .map_err(|e| pinning::pin_error(&clsact_path, pinning::pin_io(e)));
                     if let Err(e) = pinned {
                         clsact_detach(ifindex, side, priority, handle);
                         return Err(e);
@@ -374,7 +374,7 @@ impl Dataplane {
         let _stale = fs::remove_file(path);
         let pinned = fd
             .pin(path)
-            .map_err(|e| pinning::pin_err(path)(io::Error::other(e)))?;
+            .map_err(|e| pinning::pin_err(path)(pinning::pin_io(e)))?;
         Ok(pinned.into())
     }
 }

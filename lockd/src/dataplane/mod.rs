@@ -117,10 +117,12 @@ pub enum XdpModeRequest {
 
 /// An operator's word for a mode (`--xdp-mode`, `--tc-mode`): each mode's word, declared once.
 macro_rules! words {
-    ($t:ty { $($v:ident => $w:literal),+ $(,)? }) => {
+    ($t:ty { $($v:ident => $w:literal : $help:literal),+ $(,)? }) => {
         impl $t {
             /// Every mode's word, in declaration order.
             pub const WORDS: &'static [&'static str] = &[$($w),+];
+            /// Every mode's word with what it does (`--help`; empty: the word says it).
+            pub const HELP: &'static [(&'static str, &'static str)] = &[$(($w, $help)),+];
 
             /// This mode's word.
             pub fn word(self) -> &'static str {
@@ -140,8 +142,16 @@ macro_rules! words {
     };
 }
 
-words!(TcMode { Clsact => "clsact", Tcx => "tcx" });
-words!(XdpModeRequest { Auto => "auto", Native => "native", Generic => "generic", Tc => "tc" });
+words!(TcMode {
+    Clsact => "clsact": "A clsact qdisc with `cls_bpf` filters (every kernel)",
+    Tcx => "tcx": "TCX links (6.6+; clsact on older kernels)",
+});
+words!(XdpModeRequest {
+    Auto => "auto": "Native XDP; where the netdev has none (xen-netback, tun), the TC ingress hook, which costs less per frame than generic XDP (`cargo xtask bench`: `skb_hooks`)",
+    Native => "native": "",
+    Generic => "generic": "",
+    Tc => "tc": "The TC ingress hook (no XDP program)",
+});
 
 #[derive(Debug)]
 struct VifState {

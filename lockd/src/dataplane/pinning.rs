@@ -233,6 +233,14 @@ pub(super) fn parse_link_name(name: &str) -> Option<LinkName> {
     Some(LinkName::Xdp(ifx.parse().ok()?, mode))
 }
 
+/// The errno behind an aya pin error (aya keeps it as the error's source).
+pub(super) fn pin_io(e: aya::pin::PinError) -> io::Error {
+    match e {
+        aya::pin::PinError::SyscallError(s) => s.io_error,
+        other => io::Error::other(other),
+    }
+}
+
 pub(super) fn unpin(path: &Path) -> Result<()> {
     match fs::remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(pin_err(path)(e)),

@@ -184,12 +184,16 @@ impl Args {
         }
     }
 
+    /// Refuses any key but the verb's own.
+    fn own_keys(&self) -> Result<(), XeError> {
+        let names: Vec<&str> = self.kind.keys().iter().map(|(k, _)| *k).collect();
+        self.only(&names)
+    }
+
     /// Refuses any key but the verb's own, and requires those it must have.
     fn fixed_keys(&self) -> Result<(), XeError> {
-        let keys = self.kind.keys();
-        let names: Vec<&str> = keys.iter().map(|(k, _)| *k).collect();
-        self.only(&names)?;
-        for (key, required) in keys {
+        self.own_keys()?;
+        for (key, required) in self.kind.keys() {
             if required {
                 self.need(key)?;
             }
@@ -281,7 +285,8 @@ pub fn execute(state: &State, rt: &dyn Runtime, argv: &[String]) -> Result<Outco
             Ok(changed(Change::PutNetwork(n), String::new()))
         }
         Verb::NetworkParamGet => {
-            a.fixed_keys()?;
+            // The object first, then param-name (as xe reports them).
+            a.own_keys()?;
             let n = network(state, &a)?;
             let key = a.param_name()?;
             let p = params::find(params::NETWORK, &key).ok_or_else(|| XeError::NoParam {
@@ -320,7 +325,7 @@ pub fn execute(state: &State, rt: &dyn Runtime, argv: &[String]) -> Result<Outco
             Ok(changed(Change::PutVif(v), String::new()))
         }
         Verb::VifParamGet => {
-            a.fixed_keys()?;
+            a.own_keys()?;
             let v = vif(state, &a)?;
             let key = a.param_name()?;
             let p = params::find(params::VIF, &key).ok_or_else(|| XeError::NoParam {

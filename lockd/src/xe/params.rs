@@ -381,7 +381,7 @@ pub static VIF: &[Param<VifSettings>] = &[
         |v, _| json!(v.qos.algorithm.word()),
     )
     .set(|v, s| {
-        v.qos.algorithm = QosAlgorithm::from_word(s).ok_or_else(|| BadValue::Word {
+        v.qos.algorithm = QosAlgorithm::from_word(s.trim()).ok_or_else(|| BadValue::Word {
             value: s.trim().to_string(),
             expected: "ratelimit, (empty)",
         })?;

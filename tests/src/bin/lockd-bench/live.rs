@@ -199,7 +199,7 @@ pub(crate) fn ratelimit(opts: &Opts, helpers: &mut Helpers) -> Value {
         helpers.set_target(t.vm_ifx);
         // 1000-byte genuine frames (a 958-byte datagram) to a MAC the bridge floods.
         let good = lockd_kit::frames::udp4(
-            crate::throughput::GUEST,
+            crate::topo::GUEST,
             [0x02, 0, 0, 0, 0, 0x0a],
             std::net::Ipv4Addr::new(10, 0, 0, 2),
             std::net::Ipv4Addr::new(10, 0, 0, 1),

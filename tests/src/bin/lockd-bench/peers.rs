@@ -6,7 +6,7 @@
 use lockd_kit::netlab::NetNs;
 use serde_json::Value;
 
-use crate::throughput::GUEST_STR;
+use crate::topo::GUEST_STR;
 
 /// Which rules a peer is given.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

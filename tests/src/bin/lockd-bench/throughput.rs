@@ -14,12 +14,9 @@ use serde_json::{Value, json};
 
 use crate::{
     peers::{self, Rules},
-    topo::{Topo, topo, wait_ready},
+    topo::{GUEST, Topo, topo, wait_ready},
     traffic::{Helpers, send},
 };
-
-pub const GUEST: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
-pub const GUEST_STR: &str = "02:00:00:00:00:0b";
 
 /// A 64-byte frame from the guest MAC with a foreign source IP: every path drops it.
 pub fn spoofed_frame() -> Vec<u8> {

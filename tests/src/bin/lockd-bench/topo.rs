@@ -7,7 +7,9 @@ use std::time::Duration;
 use lockd_kit::netlab::NetNs;
 use serde_json::Value;
 
-use crate::throughput::GUEST_STR;
+/// The guest's MAC in every topology of the bench.
+pub const GUEST: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
+pub const GUEST_STR: &str = "02:00:00:00:00:0b";
 
 /// A host namespace (optionally with a bridge) and a VM namespace joined by a two-queue veth.
 pub struct Topo {
