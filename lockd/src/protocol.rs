@@ -63,6 +63,26 @@ pub struct Reply {
     pub stderr: String,
 }
 
+impl Reply {
+    /// Success, with `stdout`.
+    pub fn ok(stdout: String) -> Reply {
+        Reply {
+            code: 0,
+            stdout,
+            stderr: String::new(),
+        }
+    }
+
+    /// Failure `code`, with one `lockd: …` line on stderr.
+    pub fn fail(code: i32, msg: impl std::fmt::Display) -> Reply {
+        Reply {
+            code,
+            stdout: String::new(),
+            stderr: format!("lockd: {msg}\n"),
+        }
+    }
+}
+
 /// Why a request got no reply.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

@@ -303,11 +303,7 @@ async fn serve(
                 .map_err(|_| anyhow::anyhow!("core stopped"))?;
             rrx.await?
         }
-        Err(e) => Reply {
-            code: 2,
-            stdout: String::new(),
-            stderr: format!("lockd: bad request: {e}\n"),
-        },
+        Err(e) => Reply::fail(2, format_args!("bad request: {e}")),
     };
     let mut out = serde_json::to_vec(&reply)?;
     out.push(b'\n');

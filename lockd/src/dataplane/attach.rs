@@ -15,6 +15,8 @@ use aya::programs::{
 };
 use lockd_common::{PROG_VIF_EGRESS, PROG_VIF_INGRESS};
 
+use crate::features::Feature;
+
 use super::{
     AttachMode, Dataplane, DataplaneError, LinkHandle, Result, XdpModeRequest, pinning, prog_err,
     side::Tc,
@@ -37,12 +39,6 @@ fn ifname(ifindex: u32) -> Result<String> {
     Ok(unsafe { CStr::from_ptr(buf.as_ptr().cast()) }
         .to_string_lossy()
         .into_owned())
-}
-
-/// Whether this kernel has TCX (6.6+); without it TC programs go on a clsact qdisc. The same
-/// rule aya uses to choose.
-pub(crate) fn has_tcx() -> bool {
-    crate::features::Feature::Tcx.by_version()
 }
 
 fn tc_handle(h: u32) -> TcHandle {
@@ -186,7 +182,8 @@ impl Dataplane {
             .pins
             .as_ref()
             .map(|p| (p.tc_link_path(ifindex, side), p.links.clone()));
-        let tcx = self.tc_mode == super::TcMode::Tcx && has_tcx();
+        // TCX from 6.6 (the rule aya uses to choose); clsact before.
+        let tcx = self.tc_mode == super::TcMode::Tcx && Feature::Tcx.by_version();
         let pname = side.program();
         let prog = self.tc_prog(side)?;
         let id = if tcx {

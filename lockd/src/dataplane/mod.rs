@@ -381,7 +381,7 @@ impl Dataplane {
 
     /// Chooses how TC programs are attached from now on.
     pub fn set_tc_mode(&mut self, mode: TcMode) {
-        if mode == TcMode::Tcx && !attach::has_tcx() {
+        if mode == TcMode::Tcx && !crate::features::Feature::Tcx.by_version() {
             tracing::warn!("TCX needs Linux 6.6; TC programs go on a clsact qdisc");
         }
         self.tc_mode = mode;

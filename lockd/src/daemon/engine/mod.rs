@@ -253,11 +253,7 @@ impl Core {
     }
 
     pub(super) fn command(&mut self, req: Request) -> Reply {
-        let fail = |msg: String| Reply {
-            code: 1,
-            stdout: String::new(),
-            stderr: format!("lockd: {msg}\n"),
-        };
+        let fail = |msg: String| Reply::fail(1, msg);
         let started = Instant::now();
         let mut notes = String::new();
         // (netdev, bridge to put it on) for the hook's plumbing after the policy is in force.
@@ -273,24 +269,12 @@ impl Core {
                 device,
                 reason,
             } => {
-                return match self.monitor_request(vif, device, reason) {
-                    Ok(uuid) => Reply {
-                        code: 0,
-                        stdout: uuid,
-                        stderr: String::new(),
-                    },
-                    Err(e) => fail(e),
-                };
+                return self
+                    .monitor_request(vif, device, reason)
+                    .map_or_else(fail, Reply::ok);
             }
             Request::Policy { vif } => {
-                return match self.policy_request(&vif) {
-                    Ok(p) => Reply {
-                        code: 0,
-                        stdout: p,
-                        stderr: String::new(),
-                    },
-                    Err(e) => fail(e),
-                };
+                return self.policy_request(&vif).map_or_else(fail, Reply::ok);
             }
             Request::Xe { argv } => {
                 // Tests of the panic policy inject a fault here (the `test-hooks` feature only).

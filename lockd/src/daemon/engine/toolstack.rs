@@ -161,11 +161,7 @@ impl Core {
                 }
             }
         };
-        Reply {
-            code: 1,
-            stdout: String::new(),
-            stderr: format!("lockd: {reason}; {what}\n"),
-        }
+        Reply::fail(1, format_args!("{reason}; {what}"))
     }
 
 }
