@@ -58,14 +58,72 @@ pub trait Frame {
     }
 }
 
-/// A bounds-checked read of `N` bytes at `start` from a linear buffer ending at `data_end`.
+/// A bounds-checked read of `N` bytes at `start` from a linear buffer ending at `data_end`,
+/// in the widest loads that fit (8, 4, 2, then 1 bytes).
 #[inline(always)]
 fn direct<const N: usize>(start: usize, data_end: usize) -> Option<[u8; N]> {
     if start + N > data_end {
         return None;
     }
-    // SAFETY: [start, start + N) lies inside the packet, checked just above.
-    Some(unsafe { core::ptr::read_unaligned(start as *const [u8; N]) })
+    let mut out = Words([0u8; N]);
+    let mut i = 0;
+    while i + 8 <= N {
+        out.0[i..i + 8].copy_from_slice(&word::<8>(start + i));
+        i += 8;
+    }
+    if i + 4 <= N {
+        out.0[i..i + 4].copy_from_slice(&word::<4>(start + i));
+        i += 4;
+    }
+    if i + 2 <= N {
+        out.0[i..i + 2].copy_from_slice(&word::<2>(start + i));
+        i += 2;
+    }
+    if i < N {
+        out.0[i] = word::<1>(start + i)[0];
+    }
+    Some(out.0)
+}
+
+/// The bytes a read assembles, kept aligned so that LLVM keeps its words whole.
+#[repr(C, align(8))]
+struct Words<const N: usize>([u8; N]);
+
+/// One load of `W` (1, 2, 4 or 8) bytes at `addr`, whatever its alignment. A packet's fields
+/// are rarely aligned (the IP header starts at byte 14), and LLVM's BPF backend splits every
+/// load it cannot prove aligned into single bytes, each shifted into place (a 16-byte IPv6
+/// address: 16 loads and 30 ALU instructions instead of two loads), though the kernel's JIT
+/// loads misaligned packet words directly on every architecture lockd runs on (the verifier
+/// checks alignment only under `BPF_F_STRICT_ALIGNMENT`). So the load is written as the one
+/// BPF instruction it is.
+#[inline(always)]
+fn word<const W: usize>(addr: usize) -> [u8; W] {
+    let mut out = [0u8; W];
+    #[cfg(target_arch = "bpf")]
+    {
+        let v: u64;
+        // SAFETY: the caller has checked [addr, addr + W) against the packet's end; the
+        // instruction reads exactly those bytes and nothing else.
+        unsafe {
+            match W {
+                8 => core::arch::asm!("{0} = *(u64 *)({1} + 0)", lateout(reg) v, in(reg) addr,
+                    options(readonly, nostack, preserves_flags)),
+                4 => core::arch::asm!("{0} = *(u32 *)({1} + 0)", lateout(reg) v, in(reg) addr,
+                    options(readonly, nostack, preserves_flags)),
+                2 => core::arch::asm!("{0} = *(u16 *)({1} + 0)", lateout(reg) v, in(reg) addr,
+                    options(readonly, nostack, preserves_flags)),
+                _ => core::arch::asm!("{0} = *(u8 *)({1} + 0)", lateout(reg) v, in(reg) addr,
+                    options(readonly, nostack, preserves_flags)),
+            }
+        }
+        out.copy_from_slice(&v.to_le_bytes()[..W]);
+    }
+    #[cfg(not(target_arch = "bpf"))]
+    {
+        // SAFETY: as above (the host never runs this crate's programs; clippy only).
+        out = unsafe { core::ptr::read_unaligned(addr as *const [u8; W]) };
+    }
+    out
 }
 
 impl Frame for XdpContext {
@@ -143,14 +201,15 @@ impl Frame for TcContext {
 /// next header is TCP or UDP (62).
 pub const PULL_SHORT: usize = 128;
 
-/// Makes linear, before the checks run, the bytes they will read: nothing for a linear skb
-/// (veth, loopback, most local senders); for a non-linear one (netback keeps all but the
-/// first 128 bytes of a frame in page fragments; GRO and large sends do the same), the first
-/// [`PULL_SHORT`] bytes, or the whole frame (up to the parser's bound) for IPv6 that the
-/// checks walk into: extension headers, ICMPv6 and its NDP options. So a TCP or UDP frame is
-/// never copied whole, as generic XDP copies every frame, and the checks themselves read the
-/// head directly, one path per read (a read-or-copy fallback at every read doubled the paths
-/// the verifier walks, past its limit on Linux 6.1).
+/// Makes linear, before the checks run, the bytes they will read, where the skb's head does not
+/// hold them already: nothing for a linear skb (veth, loopback, most local senders), nor for
+/// netback's (all but the first 128 bytes of a frame in page fragments) unless the checks read
+/// past its head; otherwise the first [`PULL_SHORT`] bytes, or the whole frame (up to the
+/// parser's bound) for IPv6 that the checks walk into past the head: extension headers,
+/// ICMPv6 and its NDP options. So a frame is never copied whole, as generic XDP copies every
+/// frame, and the checks themselves read the head directly, one path per read (a
+/// read-or-copy fallback at every read doubled the paths the verifier walks, past its limit on
+/// Linux 6.1).
 ///
 /// Err only when the kernel cannot pull (no memory): the frame is dropped as malformed, as
 /// the checks could not read it.
@@ -165,19 +224,43 @@ pub fn pull(ctx: &TcContext) -> Result<(), Reason> {
     if head >= len {
         return Ok(());
     }
-    let deep = match copy::<2>(ctx, 12) {
-        Some(t) if u16::from_be_bytes(t) == ETH_P_IPV6 => !matches!(
-            copy::<1>(ctx, ETH_HLEN + 6),
-            Some([IPPROTO_TCP | IPPROTO_UDP])
-        ),
-        _ => false,
-    };
-    let want = if deep { MAX_OFF + 64 } else { PULL_SHORT };
-    let want = want.min(len);
-    if head >= want {
+    let deep = deep(ctx, head);
+    if !deep && head >= PULL_SHORT.min(len) {
         return Ok(());
     }
-    ctx.pull_data(want as u32).map_err(|_| Reason::Malformed)
+    // Rare: a head shorter than netback's 128 bytes, or IPv6 that the checks walk past it.
+    let want = if deep { MAX_OFF + 64 } else { PULL_SHORT };
+    ctx.pull_data(want.min(len) as u32)
+        .map_err(|_| Reason::Malformed)
+}
+
+/// Whether the checks read past the first [`PULL_SHORT`] bytes and past the head: IPv6 whose
+/// next header is not TCP or UDP (extension headers, ICMPv6 and its NDP options, walked up to
+/// the payload's end) and whose payload ends past the head. The EtherType and the next header
+/// are read from the head where they are (netback's 128 bytes always hold them); copied out
+/// of the skb only for a shorter head.
+#[inline(always)]
+fn deep(ctx: &TcContext, head: usize) -> bool {
+    let at = |off| {
+        Frame::load::<2>(ctx, off)
+            .ok()
+            .or_else(|| copy::<2>(ctx, off))
+            .map(u16::from_be_bytes)
+    };
+    if at(12) != Some(ETH_P_IPV6) {
+        return false;
+    }
+    // Payload length (bytes 18–19), then next header (byte 20) with the hop limit after it.
+    let Some(plen) = at(ETH_HLEN + 4) else {
+        return true;
+    };
+    if ETH_HLEN + 40 + plen as usize <= head {
+        return false;
+    }
+    !matches!(
+        at(ETH_HLEN + 6).map(|v| (v >> 8) as u8),
+        Some(IPPROTO_TCP | IPPROTO_UDP)
+    )
 }
 
 /// `N` bytes at `off` copied out of the skb wherever they lie (head or fragments).

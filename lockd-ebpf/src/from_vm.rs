@@ -14,7 +14,7 @@ use lockd_common::{
 
 use crate::{
     frame::Frame,
-    lookup::{allowed4, allowed6},
+    lookup::{allowed4, allowed6, mac_words},
     maps::{config, count},
     monitor::report,
 };
@@ -62,10 +62,11 @@ fn be16<F: Frame>(ctx: &F, off: usize) -> Result<u16, Reason> {
     Ok(u16::from_be_bytes(ctx.load::<2>(off)?))
 }
 
+/// Whether `a` (read from the frame) is the guest's MAC: two word compares.
 #[inline(always)]
-fn mac_eq(a: &[u8; 6], b: &[u8; 6]) -> bool {
-    (a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4]) | (a[5] ^ b[5])
-        == 0
+fn mac_eq(a: &[u8; 6], cfg: &VifConfig) -> bool {
+    let (hi, lo) = mac_words(cfg);
+    u32::from_ne_bytes([a[0], a[1], a[2], a[3]]) == hi && u16::from_ne_bytes([a[4], a[5]]) == lo
 }
 
 #[inline(always)]
@@ -80,7 +81,7 @@ fn is_zero16(a: &[u8; 16]) -> bool {
 fn locked<F: Frame>(ctx: &F, cfg: &VifConfig, ifindex: u32) -> Result<(), Reason> {
     let src = ctx.load::<6>(6)?;
     let ethertype = be16(ctx, 12)?;
-    if !mac_eq(&src, &cfg.mac) {
+    if !mac_eq(&src, cfg) {
         return Err(Reason::MacSpoof);
     }
     if ctx.tagged_beside() {
@@ -113,7 +114,7 @@ fn arp<F: Frame>(ctx: &F, cfg: &VifConfig, ifindex: u32) -> Result<(), Reason> {
     let sha = [body[0], body[1], body[2], body[3], body[4], body[5]];
     let spa = [body[6], body[7], body[8], body[9]];
     let tpa = [body[16], body[17], body[18], body[19]];
-    if !mac_eq(&sha, &cfg.mac) {
+    if !mac_eq(&sha, cfg) {
         return Err(Reason::ArpSpoof);
     }
     // RFC 5227 probe: sender IP 0.0.0.0 in a request, for an address the VM may use.
@@ -194,7 +195,7 @@ fn dhcp_request<F: Frame>(
     if head[0] == BOOTREQUEST
         && u16::from(head[1]) == ARPHRD_ETHER
         && head[2] == ETH_ALEN
-        && mac_eq(&chaddr, &cfg.mac)
+        && mac_eq(&chaddr, cfg)
     {
         Ok(())
     } else {
@@ -319,7 +320,7 @@ fn nd_options<F: Frame>(
                 source = true;
             }
             let mac = [o[2], o[3], o[4], o[5], o[6], o[7]];
-            if !mac_eq(&mac, &cfg.mac) {
+            if !mac_eq(&mac, cfg) {
                 all_guest = false;
             }
         }

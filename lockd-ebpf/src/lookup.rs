@@ -9,6 +9,63 @@ use lockd_common::{
 
 use crate::maps::{PREFIX4, PREFIX6, TABLE4, TABLE6};
 
+// The address fields read as words below lie aligned in their map values (a config is 8-aligned
+// by its u64 field; a table slot 4-aligned by its u32 one), which LLVM cannot see through a byte
+// array: it would load them byte by byte.
+const _: () = {
+    use core::mem::{align_of, offset_of};
+    assert!(align_of::<VifConfig>() >= 8);
+    assert!(offset_of!(VifConfig, mac) % 4 == 0);
+    assert!(offset_of!(VifConfig, inline4) % 4 == 0);
+    assert!(offset_of!(VifConfig, pfx4) % 4 == 0);
+    assert!(offset_of!(VifConfig, inline6) % 8 == 0);
+    assert!(offset_of!(VifConfig, pfx6) % 8 == 0);
+    assert!(size_of::<lockd_common::Prefix6>() % 8 == 0);
+    assert!(align_of::<lockd_common::Slot4>() >= 4 && offset_of!(lockd_common::Slot4, addr) == 0);
+    assert!(align_of::<lockd_common::Slot6>() >= 4 && offset_of!(lockd_common::Slot6, addr) == 0);
+};
+
+/// A 4-aligned IPv4 field of a map value as one word.
+///
+/// SAFETY (for the caller): `a` lies 4-aligned (see the assertions above).
+#[inline(always)]
+unsafe fn word4(a: &[u8; 4]) -> u32 {
+    // SAFETY: aligned, per the caller; four readable bytes.
+    unsafe { core::ptr::read(a.as_ptr().cast::<u32>()) }
+}
+
+/// An 8-aligned IPv6 field of a config as two words, in memory order.
+///
+/// SAFETY (for the caller): `a` lies 8-aligned.
+#[inline(always)]
+unsafe fn words16(a: &[u8; 16]) -> (u64, u64) {
+    let p = a.as_ptr().cast::<u64>();
+    // SAFETY: aligned, per the caller; sixteen readable bytes.
+    unsafe { (core::ptr::read(p), core::ptr::read(p.add(1))) }
+}
+
+/// A 4-aligned IPv6 field (a table slot's) as two words, from four 4-byte loads.
+///
+/// SAFETY (for the caller): `a` lies 4-aligned.
+#[inline(always)]
+unsafe fn words16_4(a: &[u8; 16]) -> (u64, u64) {
+    let p = a.as_ptr().cast::<u32>();
+    // SAFETY: aligned, per the caller; sixteen readable bytes.
+    let w = unsafe { [p.read(), p.add(1).read(), p.add(2).read(), p.add(3).read()] };
+    let (w0, w1, w2, w3) = (u64::from(w[0]), u64::from(w[1]), u64::from(w[2]), u64::from(w[3]));
+    (w0 | w1 << 32, w2 | w3 << 32)
+}
+
+/// The guest MAC of a config as (its first four bytes, its last two), for [`crate::from_vm`]'s
+/// comparisons.
+#[inline(always)]
+pub(crate) fn mac_words(cfg: &VifConfig) -> (u32, u16) {
+    let p = cfg.mac.as_ptr();
+    // SAFETY: `mac` lies 4-aligned in the 8-aligned config (asserted above), so its first four
+    // bytes are one aligned word and its last two an aligned half-word.
+    unsafe { (p.cast::<u32>().read(), p.add(4).cast::<u16>().read()) }
+}
+
 /// Membership in A4. Inline sets (exact and prefix) are checked in place, a larger exact set
 /// by probing its table (inlined array lookups); only prefixes beyond the inline ones pay a
 /// call and a trie lookup (each call and return is dear on a kernel with return thunks).
@@ -20,7 +77,8 @@ pub(crate) fn allowed4(cfg: &VifConfig, ifindex: u32, addr: [u8; 4]) -> bool {
     let a = u32::from_ne_bytes(addr);
     if cfg.flags & FLAG_INLINE4 != 0 {
         for i in 0..INLINE4 {
-            if i < cfg.n4 as usize && u32::from_ne_bytes(cfg.inline4[i]) == a {
+            // SAFETY: a config field (4-aligned).
+            if i < cfg.n4 as usize && unsafe { word4(&cfg.inline4[i]) } == a {
                 return true;
             }
         }
@@ -28,7 +86,8 @@ pub(crate) fn allowed4(cfg: &VifConfig, ifindex: u32, addr: [u8; 4]) -> bool {
     if cfg.flags & FLAG_INLINE_P4 != 0 {
         for i in 0..INLINE_P4 {
             let p = &cfg.pfx4[i];
-            if i < cfg.np4 as usize && a & u32::from_ne_bytes(p.mask) == u32::from_ne_bytes(p.net) {
+            // SAFETY: config fields (4-aligned).
+            if i < cfg.np4 as usize && a & unsafe { word4(&p.mask) } == unsafe { word4(&p.net) } {
                 return true;
             }
         }
@@ -52,7 +111,8 @@ fn in_table4(cfg: &VifConfig, addr: [u8; 4]) -> bool {
         if s.used == 0 {
             return false;
         }
-        if u32::from_ne_bytes(s.addr) == a {
+        // SAFETY: a table slot's field (4-aligned).
+        if unsafe { word4(&s.addr) } == a {
             return true;
         }
         i = i.wrapping_add(1);
@@ -94,7 +154,8 @@ pub(crate) fn allowed6(cfg: &VifConfig, ifindex: u32, addr: [u8; 16]) -> bool {
     let (lo, hi) = halves(&addr);
     if cfg.flags & FLAG_INLINE6 != 0 {
         for i in 0..INLINE6 {
-            if i < cfg.n6 as usize && halves(&cfg.inline6[i]) == (lo, hi) {
+            // SAFETY: a config field (8-aligned).
+            if i < cfg.n6 as usize && unsafe { words16(&cfg.inline6[i]) } == (lo, hi) {
                 return true;
             }
         }
@@ -102,8 +163,9 @@ pub(crate) fn allowed6(cfg: &VifConfig, ifindex: u32, addr: [u8; 16]) -> bool {
     if cfg.flags & FLAG_INLINE_P6 != 0 {
         for i in 0..INLINE_P6 {
             let p = &cfg.pfx6[i];
-            let (mlo, mhi) = halves(&p.mask);
-            if i < cfg.np6 as usize && (lo & mlo, hi & mhi) == halves(&p.net) {
+            // SAFETY: config fields (8-aligned).
+            let (mlo, mhi) = unsafe { words16(&p.mask) };
+            if i < cfg.np6 as usize && (lo & mlo, hi & mhi) == unsafe { words16(&p.net) } {
                 return true;
             }
         }
@@ -127,7 +189,8 @@ fn in_table6(cfg: &VifConfig, addr: [u8; 16]) -> bool {
         if s.used == 0 {
             return false;
         }
-        if halves(&s.addr) == a {
+        // SAFETY: a table slot's field (4-aligned).
+        if unsafe { words16_4(&s.addr) } == a {
             return true;
         }
         i = i.wrapping_add(1);

@@ -19,6 +19,8 @@
 // `cargo clippy` ever builds this crate, `monitor::add` uses the atomic type instead.)
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
+// One BPF load instruction per packet word (`frame::word`).
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 mod frame;

@@ -16,6 +16,7 @@ pub mod corpus;
 pub mod daemon;
 pub mod random;
 pub mod scene;
+pub mod txring;
 pub mod wire;
 
 pub const GUEST: Mac = [0x02, 0, 0, 0, 0, 0x0b];

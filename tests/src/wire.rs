@@ -271,63 +271,6 @@ pub fn send_split(ns: &NetNs, dev: &str, frames: &[(Vec<u8>, u16)]) {
     .expect("sender namespace");
 }
 
-/// Sends `frame` `count` times as [`send_split`] does, in batches of 64 (`sendmmsg`), from
-/// one thread pinned to CPU 0 (the receive side runs in the same CPU's softirq, so the time
-/// taken includes the hooks'); returns the frames sent and the time taken.
-pub fn send_split_repeat(
-    ns: &NetNs,
-    dev: &str,
-    frame: &[u8],
-    head: u16,
-    count: u64,
-) -> (u64, std::time::Duration) {
-    use std::os::fd::AsRawFd;
-    let dev = dev.to_string();
-    let buf = split_buf(frame, head);
-    ns.run(move || {
-        // SAFETY: a zeroed cpu_set_t with one bit set, for this thread.
-        unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(0, &mut set);
-            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
-        }
-        let sock = split_socket(&dev);
-        const BATCH: usize = 64;
-        let mut iov = libc::iovec {
-            iov_base: buf.as_ptr() as *mut libc::c_void,
-            iov_len: buf.len(),
-        };
-        // SAFETY: mmsghdr is plain data; each points at the one live iovec above.
-        let mut msgs: Vec<libc::mmsghdr> = (0..BATCH)
-            .map(|_| {
-                let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
-                m.msg_hdr.msg_iov = &raw mut iov;
-                m.msg_hdr.msg_iovlen = 1;
-                m
-            })
-            .collect();
-        let start = std::time::Instant::now();
-        let mut sent = 0u64;
-        while sent < count {
-            let n = (count - sent).min(BATCH as u64) as u32;
-            // SAFETY: `msgs` holds at least n live headers.
-            let r = unsafe { libc::sendmmsg(sock.as_raw_fd(), msgs.as_mut_ptr(), n, 0) };
-            if r < 0 {
-                let e = std::io::Error::last_os_error();
-                // The receiver's backlog is full: let it drain.
-                if e.raw_os_error() == Some(libc::ENOBUFS) {
-                    std::thread::yield_now();
-                    continue;
-                }
-                panic!("sendmmsg: {e}");
-            }
-            sent += r as u64;
-        }
-        (sent, start.elapsed())
-    })
-    .expect("sender namespace")
-}
-
 /// The far host's MAC and address (on the VMs' subnet, behind the bridge's uplink).
 pub const FAR_MAC: &str = "02:00:00:00:00:0f";
 pub const FAR_IP: &str = "10.0.0.9";

@@ -364,6 +364,12 @@ impl Dataplane {
             .collect()
     }
 
+    /// What the kernel reports of one of the object's programs (its run statistics among
+    /// it, counted while `BPF_ENABLE_STATS` is held); None for a name it does not have.
+    pub fn program_info(&self, name: &str) -> Option<aya::programs::ProgramInfo> {
+        self.ebpf.program(name)?.info().ok()
+    }
+
     fn xdp(&mut self, name: &'static str) -> Result<&mut Xdp> {
         program(&mut self.ebpf, name)
     }

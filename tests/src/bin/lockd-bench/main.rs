@@ -7,6 +7,8 @@ mod api;
 mod cost;
 mod hook;
 mod live;
+mod netback;
+mod path;
 mod peers;
 mod pktgen;
 mod report;
@@ -23,7 +25,9 @@ use crate::{
     api::daemon_api_and_rss,
     cost::{per_packet, scaling},
     live::{ratelimit, tcp_ratios, updates},
-    throughput::{Path, Sample, measure, median_sample, num, sample_json, skb_hooks},
+    netback::skb_hooks,
+    path::Path,
+    throughput::{Sample, measure, median_sample, num, sample_json},
     traffic::Helpers,
 };
 /// lockd's benchmark: lockd beside nftables, ebtables and xdp-filter (`cargo xtask bench`).
@@ -48,6 +52,9 @@ struct Opts {
     /// Only the skb-path section (both hooks, linear and non-linear skbs).
     #[arg(long = "skb")]
     skb_only: bool,
+    /// Only the netback sections (lockd's TC program by skb shape; the peers on netback's shape).
+    #[arg(long = "netback")]
+    netback_only: bool,
     /// Only the throughput section.
     #[arg(long = "throughput")]
     throughput_only: bool,
@@ -140,13 +147,25 @@ fn main() {
     }
     let mut helpers = Helpers::load();
     let per_thread = if opts.quick { 2_000_000 } else { 10_000_000 };
+    if opts.netback_only {
+        let mut result = json!({"machine": machine()});
+        if let Some(r) = result.as_object_mut() {
+            r.extend(netback_figures(&opts, &mut helpers));
+        }
+        std::fs::write(opts.json(), serde_json::to_string_pretty(&result).expect("json"))
+            .expect("write json");
+        return;
+    }
     if opts.skb_only {
         step("the skb path: generic XDP and TC ingress, each over an empty program at its hook");
         let (hooks, _) = skb_hooks(per_thread, &mut helpers);
+        let mut result = json!({"machine": machine(), "skb_hooks": hooks});
+        if let Some(r) = result.as_object_mut() {
+            r.extend(netback_figures(&opts, &mut helpers));
+        }
         std::fs::write(
             opts.json(),
-            serde_json::to_string_pretty(&json!({"machine": machine(), "skb_hooks": hooks}))
-                .expect("json"),
+            serde_json::to_string_pretty(&result).expect("json"),
         )
         .expect("write json");
         return;
@@ -196,6 +215,7 @@ fn main() {
     let samples = throughput(per_thread, &mut helpers);
     step("the skb path: generic XDP and TC ingress, each over an empty program at its hook");
     let (hooks, hook_samples) = skb_hooks(per_thread, &mut helpers);
+    let netback = netback_figures(&opts, &mut helpers);
     let upd = updates(&opts, &mut helpers);
     let rl = ratelimit(&opts, &mut helpers);
     let tcp = tcp_ratios(&opts);
@@ -298,8 +318,14 @@ fn main() {
     let (figures, why) = peer_figures(&samples);
     if let Some(r) = result.as_object_mut() {
         r.extend(figures);
+        let mut netback = netback;
+        let nb_why = netback.remove("unavailable");
+        r.extend(netback);
         if let Some(u) = r.get_mut("unavailable").and_then(Value::as_object_mut) {
             u.extend(why);
+            if let Some(Value::Object(w)) = nb_why {
+                u.extend(w);
+            }
         }
     }
     std::fs::write(
@@ -318,6 +344,25 @@ fn main() {
         start.elapsed().as_secs_f64()
     );
     println!("{md}");
+}
+
+/// The netback sections: lockd's TC program cost by skb shape (the kernel's run statistics),
+/// then the peers on netback's shape; the keys of both, and `tc_attach` (how lockd attaches at
+/// TC by default).
+fn netback_figures(opts: &Opts, helpers: &mut Helpers) -> Map<String, Value> {
+    let count = netback::frames_per_run(opts.quick);
+    step("lockd's TC ingress program by skb shape (kernel run statistics, median of 5 alternating runs)");
+    let cost = netback::program_cost(count, helpers);
+    step("netback's shape (4400 B, 128-byte head): lockd at TC, nftables netdev, ebtables, each over its own floor");
+    let mut out = netback::peers(count, helpers, &cost["added_ns_lockd_netback"]);
+    out.insert("added_ns_lockd_netback".into(), cost["added_ns_lockd_netback"].clone());
+    out.insert("added_ns_lockd_netback_1500".into(), cost["added_ns_lockd_netback_1500"].clone());
+    out.insert(
+        "tc_attach".into(),
+        json!(lockd::dataplane::TcMode::default().word()),
+    );
+    out.insert("netback_program_cost".into(), cost);
+    out
 }
 
 /// Runs of each path at 1 vCPU (alternating, the median kept): a peer and its own floor are

@@ -4,7 +4,7 @@
 use std::{net::Ipv4Addr, time::Duration};
 
 use aya::programs::XdpMode;
-use lockd::dataplane::{Dataplane, XdpModeRequest};
+use lockd::dataplane::{Dataplane, TcMode, XdpModeRequest};
 use lockd_common::{
     Direction, Reason,
     policy::{EffectiveMode, VifPolicy, parse_ipv4_list, parse_ipv6_list},
@@ -13,6 +13,7 @@ use lockd_kit::frames;
 use serde_json::{Value, json};
 
 use crate::{
+    path::Path,
     peers::{self, Rules},
     topo::{GUEST, Topo, topo, wait_ready},
     traffic::{Helpers, send},
@@ -67,118 +68,6 @@ fn bpffs_at_sys_fs_bpf() -> bool {
         })
 }
 
-/// The paths compared.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Path {
-    Floor,
-    LockdNative,
-    LockdGeneric,
-    NftNetdev,
-    NftBridge,
-    Ebtables {
-        nf_call: bool,
-    },
-    /// xdp-filter (xdp-tools), native XDP, default deny with the guest's IPv4 source allowed.
-    XdpFilter,
-    /// Each peer's own floor: the same tool at the same hook with one rule dropping every
-    /// frame.
-    NftNetdevFloor,
-    NftBridgeFloor,
-    EbtablesFloor {
-        nf_call: bool,
-    },
-    XdpFilterFloor,
-    /// The skb path's floors: a drop program at generic XDP, and at TC ingress.
-    FloorGeneric,
-    FloorTc,
-    /// lockd with the from-VM checks at TC ingress (what `--xdp-mode auto` picks without
-    /// native XDP).
-    LockdTc,
-}
-
-impl Path {
-    pub fn name(self) -> &'static str {
-        match self {
-            Path::Floor => "empty XDP drop (floor)",
-            Path::LockdNative => "lockd, native XDP",
-            Path::LockdGeneric => "lockd, generic XDP",
-            Path::NftNetdev => "nftables netdev ingress",
-            Path::NftBridge => "nftables bridge family",
-            Path::Ebtables { nf_call: false } => "ebtables, bridge-nf-call 0",
-            Path::Ebtables { nf_call: true } => "ebtables, bridge-nf-call 1",
-            Path::XdpFilter => "xdp-filter (xdp-tools), native XDP",
-            Path::NftNetdevFloor => "nftables netdev ingress, one-rule drop",
-            Path::NftBridgeFloor => "nftables bridge family, one-rule drop",
-            Path::EbtablesFloor { nf_call: false } => "ebtables, bridge-nf-call 0, one-rule drop",
-            Path::EbtablesFloor { nf_call: true } => "ebtables, bridge-nf-call 1, one-rule drop",
-            Path::XdpFilterFloor => "xdp-filter (xdp-tools), native XDP, one-rule drop",
-            Path::FloorGeneric => "empty generic XDP drop",
-            Path::FloorTc => "empty TC ingress drop",
-            Path::LockdTc => "lockd, TC ingress",
-        }
-    }
-
-    pub fn key(self) -> &'static str {
-        match self {
-            Path::Floor => "floor",
-            Path::LockdNative => "lockd_native",
-            Path::LockdGeneric => "lockd_generic",
-            Path::NftNetdev => "nft_netdev",
-            Path::NftBridge => "nft_bridge",
-            Path::Ebtables { nf_call: false } => "ebtables",
-            Path::Ebtables { nf_call: true } => "ebtables_nf_call",
-            Path::XdpFilter => "xdp_filter",
-            Path::NftNetdevFloor => "nft_netdev_floor",
-            Path::NftBridgeFloor => "nft_bridge_floor",
-            Path::EbtablesFloor { nf_call: false } => "ebtables_floor",
-            Path::EbtablesFloor { nf_call: true } => "ebtables_nf_call_floor",
-            Path::XdpFilterFloor => "xdp_filter_floor",
-            Path::FloorGeneric => "floor_generic",
-            Path::FloorTc => "floor_tc",
-            Path::LockdTc => "lockd_tc",
-        }
-    }
-
-    /// The throughput section's paths, each peer after its own floor.
-    pub const ALL: [Path; 13] = [
-        Path::Floor,
-        Path::LockdNative,
-        Path::LockdGeneric,
-        Path::NftNetdevFloor,
-        Path::NftNetdev,
-        Path::NftBridgeFloor,
-        Path::NftBridge,
-        Path::EbtablesFloor { nf_call: false },
-        Path::Ebtables { nf_call: false },
-        Path::EbtablesFloor { nf_call: true },
-        Path::Ebtables { nf_call: true },
-        Path::XdpFilterFloor,
-        Path::XdpFilter,
-    ];
-
-    /// The peer's own floor (None for lockd's paths and the floors themselves).
-    pub fn own_floor(self) -> Option<Path> {
-        match self {
-            Path::NftNetdev => Some(Path::NftNetdevFloor),
-            Path::NftBridge => Some(Path::NftBridgeFloor),
-            Path::Ebtables { nf_call } => Some(Path::EbtablesFloor { nf_call }),
-            Path::XdpFilter => Some(Path::XdpFilterFloor),
-            _ => None,
-        }
-    }
-
-    /// Whether the path runs on a Linux bridge.
-    fn bridged(self) -> bool {
-        matches!(
-            self,
-            Path::NftBridge
-                | Path::NftBridgeFloor
-                | Path::Ebtables { .. }
-                | Path::EbtablesFloor { .. }
-        )
-    }
-}
-
 /// What a path set up, kept alive for the measurement and asked for its drop count.
 enum Setup {
     Lockd(Box<Dataplane>),
@@ -189,6 +78,11 @@ enum Setup {
     XdpFilter(String),
     /// A counting kit floor, with its count when attached.
     Counted(u64),
+    /// The same through a TCX link, detached when dropped.
+    CountedTcx {
+        at: u64,
+        _link: aya::programs::tc::SchedClassifierLink,
+    },
     /// The path cannot run on this machine, and why.
     Unavailable(String),
 }
@@ -245,16 +139,48 @@ fn setup(path: Path, t: &Topo, helpers: &mut Helpers) -> Setup {
                 .expect("attach floor");
             Setup::Counted(helpers.floor_count())
         }
-        Path::LockdNative | Path::LockdGeneric | Path::LockdTc => {
+        Path::FloorTcx => {
+            gro();
+            let p = helpers.tc_program(lockd_kit::programs::PROG_TC_DROP_COUNTED);
+            let link = t
+                .host
+                .run(|| {
+                    let id = p.attach_with_options(
+                        "vif0",
+                        aya::programs::TcAttachType::Ingress,
+                        aya::programs::tc::TcAttachOptions::TcxOrder(Default::default()),
+                    )?;
+                    p.take_link(id)
+                })
+                .expect("ns");
+            match link {
+                Ok(link) => Setup::CountedTcx {
+                    at: helpers.floor_count(),
+                    _link: link,
+                },
+                Err(e) => Setup::Unavailable(format!("a TCX link on this kernel: {e}")),
+            }
+        }
+        Path::LockdNative
+        | Path::LockdGeneric
+        | Path::LockdTc
+        | Path::LockdTcx
+        | Path::LockdTcBeside => {
             let mode = match path {
                 Path::LockdNative => XdpModeRequest::Native,
                 Path::LockdGeneric => XdpModeRequest::Generic,
                 _ => XdpModeRequest::Tc,
             };
+            let tc_mode = if path == Path::LockdTcx {
+                TcMode::Tcx
+            } else {
+                TcMode::Clsact
+            };
             let dp = t
                 .host
                 .run(move || {
                     let mut dp = Dataplane::load().expect("load");
+                    dp.set_tc_mode(tc_mode);
                     dp.set_policy(ifx, &bench_policy()).expect("policy");
                     dp.attach(ifx, mode).expect("attach");
                     dp
@@ -262,6 +188,23 @@ fn setup(path: Path, t: &Topo, helpers: &mut Helpers) -> Setup {
                 .expect("ns");
             if path != Path::LockdNative {
                 gro();
+            }
+            if path == Path::LockdTcBeside {
+                // A filter added without a priority goes before the first one there: the
+                // empty program runs first and passes every frame on to lockd's.
+                let p = helpers.tc_program(lockd_kit::programs::PROG_TC_EMPTY);
+                t.host
+                    .run(|| {
+                        let id = p.attach_with_options(
+                            "vif0",
+                            aya::programs::TcAttachType::Ingress,
+                            aya::programs::tc::TcAttachOptions::Netlink(Default::default()),
+                        )?;
+                        std::mem::forget(p.take_link(id)?);
+                        Ok::<(), aya::programs::ProgramError>(())
+                    })
+                    .expect("ns")
+                    .expect("attach the empty program");
             }
             Setup::Lockd(Box::new(dp))
         }
@@ -308,7 +251,7 @@ fn rules(path: Path) -> Rules {
 
 fn dropped(s: &Setup, t: &Topo, helpers: &Helpers) -> Option<u64> {
     match s {
-        Setup::Counted(at) => Some(helpers.floor_count() - at),
+        Setup::Counted(at) | Setup::CountedTcx { at, .. } => Some(helpers.floor_count() - at),
         Setup::Lockd(dp) => Some(
             dp.counter(t.host_ifx, Direction::FromVm, Reason::Ipv4Spoof)
                 .expect("counter")
@@ -319,6 +262,24 @@ fn dropped(s: &Setup, t: &Topo, helpers: &Helpers) -> Option<u64> {
         Setup::Nft(family) => peers::nft_counter(&t.host, family),
         Setup::Ebtables(eb) => peers::ebtables_counter(&t.host, eb),
     }
+}
+
+/// The kernel's run statistics (`run_time_ns`, `run_cnt`) of the program `path` runs, where it
+/// is one of lockd's or the kit's (they count only while `BPF_ENABLE_STATS` is held).
+fn prog_stats(path: Path, s: &Setup, helpers: &mut Helpers) -> Option<(u64, u64)> {
+    use lockd_common::{PROG_VIF_INGRESS, PROG_VIF_INGRESS_TC};
+    use lockd_kit::programs::{PROG_DROP, PROG_DROP_COUNTED, PROG_TC_DROP_COUNTED};
+    let info = match (path, s) {
+        (Path::LockdTc | Path::LockdTcx | Path::LockdTcBeside, Setup::Lockd(dp)) => {
+            dp.program_info(PROG_VIF_INGRESS_TC)
+        }
+        (_, Setup::Lockd(dp)) => dp.program_info(PROG_VIF_INGRESS),
+        (Path::FloorTc | Path::FloorTcx, _) => helpers.tc_program(PROG_TC_DROP_COUNTED).info().ok(),
+        (Path::FloorGeneric, _) => helpers.program(PROG_DROP_COUNTED).info().ok(),
+        (Path::Floor, _) => helpers.program(PROG_DROP).info().ok(),
+        _ => None,
+    }?;
+    Some((info.run_time().as_nanos() as u64, info.run_count()))
 }
 
 /// Unloads xdp-filter from vif0 in `ns` (its maps are pinned under /sys/fs/bpf/xdp-filter, so
@@ -350,6 +311,11 @@ pub struct Sample {
     /// Where several runs were made: the median absolute deviation of their ns/packet from
     /// the median run's, the path's noise.
     pub spread_ns: Option<f64>,
+    /// The kernel's own mean run time of the path's program over the measured frames, where
+    /// run statistics are on and the program is lockd's or the kit's.
+    pub prog_ns: Option<f64>,
+    /// The same of the empty program run before it on the same frames (`LockdTcBeside`).
+    pub beside_ns: Option<f64>,
 }
 
 pub fn measure(path: Path, vcpus: usize, per_thread: u32, helpers: &mut Helpers) -> Sample {
@@ -362,8 +328,9 @@ pub fn measure(path: Path, vcpus: usize, per_thread: u32, helpers: &mut Helpers)
 pub enum Sender {
     /// The live-frames generator (linear skbs on the skb path), this many frames per thread.
     Live(u32),
-    /// AF_PACKET from the VM with this many bytes in the skb's head and the rest in page
-    /// fragments, as netback builds its skbs; this many frames, one thread.
+    /// An AF_PACKET transmit ring in the VM with this many bytes in the skb's head and the
+    /// rest in page fragments, as netback builds its skbs (a head as long as the frame: a
+    /// linear skb); this many frames, one thread.
     Split { head: u16, count: u64 },
 }
 
@@ -420,6 +387,8 @@ pub fn measure_with(
             invalid: None,
             frame_len: len,
             spread_ns: None,
+            prog_ns: None,
+            beside_ns: None,
         };
     }
     helpers.set_target(t.vm_ifx);
@@ -442,15 +411,34 @@ pub fn measure_with(
         }
         Sender::Split { head, count } => {
             let n = if warm { count.min(20_000) } else { count };
-            lockd_tests::wire::send_split_repeat(&t.vm, "eth0", &frame, head, n)
+            lockd_tests::txring::send_shaped(&t.vm, "eth0", &frame, head, n)
+                .expect("the transmit ring")
         }
     };
     // Warm up, then measure.
     let _ = run(helpers, true);
     let before = dropped(&setup, &t, helpers);
+    let beside = |helpers: &mut Helpers| {
+        (path == Path::LockdTcBeside)
+            .then(|| helpers.tc_program(lockd_kit::programs::PROG_TC_EMPTY).info().ok())
+            .flatten()
+            .map(|i| (i.run_time().as_nanos() as u64, i.run_count()))
+    };
+    let stats_before = (prog_stats(path, &setup, helpers), beside(helpers));
     let (sent, took) = run(helpers, false);
     std::thread::sleep(Duration::from_millis(100));
     let counted = dropped(&setup, &t, helpers).zip(before).map(|(a, b)| a - b);
+    let mean = |after: Option<(u64, u64)>, before: Option<(u64, u64)>| {
+        after
+            .zip(before)
+            .and_then(|((t1, n1), (t0, n0))| {
+                (n1 > n0).then(|| (t1 - t0) as f64 / (n1 - n0) as f64)
+            })
+            // Zero time over counted runs: statistics are off.
+            .filter(|ns| *ns > 0.0)
+    };
+    let prog_ns = mean(prog_stats(path, &setup, helpers), stats_before.0);
+    let beside_ns = mean(beside(helpers), stats_before.1);
     // Every frame sent is spoofed: a path that counts its drops must count some (frames the
     // veth backlog sheds before the hook are not its to count), and never more than were sent.
     let invalid = counted.and_then(|c| {
@@ -494,6 +482,8 @@ pub fn measure_with(
         invalid,
         frame_len: len,
         spread_ns: None,
+        prog_ns,
+        beside_ns,
     }
 }
 
@@ -502,69 +492,9 @@ pub fn sample_json(s: &Sample) -> Value {
         "path": s.path.key(), "name": s.path.name(), "vcpus": s.vcpus, "pps": s.pps,
         "ns_per_pkt": s.ns_per_pkt, "sent": s.sent, "dropped_counted": s.counted, "tool": s.tool,
         "unavailable": s.unavailable, "invalid": s.invalid, "frame_len": s.frame_len,
-        "spread_ns": s.spread_ns,
+        "spread_ns": s.spread_ns, "prog_ns": s.prog_ns,
     })
 }
-
-/// The skb path's two hooks, each against a drop program at the same hook, with 64- and
-/// 1500-byte frames (1 vCPU): raw ns/packet by hook and size.
-pub fn skb_hooks(per_thread: u32, helpers: &mut Helpers) -> (Value, Vec<Sample>) {
-    let mut out = serde_json::Map::new();
-    let mut samples = Vec::new();
-    for (hook, floor, lockd) in [
-        ("generic_xdp", Path::FloorGeneric, Path::LockdGeneric),
-        ("tc", Path::FloorTc, Path::LockdTc),
-    ] {
-        let mut by_len = serde_json::Map::new();
-        // Linear skbs of 64 and 1500 bytes from the generator; and netback's shape, a frame
-        // with 128 bytes in the head and the rest in page fragments (AF_PACKET builds such an
-        // skb only for a frame past a page: 4400 bytes).
-        let split = Sender::Split {
-            head: 128,
-            count: u64::from(per_thread / 8),
-        };
-        for (key, len, sender) in [
-            ("64", 64usize, Sender::Live(per_thread / 2)),
-            ("1500", 1500, Sender::Live(per_thread / 2)),
-            ("4400_nonlinear", 4400, split),
-        ] {
-            // Floor and lockd alternately, several times; the median of each (a run's noise,
-            // from the sender above all, is as large as what lockd adds).
-            let mut fs = Vec::new();
-            let mut ls = Vec::new();
-            for _ in 0..SKB_REPEATS {
-                fs.push(measure_with(floor, 1, sender, helpers, len));
-                ls.push(measure_with(lockd, 1, sender, helpers, len));
-            }
-            let f = median_sample(fs);
-            let l = median_sample(ls);
-            let why = |s: &Sample| s.unavailable.clone().or_else(|| s.invalid.clone());
-            eprintln!(
-                "  {hook:12} {key:>15} B: empty {:7.1} ns/pkt, lockd {:7.1} ns/pkt (+{:.1}){}",
-                f.ns_per_pkt,
-                l.ns_per_pkt,
-                l.ns_per_pkt - f.ns_per_pkt,
-                why(&f)
-                    .or_else(|| why(&l))
-                    .map(|w| format!("  [{w}]"))
-                    .unwrap_or_default()
-            );
-            by_len.insert(
-                key.to_string(),
-                json!({"empty_ns": num(f.ns_per_pkt), "lockd_ns": num(l.ns_per_pkt),
-                       "added_ns": num(l.ns_per_pkt - f.ns_per_pkt),
-                       "unavailable": why(&f).or_else(|| why(&l))}),
-            );
-            samples.push(f);
-            samples.push(l);
-        }
-        out.insert(hook.into(), Value::Object(by_len));
-    }
-    (Value::Object(out), samples)
-}
-
-/// Runs of each path on the skb path, alternating floor and lockd.
-const SKB_REPEATS: usize = 5;
 
 /// The run with the median ns/packet; an unavailable or invalid run if any was.
 pub fn median_sample(mut v: Vec<Sample>) -> Sample {
