@@ -98,9 +98,9 @@ struct Words<const N: usize>([u8; N]);
 /// BPF instruction it is.
 #[inline(always)]
 fn word<const W: usize>(addr: usize) -> [u8; W] {
-    let mut out = [0u8; W];
     #[cfg(target_arch = "bpf")]
     {
+        let mut out = [0u8; W];
         let v: u64;
         // SAFETY: the caller has checked [addr, addr + W) against the packet's end; the
         // instruction reads exactly those bytes and nothing else.
@@ -117,13 +117,13 @@ fn word<const W: usize>(addr: usize) -> [u8; W] {
             }
         }
         out.copy_from_slice(&v.to_le_bytes()[..W]);
+        out
     }
     #[cfg(not(target_arch = "bpf"))]
     {
         // SAFETY: as above (the host never runs this crate's programs; clippy only).
-        out = unsafe { core::ptr::read_unaligned(addr as *const [u8; W]) };
+        unsafe { core::ptr::read_unaligned(addr as *const [u8; W]) }
     }
-    out
 }
 
 impl Frame for XdpContext {

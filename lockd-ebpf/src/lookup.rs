@@ -15,12 +15,12 @@ use crate::maps::{PREFIX4, PREFIX6, TABLE4, TABLE6};
 const _: () = {
     use core::mem::{align_of, offset_of};
     assert!(align_of::<VifConfig>() >= 8);
-    assert!(offset_of!(VifConfig, mac) % 4 == 0);
-    assert!(offset_of!(VifConfig, inline4) % 4 == 0);
-    assert!(offset_of!(VifConfig, pfx4) % 4 == 0);
-    assert!(offset_of!(VifConfig, inline6) % 8 == 0);
-    assert!(offset_of!(VifConfig, pfx6) % 8 == 0);
-    assert!(size_of::<lockd_common::Prefix6>() % 8 == 0);
+    assert!(offset_of!(VifConfig, mac).is_multiple_of(4));
+    assert!(offset_of!(VifConfig, inline4).is_multiple_of(4));
+    assert!(offset_of!(VifConfig, pfx4).is_multiple_of(4));
+    assert!(offset_of!(VifConfig, inline6).is_multiple_of(8));
+    assert!(offset_of!(VifConfig, pfx6).is_multiple_of(8));
+    assert!(size_of::<lockd_common::Prefix6>().is_multiple_of(8));
     assert!(align_of::<lockd_common::Slot4>() >= 4 && offset_of!(lockd_common::Slot4, addr) == 0);
     assert!(align_of::<lockd_common::Slot6>() >= 4 && offset_of!(lockd_common::Slot6, addr) == 0);
 };

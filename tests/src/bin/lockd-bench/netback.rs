@@ -218,7 +218,7 @@ pub fn peers(count: u64, helpers: &mut Helpers, lockd_added: &Value) -> Map<Stri
         let added = t.median - f.median;
         let noise = t.spread + f.spread;
         let reason = tw.clone().or_else(|| fw.clone()).or_else(|| {
-            (!(added > noise)).then(|| {
+            (added.is_nan() || added <= noise).then(|| {
                 format!("{added:.1} ns added is within the two paths' spread ({noise:.1} ns)")
             })
         });
