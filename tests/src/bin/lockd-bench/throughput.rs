@@ -119,24 +119,7 @@ fn setup(path: Path, t: &Topo, helpers: &mut Helpers) -> Setup {
         }
         Path::FloorTc => {
             gro();
-            let p = helpers.tc_program(lockd_kit::programs::PROG_TC_DROP_COUNTED);
-            t.host
-                .run(|| {
-                    let _exists = aya::programs::tc::qdisc_add_clsact("vif0");
-                    // A cls_bpf filter on clsact, as lockd attaches by default (a TCX link
-                    // costs about 70 ns less per frame here, so the floors must match). The
-                    // filter goes with the topology's namespace; the program forgets it, so
-                    // the next topology's vif0 (maybe the same ifindex) can have one too.
-                    let id = p.attach_with_options(
-                        "vif0",
-                        aya::programs::TcAttachType::Ingress,
-                        aya::programs::tc::TcAttachOptions::Netlink(Default::default()),
-                    )?;
-                    std::mem::forget(p.take_link(id)?);
-                    Ok::<(), aya::programs::ProgramError>(())
-                })
-                .expect("ns")
-                .expect("attach floor");
+            cls_bpf_filter(t, helpers, lockd_kit::programs::PROG_TC_DROP_COUNTED);
             Setup::Counted(helpers.floor_count())
         }
         Path::FloorTcx => {
@@ -192,19 +175,7 @@ fn setup(path: Path, t: &Topo, helpers: &mut Helpers) -> Setup {
             if path == Path::LockdTcBeside {
                 // A filter added without a priority goes before the first one there: the
                 // empty program runs first and passes every frame on to lockd's.
-                let p = helpers.tc_program(lockd_kit::programs::PROG_TC_EMPTY);
-                t.host
-                    .run(|| {
-                        let id = p.attach_with_options(
-                            "vif0",
-                            aya::programs::TcAttachType::Ingress,
-                            aya::programs::tc::TcAttachOptions::Netlink(Default::default()),
-                        )?;
-                        std::mem::forget(p.take_link(id)?);
-                        Ok::<(), aya::programs::ProgramError>(())
-                    })
-                    .expect("ns")
-                    .expect("attach the empty program");
+                cls_bpf_filter(t, helpers, lockd_kit::programs::PROG_TC_EMPTY);
             }
             Setup::Lockd(Box::new(dp))
         }
@@ -238,6 +209,27 @@ fn setup(path: Path, t: &Topo, helpers: &mut Helpers) -> Setup {
             }
         }
     }
+}
+
+/// Puts the kit's TC program `name` in a `cls_bpf` filter on vif0's clsact (made if missing), as
+/// lockd attaches by default (a TCX link costs less per frame, so the floors must match). The
+/// filter goes with the topology's namespace; the program forgets it, so the next topology's
+/// vif0 (maybe the same ifindex) can have one too.
+fn cls_bpf_filter(t: &Topo, helpers: &mut Helpers, name: &str) {
+    let p = helpers.tc_program(name);
+    t.host
+        .run(|| {
+            let _exists = aya::programs::tc::qdisc_add_clsact("vif0");
+            let id = p.attach_with_options(
+                "vif0",
+                aya::programs::TcAttachType::Ingress,
+                aya::programs::tc::TcAttachOptions::Netlink(Default::default()),
+            )?;
+            std::mem::forget(p.take_link(id)?);
+            Ok::<(), aya::programs::ProgramError>(())
+        })
+        .expect("ns")
+        .unwrap_or_else(|e| panic!("a cls_bpf filter for {name}: {e}"));
 }
 
 /// Whether a peer's path gets the locking policy or its one-rule floor.
