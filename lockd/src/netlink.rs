@@ -159,6 +159,18 @@ impl Watcher {
         let n = self.socket.recv(&mut &mut self.buf[..], 0)?;
         Ok(parse(&self.buf[..n])?.0)
     }
+
+    /// After lost events: drops what is still queued, without blocking. Those events are older
+    /// than the dump that follows; read after it, one (a vanished netdev's last NEWLINK, queued
+    /// just before the overflow dropped its DELLINK) would bring back a netdev that is gone.
+    /// Returns how many datagrams were dropped.
+    pub fn discard_queued(&mut self) -> usize {
+        let mut n = 0;
+        while self.socket.recv(&mut &mut self.buf[..], libc::MSG_DONTWAIT).is_ok() {
+            n += 1;
+        }
+        n
+    }
 }
 
 /// Sends one request and waits for its acknowledgement (or the reply it asked for).

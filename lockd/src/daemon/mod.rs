@@ -172,7 +172,8 @@ pub fn run(cfg: Config) -> Result<()> {
                     }
                     Err(e) => {
                         // ENOBUFS: events were lost; a dump brings the table back in line.
-                        tracing::warn!(error = %e, "rtnetlink receive; resynchronising");
+                        let stale = watcher.discard_queued();
+                        tracing::warn!(error = %e, stale, "rtnetlink receive; resynchronising");
                         // Until the dump succeeds: the link table must come back in line.
                         let mut wait = Duration::from_millis(50);
                         let links = loop {
