@@ -47,12 +47,18 @@ pub fn update_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 16))
 }
 
+/// `lockd_store_transaction_commands`: 1 … 64 commands in one transaction.
+pub fn group_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(1.0, 2.0, 7))
+}
+
 /// What a scrape needs.
 #[derive(Clone)]
 pub struct Context {
     pub(super) core: mpsc::Sender<Msg>,
     pub hub: Arc<Hub>,
     pub update_seconds: Histogram,
+    pub group_commands: Histogram,
 }
 
 type Labels = Vec<(&'static str, String)>;
@@ -113,6 +119,11 @@ pub fn render(snap: &Snapshot, ctx: &Context) -> String {
         "lockd_policy_update_seconds",
         "Time to apply a command that changed policy: parse, kernel update, durable commit",
         ctx.update_seconds.clone(),
+    );
+    reg.register(
+        "lockd_store_transaction_commands",
+        "Commands committed in one durable store transaction (group commit: commands queued together share one)",
+        ctx.group_commands.clone(),
     );
     let suppressed = Counter::<u64>::default();
     suppressed.inc_by(ctx.hub.suppressed_total.load(Ordering::Relaxed));

@@ -31,7 +31,7 @@ mod engine;
 pub mod metrics;
 pub mod monitor;
 
-use engine::Core;
+use engine::{Core, group::Group};
 
 /// Daemon settings.
 #[derive(Clone, Debug)]
@@ -117,6 +117,7 @@ pub fn run(cfg: Config) -> Result<()> {
     let names = monitor::Names::default();
     let hub = monitor::Hub::start(dp.take_monitor(), names.clone(), cfg.monitor_cap);
     let update_seconds = metrics::update_histogram();
+    let group_commands = metrics::group_histogram();
     let adopted = dp.adopt().context("adopting pinned programs and maps")?;
     if !adopted.is_empty() {
         tracing::info!(count = adopted.len(), "adopted pinned attachments");
@@ -140,6 +141,7 @@ pub fn run(cfg: Config) -> Result<()> {
         no_attach: older.into_iter().collect(),
         names,
         update_seconds: update_seconds.clone(),
+        group_commands: group_commands.clone(),
     };
     for b in core.state.bad_vifs() {
         tracing::error!(vif = %b.uuid, devices = ?b.devices, "stored VIF row is bad: {}; its netdevs are held disabled (`lockd doctor`)", b.reason);
@@ -206,6 +208,7 @@ pub fn run(cfg: Config) -> Result<()> {
             core: tx.clone(),
             hub: hub.clone(),
             update_seconds,
+            group_commands,
         };
         rt.spawn(metrics::serve(m, ctx));
         tracing::info!(%addr, "serving Prometheus metrics at /metrics");
@@ -228,12 +231,18 @@ pub fn run(cfg: Config) -> Result<()> {
                 // (this waits for an RCU grace period, which no reply, and no request queued
                 // right behind one, should wait for). set_policy collects by itself if
                 // garbage ever stands in the way.
-                let msg = if core.dp.has_garbage() {
+                // The store's housekeeping (a WAL checkpoint) waits for the same idle moment.
+                let msg = if core.dp.has_garbage() || core.store.idle_due() {
                     match rx.recv_timeout(GC_IDLE) {
                         Ok(m) => m,
                         Err(mpsc::RecvTimeoutError::Timeout) => {
-                            if let Err(e) = core.dp.collect_garbage() {
+                            if core.dp.has_garbage()
+                                && let Err(e) = core.dp.collect_garbage()
+                            {
                                 tracing::warn!(error = %e, "deleting replaced policy entries");
+                            }
+                            if core.store.idle_due() {
+                                core.store.idle();
                             }
                             continue;
                         }
@@ -245,7 +254,38 @@ pub fn run(cfg: Config) -> Result<()> {
                         Err(_) => break,
                     }
                 };
-                handle(&mut core, msg);
+                // `xe` commands queued behind this one share its transaction (group commit).
+                let Msg::Command(req, reply) = msg else {
+                    handle(&mut core, msg);
+                    continue;
+                };
+                let Request::Xe { argv } = *req else {
+                    handle(&mut core, Msg::Command(req, reply));
+                    continue;
+                };
+                let mut group = Group::default();
+                core.join_group(&mut group, &argv, reply);
+                let mut next = None;
+                while group.open() {
+                    match rx.try_recv() {
+                        Ok(Msg::Command(req, reply)) => match *req {
+                            Request::Xe { argv } => core.join_group(&mut group, &argv, reply),
+                            other => {
+                                next = Some(Msg::Command(Box::new(other), reply));
+                                break;
+                            }
+                        },
+                        Ok(other) => {
+                            next = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                core.commit_group(group);
+                if let Some(m) = next {
+                    handle(&mut core, m);
+                }
             }
         })?;
     tracing::info!(

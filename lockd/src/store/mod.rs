@@ -219,6 +219,12 @@ pub trait Store: Send {
     fn load(&mut self) -> Result<State, StoreError>;
     /// Writes `changes` in one transaction, durable on return; on an error nothing is written.
     fn commit(&mut self, changes: &[Change]) -> Result<(), StoreError>;
+    /// Whether [`Store::idle`] has work: the daemon calls it once it has been idle a moment.
+    fn idle_due(&self) -> bool {
+        false
+    }
+    /// Housekeeping kept off the commands' path (a WAL checkpoint).
+    fn idle(&mut self) {}
 }
 
 /// Opens the default store in `dir`, migrating a `state.json` of an earlier release into it

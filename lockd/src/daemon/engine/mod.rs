@@ -9,10 +9,11 @@ use crate::{
     protocol::{Reply, Request},
     dataplane::{AttachMode, Dataplane, VifCounters, XdpModeRequest},
     netlink::LinkEvent,
-    store::{self, State, Store},
+    store::{State, Store},
     xe::{self, Runtime},
 };
 
+pub(super) mod group;
 pub(super) mod hold;
 mod toolstack;
 
@@ -39,6 +40,8 @@ pub(super) struct Core {
     pub(super) names: super::monitor::Names,
     /// `lockd_policy_update_seconds`.
     pub(super) update_seconds: prometheus_client::metrics::histogram::Histogram,
+    /// `lockd_store_transaction_commands`.
+    pub(super) group_commands: prometheus_client::metrics::histogram::Histogram,
 }
 
 /// What a netdev should be given.
@@ -277,24 +280,14 @@ impl Core {
                 return self.policy_request(&vif).map_or_else(fail, Reply::ok);
             }
             Request::Xe { argv } => {
-                // Tests of the panic policy inject a fault here (the `test-hooks` feature only).
-                #[cfg(feature = "test-hooks")]
-                if argv.first().map(String::as_str) == Some("network-create")
-                    && std::env::var("LOCKD_FAULT").as_deref() == Ok("panic-on-network-create")
-                {
-                    panic!("fault injected by LOCKD_FAULT");
-                }
-                // Host bits in a list item are accepted and stored as the network; say so.
-                for a in argv.iter().skip(1) {
-                    if let Some((key, value)) = a.split_once('=')
-                        && key.to_ascii_lowercase().contains("allowed")
-                    {
-                        for n in lockd_common::policy::host_bit_notes(value) {
-                            notes += &format!("lockd: note: {n}\n");
-                        }
-                    }
-                }
-                xe::execute(&self.state, self, &argv)
+                // A group of one: the same path as commands that came together.
+                let (tx, mut rx) = tokio::sync::oneshot::channel();
+                let mut group = group::Group::default();
+                self.join_group(&mut group, &argv, tx);
+                self.commit_group(group);
+                return rx
+                    .try_recv()
+                    .unwrap_or_else(|_| Reply::fail(1, "the command was not answered"));
             }
             Request::Apply {
                 vif,
@@ -330,42 +323,21 @@ impl Core {
             Err(e) => return fail(e.to_string()),
         };
         if !out.changes.is_empty() {
-            let mut devices = Vec::new();
-            let mut undo = Vec::with_capacity(out.changes.len());
-            let mut unfenced = Vec::new();
-            let bad_before = self.state.bad_vifs_snapshot();
-            for c in &out.changes {
-                self.state.devices_touched(c, &mut devices);
-                undo.push(self.state.apply(c.clone()));
-                self.state.devices_touched(c, &mut devices);
-                // A valid VIF for a netdev ends a hook's fence on it.
-                if let store::Change::PutVif(v) = c {
-                    for d in v.devices() {
-                        if let Some(f) = self.fenced.remove(d) {
-                            unfenced.push((d.clone(), f));
-                        }
-                    }
-                }
-            }
-            devices.sort();
-            devices.dedup();
+            let staged = self.stage(out.changes);
             // Durable first: the dataplane follows what is stored, and a netdev it cannot
             // enforce is held, never left with half a change.
-            if let Err(e) = self.store.commit(&out.changes) {
-                for u in undo.into_iter().rev() {
-                    self.state.apply(u);
-                }
-                self.state.restore_bad_vifs(bad_before);
-                self.fenced.extend(unfenced);
+            if let Err(e) = self.store.commit(&staged.changes) {
+                self.unstage(staged);
                 return fail(format!("{e}; nothing was changed"));
             }
-            for line in self.reconcile(&devices) {
+            self.group_commands.observe(1.0);
+            for line in self.reconcile(&staged.devices) {
                 notes += &format!("lockd: warning: {line}\n");
             }
             self.update_seconds.observe(started.elapsed().as_secs_f64());
             tracing::debug!(
                 took_us = started.elapsed().as_micros() as u64,
-                devices = devices.len(),
+                devices = staged.devices.len(),
                 "command applied"
             );
         } else if let Some((device, _)) = &bridge {

@@ -160,6 +160,8 @@ pub(crate) fn daemon_api_and_rss() -> Value {
         .and_then(|n| n.parse().ok())
         .unwrap_or(f64::NAN);
     let mut updates = Vec::new();
+    // Those whose VIF has a netdev: the kernel's maps change too.
+    let mut updates_live = Vec::new();
     let mut rng = 0x9e37_79b9_u32;
     for k in 0..2000u32 {
         rng ^= rng << 13;
@@ -183,9 +185,18 @@ pub(crate) fn daemon_api_and_rss() -> Value {
         ]);
         assert_eq!(r.expect("vif-param-set").code, 0, "update {k}");
         updates.push(t);
+        if i < WITH_NETDEV {
+            updates_live.push(t);
+        }
     }
+    let concurrent = concurrent_updates(&sock, &uuids);
+    // The disk's own cost of one durable write, measured where the store writes.
+    let state = daemon.base.join("state");
+    let page = page_size(&state.join(lockd::store::sqlite::DB_FILE));
+    let mut fsyncs = fsync_samples(&state, page, 2000);
     daemon.stop();
     let mb = kb / 1024.0;
+    let (fsync_p50, fsync_p99) = (pct_ms(&mut fsyncs, 50.0), pct_ms(&mut fsyncs, 99.0));
     let r = json!({
         "vifs": VIFS,
         "vifs_with_netdev": WITH_NETDEV,
@@ -196,7 +207,21 @@ pub(crate) fn daemon_api_and_rss() -> Value {
         "api_create_attach_p99_ms": pct_ms(&mut attaches, 99.0),
         "api_update_p50_ms": pct_ms(&mut updates, 50.0),
         "api_update_p99_ms": pct_ms(&mut updates, 99.0),
+        "api_update_live_p50_ms": pct_ms(&mut updates_live, 50.0),
+        "api_update_live_p99_ms": pct_ms(&mut updates_live, 99.0),
+        "store_page_bytes": page,
+        "disk_fsync_p50_ms": fsync_p50,
+        "disk_fsync_p99_ms": fsync_p99,
+        "api_update_p99_over_fsync_p99_ms": pct_ms(&mut updates, 99.0) - fsync_p99,
+        "api_create_p99_over_fsync_p99_ms": pct_ms(&mut creates, 99.0) - fsync_p99,
+        "concurrent": concurrent,
     });
+    eprintln!(
+        "  disk: {page}-byte write + fsync p50 {fsync_p50:.3} ms p99 {fsync_p99:.3} ms; {CLIENTS} clients at once: vif-param-set p50 {:.3} ms p99 {:.3} ms, {:.0} commands/s",
+        r["concurrent"]["update_p50_ms"].as_f64().unwrap_or(f64::NAN),
+        r["concurrent"]["update_p99_ms"].as_f64().unwrap_or(f64::NAN),
+        r["concurrent"]["commands_per_s"].as_f64().unwrap_or(f64::NAN),
+    );
     eprintln!(
         "  RSS {mb:.1} MB; vif-create p50 {:.3} ms p99 {:.3} ms; vif-create attaching to a live netdev p50 {:.3} ms p99 {:.3} ms; vif-param-set p50 {:.3} ms p99 {:.3} ms",
         r["api_create_p50_ms"].as_f64().unwrap_or(f64::NAN),
@@ -207,4 +232,76 @@ pub(crate) fn daemon_api_and_rss() -> Value {
         r["api_update_p99_ms"].as_f64().unwrap_or(f64::NAN)
     );
     r
+}
+
+/// Clients sending `vif-param-set` at once in the concurrent phase.
+const CLIENTS: usize = 8;
+
+/// `CLIENTS` clients at once, 250 `vif-param-set` each on VIFs of their own: each command's
+/// latency (queued commands share a transaction: group commit) and the commands per second.
+fn concurrent_updates(sock: &std::path::Path, uuids: &[String]) -> Value {
+    let start = Instant::now();
+    let threads: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let sock = sock.to_path_buf();
+            let mine: Vec<String> = uuids.iter().skip(c).step_by(CLIENTS).take(250).cloned().collect();
+            std::thread::spawn(move || {
+                let mut lat = Vec::with_capacity(mine.len());
+                for (k, uuid) in mine.iter().enumerate() {
+                    let args = [
+                        "vif-param-set".to_string(),
+                        format!("uuid={uuid}"),
+                        format!("ipv4-allowed=10.98.{c}.{}", k % 256),
+                    ];
+                    let t = Instant::now();
+                    let r = lockd::protocol::call(&sock, &args).expect("vif-param-set");
+                    lat.push(t.elapsed());
+                    assert_eq!(r.code, 0, "concurrent vif-param-set: {}", r.stderr);
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut all: Vec<Duration> = threads.into_iter().flat_map(|t| t.join().expect("client")).collect();
+    let took = start.elapsed().as_secs_f64();
+    json!({
+        "clients": CLIENTS,
+        "commands": all.len(),
+        "commands_per_s": all.len() as f64 / took,
+        "update_p50_ms": pct_ms(&mut all, 50.0),
+        "update_p99_ms": pct_ms(&mut all, 99.0),
+    })
+}
+
+/// The page size in an SQLite database's header (bytes 16–17, big-endian; 1 means 65536).
+fn page_size(db: &std::path::Path) -> usize {
+    let mut head = [0u8; 18];
+    let read = std::fs::File::open(db).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head));
+    match (read, u16::from_be_bytes([head[16], head[17]])) {
+        (Ok(()), 1) => 65536,
+        (Ok(()), n) if n >= 512 => n as usize,
+        _ => panic!("{}: not an SQLite database header", db.display()),
+    }
+}
+
+/// `n` times: one `page`-byte write at the start of a file in `dir`, then fsync; each one's
+/// time. The file is removed.
+fn fsync_samples(dir: &std::path::Path, page: usize, n: usize) -> Vec<Duration> {
+    use std::os::unix::fs::FileExt;
+    let path = dir.join("fsync-probe");
+    let f = std::fs::File::create(&path).expect("fsync probe");
+    let mut buf = vec![0x5au8; page];
+    f.write_all_at(&buf, 0).expect("write");
+    f.sync_all().expect("fsync");
+    let samples = (0..n)
+        .map(|i| {
+            let t = Instant::now();
+            buf[0] = i as u8;
+            f.write_all_at(&buf, 0).expect("write");
+            f.sync_all().expect("fsync");
+            t.elapsed()
+        })
+        .collect();
+    let _ = std::fs::remove_file(&path);
+    samples
 }

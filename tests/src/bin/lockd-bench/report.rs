@@ -172,6 +172,30 @@ pub fn markdown(r: &Value) -> String {
             "≤ 1 ms",
         ),
         (
+            "the disk: one store page written + fsync, p50 / p99 (same directory)",
+            format!(
+                "{:.3} / {:.3} ms",
+                f(&r["disk_fsync_p50_ms"]),
+                f(&r["disk_fsync_p99_ms"])
+            ),
+            "reported",
+        ),
+        (
+            "API vif-param-set p99 minus one fsync p99 (lockd's own work on the path)",
+            format!("{:.2} ms", f(&r["api_update_p99_over_fsync_p99_ms"])),
+            "≤ 0.3 ms",
+        ),
+        (
+            "API vif-param-set p50 / p99, 8 clients at once (group commit)",
+            format!(
+                "{:.2} / {:.2} ms, {:.0} commands/s",
+                f(&r["api"]["concurrent"]["update_p50_ms"]),
+                f(&r["api"]["concurrent"]["update_p99_ms"]),
+                f(&r["api"]["concurrent"]["commands_per_s"])
+            ),
+            "reported",
+        ),
+        (
             "API vif-create p99, 4096 VIFs (record; netdev not yet there)",
             format!("{:.2} ms", f(&r["api_create_p99_ms"])),
             "≤ 1 ms",
