@@ -74,6 +74,10 @@ enum Cmd {
         /// Only the toolstack hook section (500 plugs, 200 live re-filters).
         #[arg(long)]
         hook: bool,
+        /// Only the netback sections: lockd's TC program by skb shape (the kernel's own run
+        /// statistics), and lockd, nftables and ebtables on netback-shaped skbs.
+        #[arg(long)]
+        netback: bool,
     },
     /// Run the kernel-vs-model differential test on many random frames.
     Fuzz {
@@ -191,6 +195,7 @@ fn run(cli: Cli) -> Result<()> {
             api,
             pktgen,
             hook,
+            netback,
         } => {
             require_root()?;
             cargo(
@@ -222,6 +227,9 @@ fn run(cli: Cli) -> Result<()> {
             }
             if hook {
                 cmd.arg("--hook");
+            }
+            if netback {
+                cmd.arg("--netback");
             }
             if let Some(j) = json {
                 cmd.arg("--json").arg(j);

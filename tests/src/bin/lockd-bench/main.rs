@@ -61,6 +61,10 @@ struct Opts {
     /// Only the update and rate-limit sections.
     #[arg(long = "live")]
     live_only: bool,
+    /// Measure nothing: write bench.md and the plots again from this run's JSON (a report
+    /// whose layout changed after the run).
+    #[arg(long, value_name = "JSON")]
+    render: Option<PathBuf>,
     /// Where the figures go (default: OUT_DIR/bench.json).
     #[arg(long)]
     json: Option<PathBuf>,
@@ -110,6 +114,16 @@ fn main() {
     let opts = parse_opts();
     let start = Instant::now();
     std::fs::create_dir_all(&opts.out_dir).expect("out dir");
+    if let Some(path) = &opts.render {
+        let text = std::fs::read_to_string(path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let result: Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{}: not a bench run's JSON: {e}", path.display()));
+        std::fs::write(opts.out_dir.join("bench.md"), report::markdown(&result)).expect("write md");
+        report::svgs(&result, &opts.out_dir);
+        eprintln!("wrote {}/bench.md and SVG plots from {}", opts.out_dir.display(), path.display());
+        return;
+    }
     if opts.api_only {
         let api = daemon_api_and_rss();
         std::fs::write(

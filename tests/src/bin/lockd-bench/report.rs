@@ -116,6 +116,27 @@ pub fn markdown(r: &Value) -> String {
             "≤ 30",
         ),
         (
+            "ns lockd's TC program adds on netback's skbs (4400 B, 128 B head) / on 1500 B linear (kernel run statistics, over an empty program)",
+            join(r, &["added_ns_lockd_netback", "added_ns_lockd_netback_1500"], |x| format!("{x:.0}")),
+            "≤ 30, netback's = linear",
+        ),
+        (
+            "on netback's skbs, the policy over each tool's own floor: nftables netdev / ebtables (÷ lockd's program cost)",
+            format!(
+                "{} / {} ns ({} / {})",
+                opt(&r["added_ns_nft_netdev_netback"], |x| format!("{x:.0}")),
+                opt(&r["added_ns_ebtables_netback"], |x| format!("{x:.0}")),
+                opt(&r["added_ratio_nft_netdev_netback"], |x| format!("{x:.1}×")),
+                opt(&r["added_ratio_ebtables_netback"], |x| format!("{x:.1}×"))
+            ),
+            "reported",
+        ),
+        (
+            "a TCX link instead of a cls_bpf filter, per frame on netback's skbs: empty program / lockd",
+            join(r, &["tcx_saves_ns_floor_netback", "tcx_saves_ns_lockd_netback"], |x| format!("{x:.0} ns less")),
+            "reported",
+        ),
+        (
             "ns a rate limit adds per frame (test_run: the shaper hand-off)",
             opt(&r["limiter_added_ns"], |x| format!("{x:.1}")),
             "≤ 10",
@@ -283,6 +304,7 @@ pub fn markdown(r: &Value) -> String {
             );
         }
     }
+    s += &crate::netback::markdown(r);
     let _ = writeln!(
         s,
         "\n### Per-packet cost (BPF_PROG_TEST_RUN, ns, median of 5)\n\n| class | empty | lockd (XDP) | added | TC ingress | with a rate limit | added |\n|---|---|---|---|---|---|---|"
