@@ -35,13 +35,14 @@ pub(in crate::daemon) struct Entry {
     /// The reply so far (stdout, notes on stderr); a failure is final.
     answer: Reply,
     staged: Option<Staged>,
+    /// When the core took it up (`lockd_policy_update_seconds` runs from here).
+    started: Instant,
 }
 
 /// The commands of one transaction, in the order they came.
 #[derive(Default)]
 pub(in crate::daemon) struct Group {
     entries: Vec<Entry>,
-    started: Option<Instant>,
 }
 
 impl Group {
@@ -105,7 +106,7 @@ impl Core {
         argv: &[String],
         reply: oneshot::Sender<Reply>,
     ) {
-        group.started.get_or_insert_with(Instant::now);
+        let started = Instant::now();
         // Tests of the panic policy inject a fault here (the `test-hooks` feature only).
         #[cfg(feature = "test-hooks")]
         if argv.first().map(String::as_str) == Some("network-create")
@@ -140,13 +141,14 @@ impl Core {
             reply,
             answer,
             staged,
+            started,
         });
     }
 
     /// Commits the group's changes in one transaction, makes the dataplane follow, and
     /// answers each command in order.
     pub(in crate::daemon) fn commit_group(&mut self, group: Group) {
-        let Group { entries, started } = group;
+        let Group { entries } = group;
         let changes: Vec<Change> = entries
             .iter()
             .filter_map(|e| e.staged.as_ref())
@@ -161,7 +163,9 @@ impl Core {
             }
             let why = format!("{e}; nothing was changed");
             for e in entries {
-                let _gone = e.reply.send(Reply::fail(1, &why));
+                // One that failed on its own keeps its own error.
+                let answer = if e.answer.code != 0 { e.answer } else { Reply::fail(1, &why) };
+                let _gone = e.reply.send(answer);
             }
             return;
         }
@@ -181,16 +185,15 @@ impl Core {
             }
             warnings.push(w);
         }
-        if !changes.is_empty() {
-            let stored = entries.iter().filter(|e| e.staged.is_some()).count();
-            self.group_commands.observe(stored as f64);
-        }
-        if !changes.is_empty()
-            && let Some(t) = started
-        {
-            self.update_seconds.observe(t.elapsed().as_secs_f64());
+        let stored: Vec<&Entry> = entries.iter().filter(|e| e.staged.is_some()).collect();
+        if !stored.is_empty() {
+            self.group_commands.observe(stored.len() as f64);
+            // Each command that changed policy, from when the core took it up.
+            for e in &stored {
+                self.update_seconds.observe(e.started.elapsed().as_secs_f64());
+            }
             tracing::debug!(
-                took_us = t.elapsed().as_micros() as u64,
+                took_us = stored[0].started.elapsed().as_micros() as u64,
                 commands = entries.len(),
                 devices = holds.len(),
                 "commands applied in one transaction"

@@ -131,7 +131,10 @@ impl Core {
                     undo.push(self.state.apply(c.clone()));
                 }
                 let stored = match self.store.commit(&out.changes) {
-                    Ok(()) => String::new(),
+                    Ok(()) => {
+                        self.group_commands.observe(1.0);
+                        String::new()
+                    }
                     Err(e) => {
                         for u in undo.into_iter().rev() {
                             self.state.apply(u);
