@@ -29,6 +29,55 @@ struct Cli {
     cmd: Cmd,
 }
 
+/// Where the daemon keeps its state.
+#[derive(clap::Args)]
+struct StoreArgs {
+    /// `sqlite:DIR` (the state directory, by default) or, for policy shared by a pool of
+    /// hosts, `etcd://HOST:PORT[,HOST:PORT…]/PREFIX`.
+    #[arg(long = "store", env = "LOCKD_STORE", default_value = "sqlite:")]
+    url: lockd::store::StoreUrl,
+    /// etcd: the CA certificate (PEM) that signed the members' certificates (TLS).
+    #[arg(long, env = "LOCKD_ETCD_CACERT")]
+    etcd_cacert: Option<PathBuf>,
+    /// etcd: this host's client certificate (PEM), with --etcd-key.
+    #[arg(long, env = "LOCKD_ETCD_CERT")]
+    etcd_cert: Option<PathBuf>,
+    /// etcd: the client certificate's key (PEM).
+    #[arg(long, env = "LOCKD_ETCD_KEY")]
+    etcd_key: Option<PathBuf>,
+    /// etcd: the user to authenticate as, with --etcd-password.
+    #[arg(long, env = "LOCKD_ETCD_USER")]
+    etcd_user: Option<String>,
+    /// etcd: the user's password (better given as LOCKD_ETCD_PASSWORD).
+    #[arg(long, env = "LOCKD_ETCD_PASSWORD", hide_env_values = true)]
+    etcd_password: Option<String>,
+}
+
+impl StoreArgs {
+    fn url(self) -> Result<lockd::store::StoreUrl> {
+        use lockd::store::StoreUrl;
+        let etcd_flags = self.etcd_cacert.is_some()
+            || self.etcd_cert.is_some()
+            || self.etcd_key.is_some()
+            || self.etcd_user.is_some()
+            || self.etcd_password.is_some();
+        match self.url {
+            StoreUrl::Etcd(mut c) => {
+                c.cacert = self.etcd_cacert;
+                c.cert = self.etcd_cert;
+                c.key = self.etcd_key;
+                c.user = self.etcd_user;
+                c.password = self.etcd_password;
+                Ok(StoreUrl::Etcd(c))
+            }
+            StoreUrl::Sqlite(_) if etcd_flags => {
+                anyhow::bail!("the --etcd-* settings need --store etcd://…")
+            }
+            sqlite => Ok(sqlite),
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the controller daemon (a dom0 system service).
@@ -52,6 +101,8 @@ enum Cmd {
         /// Serve Prometheus metrics at http://ADDR:PORT/metrics (off by default).
         #[arg(long, env = "LOCKD_METRICS_LISTEN")]
         metrics_listen: Option<std::net::SocketAddr>,
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// Print each frame lockd drops, as it happens (Ctrl-C ends it).
     Monitor {
@@ -161,7 +212,9 @@ fn run(cli: Cli) -> Result<u8> {
             xenopsd_dir,
             monitor_cap,
             metrics_listen,
+            store,
         } => {
+            let store = store.url()?;
             // A panic on any thread ends the process: enforcement stays pinned and systemd
             // restarts the daemon, instead of a daemon that is up but cannot serve.
             let default = std::panic::take_hook();
@@ -179,6 +232,7 @@ fn run(cli: Cli) -> Result<u8> {
                 xenopsd_dir,
                 monitor_cap,
                 metrics_listen,
+                store,
             })?;
             Ok(0)
         }

@@ -14,6 +14,7 @@ use rand::{Rng, RngCore, SeedableRng, rngs::SmallRng};
 pub mod bpffs;
 pub mod corpus;
 pub mod daemon;
+pub mod etcd;
 pub mod random;
 pub mod scene;
 pub mod txring;

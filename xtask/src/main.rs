@@ -113,6 +113,11 @@ const APT: &[(&str, &str)] = &[
     ("curl", "curl"),
     // The fail-closed tests edit a stored row with sqlite3 while the daemon is stopped.
     ("sqlite3", "sqlite3"),
+    // etcd-client (etcd's v3 API over gRPC) builds its protocol with protoc.
+    ("protobuf-compiler", "protoc"),
+    // The pool tests start their own etcd members and read them with etcdctl.
+    ("etcd-server", "etcd"),
+    ("etcd-client", "etcdctl"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

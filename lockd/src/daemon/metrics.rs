@@ -40,6 +40,8 @@ pub struct Snapshot {
     pub vifs: Vec<VifSample>,
     /// The cause label of each held netdev.
     pub held: Vec<&'static str>,
+    /// A pool-wide store's state.
+    pub store: Option<crate::store::StoreStatus>,
 }
 
 /// `lockd_policy_update_seconds`: 100 µs … about 3 s.
@@ -125,6 +127,22 @@ pub fn render(snap: &Snapshot, ctx: &Context) -> String {
         "Commands committed in one durable store transaction (group commit: commands queued together share one)",
         ctx.group_commands.clone(),
     );
+    if let Some(st) = snap.store {
+        let up = Gauge::<i64>::default();
+        up.set(i64::from(st.up));
+        reg.register(
+            "lockd_store_up",
+            "Whether a member of the pool-wide store (etcd) answers: 0 means this host enforces what it last applied",
+            up,
+        );
+        let rev = Gauge::<i64>::default();
+        rev.set(st.revision);
+        reg.register(
+            "lockd_store_revision",
+            "The pool-wide store's revision up to which this host has applied every change",
+            rev,
+        );
+    }
     let suppressed = Counter::<u64>::default();
     suppressed.inc_by(ctx.hub.suppressed_total.load(Ordering::Relaxed));
     reg.register(

@@ -24,7 +24,7 @@ use crate::{
     dataplane::{Dataplane, XdpModeRequest},
     netlink::{self, LinkEvent},
     protocol::{Reply, Request},
-    store::{self, Store as _},
+    store,
 };
 
 mod engine;
@@ -48,6 +48,8 @@ pub struct Config {
     pub monitor_cap: u32,
     /// Where to serve Prometheus metrics (`/metrics`), if anywhere.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Where state is kept.
+    pub store: store::StoreUrl,
 }
 
 /// How long the core must be idle before it deletes replaced generations.
@@ -60,6 +62,8 @@ enum Msg {
     Resync(Vec<(u32, String)>),
     /// A scrape of `/metrics`: the counters, read from the kernel now.
     Snapshot(oneshot::Sender<metrics::Snapshot>),
+    /// Other hosts changed the pool-wide store.
+    Remote,
 }
 
 /// Sends `READY=1` to systemd when started with `Type=notify`. Written here, not with the
@@ -110,7 +114,16 @@ pub fn run(cfg: Config) -> Result<()> {
     for fallback in crate::features::check(&crate::features::probe())? {
         tracing::warn!("{fallback}");
     }
-    let mut store = store::open_default(&cfg.state_dir)?;
+    let mut store: Box<dyn store::Store> = match &cfg.store {
+        store::StoreUrl::Sqlite(dir) => {
+            Box::new(store::open_default(dir.as_deref().unwrap_or(&cfg.state_dir))?)
+        }
+        store::StoreUrl::Etcd(etcd) => {
+            std::fs::create_dir_all(&cfg.state_dir)
+                .with_context(|| format!("creating {}", cfg.state_dir.display()))?;
+            Box::new(store::etcd::EtcdStore::open(etcd.clone(), &cfg.state_dir)?)
+        }
+    };
     let state = store.load()?;
     let mut dp = Dataplane::load_with(Some(&cfg.bpffs)).context("loading the dataplane")?;
     dp.set_tc_mode(cfg.tc_mode);
@@ -132,7 +145,7 @@ pub fn run(cfg: Config) -> Result<()> {
         .collect();
     let mut core = Core {
         state,
-        store: Box::new(store),
+        store,
         dp,
         links,
         xdp_mode: cfg.xdp_mode,
@@ -160,6 +173,16 @@ pub fn run(cfg: Config) -> Result<()> {
     core.resync_from_records(&cfg.xenopsd_dir);
 
     let (tx, rx) = mpsc::channel::<Msg>();
+    // What other hosts write to a pool-wide store: one message at a time is enough (each
+    // takes everything that came in).
+    let remote_tx = tx.clone();
+    let pending = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let remote_pending = pending.clone();
+    core.store.follow(Box::new(move || {
+        if !remote_pending.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            let _gone = remote_tx.send(Msg::Remote);
+        }
+    }));
     let link_tx = tx.clone();
     std::thread::Builder::new()
         .name("netlink".into())
@@ -225,6 +248,10 @@ pub fn run(cfg: Config) -> Result<()> {
                 Msg::Snapshot(reply) => {
                     let _gone = reply.send(core.snapshot());
                 }
+                Msg::Remote => {
+                    pending.store(false, std::sync::atomic::Ordering::Release);
+                    core.remote();
+                }
             };
             loop {
                 // Replaced generations are deleted once the core has been idle for a moment
@@ -263,6 +290,8 @@ pub fn run(cfg: Config) -> Result<()> {
                     handle(&mut core, Msg::Command(req, reply));
                     continue;
                 };
+                // A command reads the pool's state with what other hosts wrote up to now.
+                core.remote();
                 let mut group = Group::default();
                 core.join_group(&mut group, &argv, reply);
                 let mut next = None;

@@ -4,8 +4,10 @@
 //! transaction that writes only what changed.
 //!
 //! The default store is SQLite ([`sqlite::SqliteStore`], `lockd.db` in the state directory);
-//! the trait leaves room for a pool-wide backend.
+//! the pool-wide one is etcd ([`etcd::EtcdStore`]), which other hosts change too: the daemon
+//! follows it ([`Store::follow`]) and applies what they wrote ([`Store::take_remote`]).
 
+pub mod etcd;
 mod legacy;
 pub mod sqlite;
 
@@ -211,6 +213,22 @@ pub enum StoreError {
     /// A commit failed; the store is as it was before it.
     #[error("cannot write state store {path}: {reason}")]
     Write { path: PathBuf, reason: String },
+    /// No member of a pool-wide store answered; nothing was written.
+    #[error("store unavailable: {reason} ({store})")]
+    Unavailable { store: String, reason: String },
+    /// A key the command read was changed by another host before the command committed;
+    /// nothing was written.
+    #[error("conflict: {what} was changed on another host meanwhile; nothing was changed (retry the command)")]
+    Conflict { what: String },
+}
+
+/// A pool-wide store's state, for `/metrics`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreStatus {
+    /// Whether a member answers.
+    pub up: bool,
+    /// The store's revision up to which this host has applied every change.
+    pub revision: i64,
 }
 
 /// Where state is kept.
@@ -225,6 +243,41 @@ pub trait Store: Send {
     }
     /// Housekeeping kept off the commands' path (a WAL checkpoint).
     fn idle(&mut self) {}
+    /// Starts following what other hosts write (a store only this daemon writes has none);
+    /// `wake` is called when there is some to take.
+    fn follow(&mut self, _wake: Box<dyn Fn() + Send + Sync>) {}
+    /// Applies to `state` what other hosts wrote since the last call, and returns the netdevs
+    /// whose enforcement it may change.
+    fn take_remote(&mut self, _state: &mut State) -> Vec<String> {
+        Vec::new()
+    }
+    /// A pool-wide store's state.
+    fn status(&self) -> Option<StoreStatus> {
+        None
+    }
+}
+
+/// Where the daemon keeps its state: `sqlite:PATH` (a directory; the default is the state
+/// directory) or `etcd://HOST:PORT[,HOST:PORT…]/PREFIX`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreUrl {
+    Sqlite(Option<PathBuf>),
+    Etcd(etcd::EtcdConfig),
+}
+
+impl std::str::FromStr for StoreUrl {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(p) = s.strip_prefix("sqlite:") {
+            return Ok(Self::Sqlite((!p.is_empty()).then(|| PathBuf::from(p))));
+        }
+        if s.starts_with("etcd://") {
+            return etcd::EtcdConfig::parse(s).map(Self::Etcd);
+        }
+        Err(format!(
+            "{s}: a store is sqlite:PATH or etcd://HOST:PORT[,HOST:PORT…]/PREFIX"
+        ))
+    }
 }
 
 /// Opens the default store in `dir`, migrating a `state.json` of an earlier release into it

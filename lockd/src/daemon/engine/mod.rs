@@ -154,6 +154,23 @@ impl Core {
         }
     }
 
+    /// Applies what other hosts wrote to the store and enforces it here: a netdev that a VIF
+    /// now names is no longer fenced (as a command's VIF ends a fence).
+    pub(in crate::daemon) fn remote(&mut self) {
+        let devices = self.store.take_remote(&mut self.state);
+        if devices.is_empty() {
+            return;
+        }
+        for d in &devices {
+            if self.state.vif_by_device(d).is_some() {
+                self.fenced.remove(d);
+            }
+        }
+        tracing::debug!(devices = devices.len(), "applying what other hosts wrote");
+        // Each held netdev has logged its line.
+        let _held = self.reconcile(&devices);
+    }
+
     /// Records (or forgets) which VIF and netdev `ifindex` is, for the monitor.
     fn name(&self, ifindex: u32, name: Option<(String, String)>) {
         let mut names = self.names.write().unwrap_or_else(|p| p.into_inner());
@@ -196,7 +213,11 @@ impl Core {
         }
         vifs.sort_by(|a, b| a.device.cmp(&b.device));
         let held = self.held.values().map(|h| h.cause.label()).collect();
-        super::metrics::Snapshot { vifs, held }
+        super::metrics::Snapshot {
+            vifs,
+            held,
+            store: self.store.status(),
+        }
     }
 
     /// A monitor's filter, checked: the VIF must exist (its canonical uuid goes back in
