@@ -102,7 +102,7 @@ enum Cmd {
         #[arg(long, env = "LOCKD_METRICS_LISTEN")]
         metrics_listen: Option<std::net::SocketAddr>,
         #[command(flatten)]
-        store: StoreArgs,
+        store: Box<StoreArgs>,
     },
     /// Print each frame lockd drops, as it happens (Ctrl-C ends it).
     Monitor {
@@ -214,7 +214,7 @@ fn run(cli: Cli) -> Result<u8> {
             metrics_listen,
             store,
         } => {
-            let store = store.url()?;
+            let store = (*store).url()?;
             // A panic on any thread ends the process: enforcement stays pinned and systemd
             // restarts the daemon, instead of a daemon that is up but cannot serve.
             let default = std::panic::take_hook();

@@ -96,16 +96,21 @@ fn row(d: &Instance, vif: &str) -> Option<Value> {
     all.as_array()?.iter().find(|r| r["uuid"] == vif).cloned()
 }
 
-/// Whether a listed row is attached, locked, and allows exactly `allowed`.
+/// Whether a listed row is locked and allows exactly `allowed` (on the VIF's own host, also
+/// attached: see [`enforced`]).
 fn locked_to(r: &Value, allowed: &[&str]) -> bool {
     let got: Vec<&str> = r["ipv4_allowed"]
         .as_array()
         .map(|a| a.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
-    r["attach"] != "absent"
-        && r["effective_locking_mode"] == "locked"
+    r["effective_locking_mode"] == "locked"
         && got.len() == allowed.len()
         && got.iter().zip(allowed).all(|(g, w)| g.trim_end_matches("/32") == *w)
+}
+
+/// Whether the row is attached on this host and locked to `allowed`.
+fn enforced(r: &Value, allowed: &[&str]) -> bool {
+    r["attach"] != "absent" && locked_to(r, allowed)
 }
 
 /// Waits (on the host's own CLI) until `vif` on `h` satisfies `ok`; returns how long it took.
@@ -176,13 +181,13 @@ fn a_write_on_one_host_is_enforced_on_every_host() {
     let all: Vec<&Host> = hosts.iter().collect();
     configure_pool(&hosts[0].d, &all);
     for (i, h) in hosts.iter().enumerate() {
-        wait_for(h, &h.vif, "locked to 10.0.0.2", |r| locked_to(r, &["10.0.0.2"]));
+        wait_for(h, &h.vif, "locked to 10.0.0.2", |r| enforced(r, &["10.0.0.2"]));
         assert_enforced(h, 1000 * i as u32);
     }
     // Host 2 allows host 3's VM the spoofed address too: host 3 passes it.
     lock(&hosts[1].d, &hosts[2].vif, "10.0.0.2,10.0.0.99");
     wait_for(&hosts[2], &hosts[2].vif, "allowing 10.0.0.99", |r| {
-        locked_to(r, &["10.0.0.2", "10.0.0.99"])
+        enforced(r, &["10.0.0.2", "10.0.0.99"])
     });
     assert_eq!(burst(&hosts[2], 20, 5000), (20, 20), "host 3 after host 2's write");
     // The keys are lockd's typed settings, one per network and VIF.
@@ -213,7 +218,7 @@ fn etcd_killed_under_traffic_every_host_keeps_enforcing() {
     let all: Vec<&Host> = hosts.iter().collect();
     configure_pool(&hosts[0].d, &all);
     for h in &hosts {
-        wait_for(h, &h.vif, "locked", |r| locked_to(r, &["10.0.0.2"]));
+        wait_for(h, &h.vif, "locked", |r| enforced(r, &["10.0.0.2"]));
     }
     let applied = metric(&hosts[0], "lockd_store_revision").expect("revision");
     assert!(applied > 0, "host 1 applied revision {applied}");
@@ -247,7 +252,7 @@ fn etcd_killed_under_traffic_every_host_keeps_enforcing() {
     }
     for (i, h) in hosts.iter().enumerate() {
         assert_enforced(h, 20_000 + 1000 * i as u32);
-        assert!(row(&h.d, &h.vif).is_some_and(|r| locked_to(&r, &["10.0.0.2"])));
+        assert!(row(&h.d, &h.vif).is_some_and(|r| enforced(&r, &["10.0.0.2"])));
     }
     // A write fails clearly and changes nothing.
     let out = hosts[0].d.cli(&[
@@ -258,7 +263,7 @@ fn etcd_killed_under_traffic_every_host_keeps_enforcing() {
     assert_ne!(out.code, 0, "a write with etcd down succeeded");
     assert!(out.stderr.contains("store unavailable: "), "{}", out.stderr);
     eprintln!("write during the outage: {}", out.stderr.trim());
-    assert!(row(&hosts[0].d, &hosts[0].vif).is_some_and(|r| locked_to(&r, &["10.0.0.2"])));
+    assert!(row(&hosts[0].d, &hosts[0].vif).is_some_and(|r| enforced(&r, &["10.0.0.2"])));
     assert_enforced(&hosts[0], 30_000);
 
     // etcd back: every host follows again, and a write made now is applied everywhere.
@@ -283,7 +288,7 @@ fn three_members_with_one_killed_writes_and_convergence_go_on() {
     let all: Vec<&Host> = hosts.iter().collect();
     configure_pool(&hosts[0].d, &all);
     for h in &hosts {
-        wait_for(h, &h.vif, "locked", |r| locked_to(r, &["10.0.0.2"]));
+        wait_for(h, &h.vif, "locked", |r| enforced(r, &["10.0.0.2"]));
     }
     // Each round: a member dies, host 1 writes (through a surviving member), every host
     // applies it; then the member comes back.
@@ -423,7 +428,7 @@ fn a_vm_moved_to_another_host_is_locked_there_and_forgotten_here() {
     ])
     .ok();
     lock(&h1.d, &uuid, "10.0.0.2");
-    let locked = |r: &Value| locked_to(r, &["10.0.0.2"]);
+    let locked = |r: &Value| enforced(r, &["10.0.0.2"]);
     wait_for(&h1, &uuid, "the moving VM locked on host 1", locked);
     wait_for(&h2, &uuid, "the moving VM known on host 2", |r| {
         r["attach"] == "absent" && r["effective_locking_mode"] == "locked"

@@ -218,7 +218,7 @@ pub enum StoreError {
     Unavailable { store: String, reason: String },
     /// A key the command read was changed by another host before the command committed;
     /// nothing was written.
-    #[error("conflict: {what} was changed on another host meanwhile; nothing was changed (retry the command)")]
+    #[error("conflict: {what} was changed on another host meanwhile (retry the command)")]
     Conflict { what: String },
 }
 

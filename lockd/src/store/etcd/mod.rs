@@ -36,6 +36,9 @@ use super::{Change, State, Store, StoreError, StoreStatus};
 /// How long a request waits for a member before the next is tried.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// How often an idle connection is checked (a member whose host is gone shows as down
+/// after this and the ping's timeout; a member whose process died, at once).
+const KEEPALIVE: Duration = Duration::from_secs(6);
 /// How long a request waits for members that answer but have no leader: an election takes
 /// about a second with etcd's default timings.
 const ELECTION_BOUND: Duration = Duration::from_secs(5);
@@ -107,7 +110,9 @@ impl EtcdConfig {
     fn options(&self) -> Result<ConnectOptions, String> {
         let mut o = ConnectOptions::new()
             .with_connect_timeout(CONNECT_TIMEOUT)
-            .with_keep_alive(Duration::from_secs(1), Duration::from_secs(2))
+            // etcd refuses pings closer than 5 s (`--grpc-keepalive-min-time`) and closes
+            // the connection of a client that sends them.
+            .with_keep_alive(KEEPALIVE, Duration::from_secs(3))
             .with_require_leader(true);
         match (&self.user, &self.password) {
             (Some(u), Some(p)) => o = o.with_user(u.clone(), p.clone()),
