@@ -78,6 +78,10 @@ enum Cmd {
         /// statistics), and lockd, nftables and ebtables on netback-shaped skbs.
         #[arg(long)]
         netback: bool,
+        /// Only the etcd section: a write on one host enforced on two others, the CLI's
+        /// round trip against etcd, a daemon's start with 4096 VIFs in etcd.
+        #[arg(long)]
+        etcd: bool,
     },
     /// Run the kernel-vs-model differential test on many random frames.
     Fuzz {
@@ -201,6 +205,7 @@ fn run(cli: Cli) -> Result<()> {
             pktgen,
             hook,
             netback,
+            etcd,
         } => {
             require_root()?;
             cargo(
@@ -235,6 +240,9 @@ fn run(cli: Cli) -> Result<()> {
             }
             if netback {
                 cmd.arg("--netback");
+            }
+            if etcd {
+                cmd.arg("--etcd");
             }
             if let Some(j) = json {
                 cmd.arg("--json").arg(j);

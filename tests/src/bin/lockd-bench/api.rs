@@ -59,13 +59,24 @@ impl BenchDaemon {
         }
     }
 
+    /// Its bpffs directory.
+    pub(crate) fn bpffs(&self) -> &std::path::Path {
+        std::path::Path::new(&self.bpffs)
+    }
+
     /// The daemon's pid (nsenter execs it).
     pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    /// Stops it and removes its pins and files.
-    pub(crate) fn stop(mut self) {
+    /// Stops it and removes its pins and files (as dropping it does, however the bench ends).
+    pub(crate) fn stop(self) {
+        drop(self);
+    }
+}
+
+impl Drop for BenchDaemon {
+    fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = Command::new(lockd_tests::daemon::lockd_bin())

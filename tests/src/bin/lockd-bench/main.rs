@@ -11,6 +11,7 @@ mod netback;
 mod path;
 mod peers;
 mod pktgen;
+mod pool;
 mod report;
 mod throughput;
 mod topo;
@@ -58,6 +59,9 @@ struct Opts {
     /// Only the throughput section.
     #[arg(long = "throughput")]
     throughput_only: bool,
+    /// Only the etcd section (policy shared by a pool of hosts).
+    #[arg(long = "etcd")]
+    etcd_only: bool,
     /// Only the update and rate-limit sections.
     #[arg(long = "live")]
     live_only: bool,
@@ -140,6 +144,16 @@ fn main() {
             .expect("json"),
         )
         .expect("write json");
+        return;
+    }
+    if opts.etcd_only {
+        let pool = pool::etcd_pool(opts.quick);
+        let mut result = json!({"machine": machine()});
+        if let (Some(r), Some(p)) = (result.as_object_mut(), pool.as_object()) {
+            r.extend(p.clone());
+        }
+        std::fs::write(opts.json(), serde_json::to_string_pretty(&result).expect("json"))
+            .expect("write json");
         return;
     }
     if opts.hook_only {
@@ -238,6 +252,7 @@ fn main() {
     let tcp = tcp_ratios(&opts);
     let api = daemon_api_and_rss();
     let hk = hook::hook_cost();
+    let pool = pool::etcd_pool(opts.quick);
     step("pktgen into one VIF (where the kernel has it)");
     let pg = pktgen::measure(if opts.quick { 2_000_000 } else { 10_000_000 });
 
@@ -331,6 +346,11 @@ fn main() {
         "hook_p99_ms": hk["hook_p99_ms"],
         "hook_storm_500_s": hk["hook_storm_500_s"],
         "hook": hk,
+        "etcd_converge_p99_ms": pool["etcd_converge_p99_ms"],
+        "etcd_update_p99_ms": pool["etcd_update_p99_ms"],
+        "etcd_converge_p99_ms_4096": pool["etcd_converge_p99_ms_4096"],
+        "etcd_start_4096_s": pool["etcd_start_4096_s"],
+        "etcd": pool,
         "vifs_scaling": vifs_scaling,
         "allowed_scaling": allowed_scaling,
         "throughput": samples.iter().map(sample_json).collect::<Vec<_>>(),
